@@ -1,0 +1,532 @@
+//! The build pipeline, top to bottom:
+//! [`resolve_plan`] → [`fetch_inputs`] → per output: fetch the base,
+//! [`compute_layer`], apply it with a target, [`emit`] the artifact's manifest
+//! and host configuration.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use node_spec::Sha256Hex;
+use sha2::{Digest, Sha256};
+
+use crate::emit::{self, HostConfigVariant, Manifest};
+use crate::layer::{compute_layer, Content, HostBlob, Layer, LayerInputs, Op};
+use crate::plan::{self, OutputKind, Overrides, Plan};
+use crate::source::{self, Cache, FetchOptions, Fetched};
+use crate::target;
+
+/// How to run a build, from the command line.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub out_dir: PathBuf,
+    pub cache: Cache,
+    pub offline: bool,
+    /// Draw progress bars (stderr is a terminal).
+    pub progress: bool,
+    /// The firstboot-agent binary to bake; found automatically when `None`.
+    pub agent: Option<PathBuf>,
+    /// zstd worker threads; 0 = one per core.
+    pub threads: u32,
+    /// Set by Ctrl-C.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// One finished artifact.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub kind: OutputKind,
+    pub path: PathBuf,
+    pub manifest_path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub extra_files: Vec<PathBuf>,
+}
+
+/// Step timings, in order.
+#[derive(Debug, Default)]
+struct Timings(BTreeMap<String, u64>);
+
+impl Timings {
+    fn time<T>(&mut self, step: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let out = f();
+        self.0
+            .insert(step.to_owned(), start.elapsed().as_millis() as u64);
+        tracing::debug!(step, ms = self.0[step], "step finished");
+        out
+    }
+}
+
+/// Build every output the plan asks for.
+pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> Result<Vec<Built>> {
+    let mut timings = Timings::default();
+    let plan = timings.time("plan", || resolve_plan(profile, overrides))?;
+    let fetch = FetchOptions {
+        offline: opts.offline,
+        progress: opts.progress,
+        cancel: opts.cancel.clone(),
+        ..FetchOptions::default()
+    };
+    let inputs = timings.time("fetch-inputs", || fetch_inputs(&plan, opts, &fetch))?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
+
+    let mut built = Vec::new();
+    for kind in &plan.outputs {
+        match kind {
+            OutputKind::Lxc => built.push(build_lxc(&plan, &inputs, opts, &fetch, &mut timings)?),
+            OutputKind::Qcow2 => bail!(
+                "qcow2 output is not available in this version of imgbuild yet; build with --output lxc"
+            ),
+        }
+    }
+    Ok(built)
+}
+
+/// Parse and validate the profile and its recipe.
+pub fn resolve_plan(profile: &Path, overrides: &Overrides) -> Result<Plan> {
+    Ok(plan::load(profile, overrides)?)
+}
+
+/// Fetch and hash every host file the layer copies in.
+pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> Result<LayerInputs> {
+    let blob = |f: Fetched| HostBlob {
+        path: f.path,
+        size: f.size,
+        sha256: f.sha256,
+    };
+    let mut inputs = LayerInputs::default();
+    if plan.profile.bake.agent {
+        let path = match &opts.agent {
+            Some(p) => p.clone(),
+            None => find_agent_binary()?,
+        };
+        check_agent_binary(&path)?;
+        inputs.agent = Some(blob(hash_local(&path)?));
+    }
+    let dir = plan.profile_dir();
+    if let Some(a) = &plan.profile.bake.k3s_binary {
+        let f = source::fetch_artifact(a, dir, &opts.cache, fetch)
+            .context("fetching the K3s binary to bake (bake.k3s-binary)")?;
+        if let Some(pin) = &plan.profile.k3s.sha256 {
+            if *pin != f.sha256 {
+                bail!(
+                    "the K3s binary to bake ({}) has sha256 {}, but k3s.sha256 pins {pin}; bake the pinned release",
+                    f.origin,
+                    f.sha256
+                );
+            }
+        }
+        inputs.k3s_binary = Some(blob(f));
+    }
+    for (i, a) in plan.profile.bake.airgap_images.iter().enumerate() {
+        let f = source::fetch_artifact(a, dir, &opts.cache, fetch)
+            .with_context(|| format!("fetching air-gap image archive bake.airgap-images[{i}]"))?;
+        let name = artifact_file_name(a).unwrap_or_else(|| format!("airgap-{i}.tar"));
+        inputs.airgap_images.push((name, blob(f)));
+    }
+    for f in &plan.profile.files {
+        inputs.file_sources.push(match &f.source {
+            Some(src) => Some(blob(hash_local(&dir.join(src)).with_context(|| {
+                format!("reading files[].source for {}", f.path)
+            })?)),
+            None => None,
+        });
+    }
+    Ok(inputs)
+}
+
+fn artifact_file_name(a: &plan::schema::Artifact) -> Option<String> {
+    let s = a.path.as_deref().or(a.url.as_deref())?;
+    let name = s.rsplit('/').next()?.split(['?', '#']).next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+/// Hash a local file (streaming).
+fn hash_local(path: &Path) -> Result<Fetched> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(Fetched {
+        path: path.to_owned(),
+        sha256: Sha256Hex::from_digest(&h.finalize()),
+        size,
+        origin: path.display().to_string(),
+        from_cache: false,
+    })
+}
+
+/// Where the statically linked agent is, in the order a user would expect:
+/// `$IMGBUILD_AGENT`, next to `imgbuild`, then the static build's output in
+/// this workspace's target directory.
+pub fn find_agent_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("IMGBUILD_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the imgbuild executable")?;
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.parent() {
+        candidates.push(dir.join("firstboot-agent"));
+        // target/{debug,release}/imgbuild → target/x86_64-unknown-linux-gnu/release/
+        if let Some(target_dir) = dir.parent() {
+            candidates.push(target_dir.join("x86_64-unknown-linux-gnu/release/firstboot-agent"));
+        }
+        // target/debug/deps/… when run from tests
+        if let Some(target_dir) = dir.parent().and_then(Path::parent) {
+            candidates.push(target_dir.join("x86_64-unknown-linux-gnu/release/firstboot-agent"));
+        }
+    }
+    // Prefer the static build over a plain one next to imgbuild.
+    candidates.rotate_left(1);
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "firstboot-agent binary not found (looked in {}); build it with `bash firstboot-agent/build-static.sh`, or pass --agent PATH",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Refuse an agent that would not run on every supported distro: it must be
+/// an x86_64 ELF without a program interpreter (statically linked).
+pub fn check_agent_binary(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading agent binary {}", path.display()))?;
+    match elf_interpreter(&bytes) {
+        Err(why) => bail!("{} is not a usable firstboot-agent: {why}", path.display()),
+        Ok(Some(interp)) => bail!(
+            "{} is dynamically linked (interpreter {interp}); it may not run on Rocky 9 or Ubuntu 22.04. Build it with `bash firstboot-agent/build-static.sh`",
+            path.display()
+        ),
+        Ok(None) => Ok(()),
+    }
+}
+
+/// The PT_INTERP of a 64-bit little-endian x86_64 ELF, if any.
+pub fn elf_interpreter(b: &[u8]) -> std::result::Result<Option<String>, String> {
+    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
+    let u32_at = |o: usize| {
+        b.get(o..o + 4)
+            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let u64_at = |o: usize| {
+        b.get(o..o + 8).map(|s| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(s);
+            u64::from_le_bytes(a)
+        })
+    };
+    if b.get(0..4) != Some(b"\x7fELF") {
+        return Err("not an ELF file".into());
+    }
+    if b.get(4) != Some(&2) || b.get(5) != Some(&1) || u16_at(18) != Some(62) {
+        return Err("not an x86_64 (64-bit little-endian) ELF file".into());
+    }
+    let short = || "truncated ELF header".to_string();
+    let phoff = u64_at(32).ok_or_else(short)? as usize;
+    let phentsize = u16_at(54).ok_or_else(short)? as usize;
+    let phnum = u16_at(56).ok_or_else(short)? as usize;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph).ok_or_else(short)? == 3 {
+            let off = u64_at(ph + 8).ok_or_else(short)? as usize;
+            let size = u64_at(ph + 32).ok_or_else(short)? as usize;
+            let raw = b.get(off..off + size).ok_or_else(short)?;
+            let s = String::from_utf8_lossy(raw).trim_end_matches('\0').to_owned();
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+fn build_lxc(
+    plan: &Plan,
+    inputs: &LayerInputs,
+    opts: &BuildOptions,
+    fetch: &FetchOptions,
+    timings: &mut Timings,
+) -> Result<Built> {
+    let spec = plan
+        .recipe
+        .lxc
+        .as_ref()
+        .context("the recipe has no lxc source")?;
+    let base = timings.time("fetch-base", || {
+        source::fetch_base(spec, &plan.recipe.arch, plan.recipe_dir(), &opts.cache, fetch)
+            .with_context(|| format!("fetching the LXC base of recipe {}", plan.recipe.name))
+    })?;
+    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs)))?;
+
+    let name = plan.template_name();
+    let out_path = opts.out_dir.join(&name);
+    let lxc_opts = target::LxcOptions {
+        zstd_level: plan.profile.lxc.zstd_level,
+        threads: opts.threads,
+    };
+    let written = timings.time("write-template", || {
+        target::write_template(&base.path, &layer, &out_path, &lxc_opts, &opts.cancel)
+            .with_context(|| format!("writing template {}", out_path.display()))
+    })?;
+
+    // The sidecar files come after the artifact; if one fails, the artifact
+    // goes too, so nothing that looks finished is left without its manifest.
+    let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, timings);
+    match result {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let _ = std::fs::remove_file(&out_path);
+            Err(e)
+        }
+    }
+}
+
+fn emit_lxc_sidecars(
+    plan: &Plan,
+    base: &Fetched,
+    layer: &Layer,
+    out_path: &Path,
+    written: &target::TemplateOutput,
+    timings: &mut Timings,
+) -> Result<Built> {
+    let name = plan.template_name();
+    let mut extra = Vec::new();
+    let mut host_config = Vec::new();
+    for variant in [HostConfigVariant::Privileged, HostConfigVariant::Unprivileged] {
+        let file = format!("{name}.pve-{}.conf", variant.as_str());
+        let p = out_path.with_file_name(&file);
+        emit::atomic_write(&p, emit::pve_config(&name, variant).as_bytes())?;
+        extra.push(p);
+        host_config.push(file);
+    }
+    let file = format!("{name}.lxc.conf");
+    let p = out_path.with_file_name(&file);
+    emit::atomic_write(&p, emit::lxc_config(&name).as_bytes())?;
+    extra.push(p);
+    host_config.push(file);
+
+    let manifest = Manifest {
+        schema: emit::MANIFEST_SCHEMA,
+        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
+        kind: "lxc".into(),
+        artifact: emit::ArtifactInfo {
+            file: name.clone(),
+            sha256: written.sha256.to_string(),
+            size: written.size,
+        },
+        profile: input_file(&plan.profile.name, &plan.profile_path)?,
+        recipe: input_file(&plan.recipe.name, &plan.recipe_path)?,
+        distro: plan.recipe.distro.as_str().into(),
+        release: plan.recipe.release.clone(),
+        arch: plan.recipe.arch.clone(),
+        base: emit::BaseInfo {
+            origin: base.origin.clone(),
+            sha256: base.sha256.to_string(),
+            size: base.size,
+        },
+        k3s: k3s_info(plan, layer),
+        source_date_epoch: plan.source_date_epoch,
+        files_added: added_files(layer),
+        removed_patterns: layer
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Remove { pattern } => Some(pattern.clone()),
+                _ => None,
+            })
+            .collect(),
+        os_release: parse_os_release(written.stats.os_release.as_deref().unwrap_or("")),
+        tar: Some(emit::TarInfo {
+            entries_in: written.stats.entries_in,
+            entries_out: written.stats.entries_out,
+            entries_dropped: written.stats.entries_dropped,
+            entries_added: written.stats.entries_added,
+            uncompressed_bytes: written.stats.uncompressed_bytes,
+        }),
+        host_config,
+        timings_ms: timings.0.clone(),
+    };
+    let manifest_path = emit::manifest_path_for(out_path);
+    emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
+    Ok(Built {
+        kind: OutputKind::Lxc,
+        path: out_path.to_owned(),
+        manifest_path,
+        sha256: written.sha256.to_string(),
+        size: written.size,
+        extra_files: extra,
+    })
+}
+
+fn input_file(name: &str, path: &Path) -> Result<emit::InputFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(emit::InputFile {
+        name: name.to_owned(),
+        path: path.display().to_string(),
+        sha256: Sha256Hex::from_digest(&Sha256::digest(&bytes)).to_string(),
+    })
+}
+
+fn k3s_info(plan: &Plan, layer: &Layer) -> emit::K3sInfo {
+    let d = plan.baked_defaults();
+    let host_sha = |path: &str| {
+        layer.ops.iter().find_map(|op| match op {
+            Op::WriteFile {
+                path: p,
+                content: Content::HostFile { sha256, .. },
+                ..
+            } if p == path => Some(sha256.clone()),
+            _ => None,
+        })
+    };
+    emit::K3sInfo {
+        version: d.k3s.version.to_string(),
+        role: d.k3s.role.to_string(),
+        ha: d.k3s.ha,
+        mirror: d.k3s.mirror.clone(),
+        pinned_sha256: d.k3s.sha256.as_ref().map(|s| s.to_string()),
+        baked_binary_sha256: host_sha(node_spec::BAKED_K3S_PATH),
+        airgap_images: layer
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::WriteFile {
+                    path,
+                    content: Content::HostFile { sha256, path: host, .. },
+                    ..
+                } if path.starts_with(node_spec::AIRGAP_IMAGES_DIR) => Some(emit::InputFile {
+                    name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+                    path: host.display().to_string(),
+                    sha256: sha256.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+    }
+}
+
+fn added_files(layer: &Layer) -> Vec<emit::AddedFile> {
+    layer
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Remove { .. } => None,
+            Op::Mkdir { path, meta } => Some(emit::AddedFile {
+                path: path.clone(),
+                kind: "dir".into(),
+                mode: format!("{:04o}", meta.mode),
+                uid: meta.uid,
+                gid: meta.gid,
+                size: 0,
+                sha256: None,
+                target: None,
+            }),
+            Op::Symlink { path, target, meta } => Some(emit::AddedFile {
+                path: path.clone(),
+                kind: "symlink".into(),
+                mode: format!("{:04o}", meta.mode),
+                uid: meta.uid,
+                gid: meta.gid,
+                size: 0,
+                sha256: None,
+                target: Some(target.clone()),
+            }),
+            Op::WriteFile {
+                path,
+                meta,
+                content,
+            } => Some(emit::AddedFile {
+                path: path.clone(),
+                kind: "file".into(),
+                mode: format!("{:04o}", meta.mode),
+                uid: meta.uid,
+                gid: meta.gid,
+                size: content.len(),
+                sha256: Some(match content {
+                    Content::Inline(b) => Sha256Hex::from_digest(&Sha256::digest(b)).to_string(),
+                    Content::HostFile { sha256, .. } => sha256.clone(),
+                }),
+                target: None,
+            }),
+        })
+        .collect()
+}
+
+/// `KEY=value` / `KEY="value"` lines of os-release into a map.
+pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.starts_with('#') {
+                return None;
+            }
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_parsing() {
+        let m = parse_os_release(
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n# c\nVERSION_ID='12'\n",
+        );
+        assert_eq!(m["ID"], "debian");
+        assert_eq!(m["VERSION_ID"], "12");
+        assert_eq!(m["PRETTY_NAME"], "Debian GNU/Linux 12 (bookworm)");
+    }
+
+    #[test]
+    fn elf_checks() {
+        assert!(elf_interpreter(b"#!/bin/sh\n").unwrap_err().contains("not an ELF"));
+        // The test binary itself is dynamically linked on this target.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let interp = elf_interpreter(&me).unwrap();
+        assert!(interp.is_some_and(|i| i.contains("ld-linux")));
+        let mut truncated = me[..64].to_vec();
+        truncated.truncate(40);
+        assert!(elf_interpreter(&truncated).is_err());
+    }
+
+    #[test]
+    fn artifact_names() {
+        let a = plan::schema::Artifact {
+            path: None,
+            url: Some("https://h/x/k3s-airgap-images-amd64.tar.zst?raw=1".into()),
+            sha256: None,
+            sha256_url: None,
+        };
+        assert_eq!(artifact_file_name(&a).as_deref(), Some("k3s-airgap-images-amd64.tar.zst"));
+    }
+}

@@ -1,0 +1,199 @@
+//! Command-line interface: one struct per subcommand, each with a `run()`.
+
+mod inspect;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::build::{self, BuildOptions};
+use crate::plan::{self, OutputKind, Overrides};
+use crate::source::Cache;
+
+pub use inspect::InspectArgs;
+
+/// Build ready-to-boot K3s node images — Proxmox/LXC templates and qcow2
+/// disks — from a declarative node profile and an OS recipe.
+#[derive(Debug, Parser)]
+#[command(name = "imgbuild", version, propagate_version = true)]
+pub struct Cli {
+    /// More output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the images a profile describes.
+    Build(BuildArgs),
+    /// Check profiles and the recipes they name; print every problem with file:line:column.
+    Validate(ValidateArgs),
+    /// Show an artifact's manifest and what was baked into it, and verify its digest.
+    Inspect(InspectArgs),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            Command::Build(a) => a.run(),
+            Command::Validate(a) => a.run(),
+            Command::Inspect(a) => a.run(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Node profile, e.g. profiles/worker.yaml.
+    pub profile: PathBuf,
+    /// Directory for artifacts, manifests and host configuration.
+    #[arg(short, long, default_value = "out")]
+    pub out: PathBuf,
+    /// Use this recipe file instead of the one the profile names.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Build only these outputs (repeatable); default: the profile's `outputs`.
+    #[arg(long = "output", value_enum)]
+    pub outputs: Vec<OutputArg>,
+    /// Use only the download cache: no network, no bootstrap tool runs.
+    #[arg(long)]
+    pub offline: bool,
+    /// Download cache [default: $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild].
+    #[arg(long, env = "IMGBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// firstboot-agent binary to bake (statically linked) [default: found next to imgbuild or in target/].
+    #[arg(long, env = "IMGBUILD_AGENT")]
+    pub agent: Option<PathBuf>,
+    /// Timestamp for added files; the same inputs and value give byte-identical artifacts.
+    #[arg(long, env = "SOURCE_DATE_EPOCH")]
+    pub source_date_epoch: Option<u64>,
+    /// zstd worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputArg {
+    Lxc,
+    Qcow2,
+}
+
+impl From<OutputArg> for OutputKind {
+    fn from(o: OutputArg) -> Self {
+        match o {
+            OutputArg::Lxc => OutputKind::Lxc,
+            OutputArg::Qcow2 => OutputKind::Qcow2,
+        }
+    }
+}
+
+/// Ctrl-C sets a flag the pipeline checks; the build then stops, removes its
+/// temporary files and exits with an error. A second Ctrl-C exits at once.
+fn install_interrupt_handler() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("imgbuild: interrupted; cleaning up (press Ctrl-C again to exit at once)");
+    }) {
+        tracing::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    flag
+}
+
+impl BuildArgs {
+    pub fn run(self) -> Result<()> {
+        let cache = match &self.cache_dir {
+            Some(d) => Cache::new(d.clone()),
+            None => Cache::from_env()?,
+        };
+        let opts = BuildOptions {
+            out_dir: self.out.clone(),
+            cache,
+            offline: self.offline,
+            progress: std::io::stderr().is_terminal(),
+            agent: self.agent.clone(),
+            threads: self.threads,
+            cancel: install_interrupt_handler(),
+        };
+        let overrides = Overrides {
+            recipe: self.recipe.clone(),
+            outputs: self.outputs.iter().map(|&o| o.into()).collect(),
+            source_date_epoch: self.source_date_epoch,
+        };
+        let built = build::run_build(&self.profile, &overrides, &opts)
+            .with_context(|| format!("building {}", self.profile.display()))?;
+        for b in &built {
+            println!("{}  {}", b.sha256, b.path.display());
+            println!("  kind      {}", b.kind.as_str());
+            println!("  size      {} bytes", b.size);
+            println!("  manifest  {}", b.manifest_path.display());
+            for f in &b.extra_files {
+                println!("  host conf {}", f.display());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Profiles to check (each with the recipe it names).
+    #[arg(required = true)]
+    pub profiles: Vec<PathBuf>,
+    /// Check against this recipe instead of the one each profile names.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+}
+
+impl ValidateArgs {
+    pub fn run(self) -> Result<()> {
+        let mut failed = 0usize;
+        for p in &self.profiles {
+            let overrides = Overrides {
+                recipe: self.recipe.clone(),
+                ..Overrides::default()
+            };
+            match plan::load(p, &overrides) {
+                Ok(plan) => println!(
+                    "ok  {} (recipe {}: {} {}, K3s {} {})",
+                    p.display(),
+                    plan.recipe_path.display(),
+                    plan.recipe.distro.as_str(),
+                    plan.recipe.release,
+                    plan.profile.k3s.version,
+                    plan.profile.k3s.role,
+                ),
+                Err(errs) => {
+                    failed += 1;
+                    for e in &errs.0 {
+                        eprintln!("{e}");
+                    }
+                }
+            }
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} of {} profile(s) invalid", self.profiles.len());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,138 @@
+//! The manifest: a JSON record of what went into an artifact and what came
+//! out, written next to it as `<artifact>.manifest.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped when a field changes meaning; readers refuse newer manifests.
+pub const MANIFEST_SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Manifest {
+    pub schema: u32,
+    pub imgbuild_version: String,
+    /// `lxc` or `qcow2`.
+    pub kind: String,
+    pub artifact: ArtifactInfo,
+    pub profile: InputFile,
+    pub recipe: InputFile,
+    pub distro: String,
+    pub release: String,
+    pub arch: String,
+    pub base: BaseInfo,
+    pub k3s: K3sInfo,
+    pub source_date_epoch: u64,
+    /// Entries the layer added or replaced.
+    pub files_added: Vec<AddedFile>,
+    /// Remove patterns applied to the base.
+    pub removed_patterns: Vec<String>,
+    /// `/etc/os-release` of the result, as key → value.
+    pub os_release: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar: Option<TarInfo>,
+    /// Host-side configuration files written next to the artifact.
+    #[serde(default)]
+    pub host_config: Vec<String>,
+    /// Wall-clock milliseconds per pipeline step.
+    pub timings_ms: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ArtifactInfo {
+    /// File name (the manifest sits in the same directory).
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct InputFile {
+    pub name: String,
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BaseInfo {
+    /// URL, local path or bootstrap command line.
+    pub origin: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct K3sInfo {
+    pub version: String,
+    pub role: String,
+    pub ha: bool,
+    pub mirror: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_sha256: Option<String>,
+    /// sha256 of the baked K3s binary, when one was baked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baked_binary_sha256: Option<String>,
+    #[serde(default)]
+    pub airgap_images: Vec<InputFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct AddedFile {
+    pub path: String,
+    /// `file`, `dir` or `symlink`.
+    pub kind: String,
+    /// Octal, e.g. `0644`.
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TarInfo {
+    pub entries_in: u64,
+    pub entries_out: u64,
+    pub entries_dropped: u64,
+    pub entries_added: u64,
+    pub uncompressed_bytes: u64,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+        s.push('\n');
+        s
+    }
+
+    pub fn from_json(path: &Path, text: &str) -> anyhow::Result<Self> {
+        let m: Manifest = serde_json::from_str(text)
+            .map_err(|e| anyhow::anyhow!("{}: not an imgbuild manifest: {e}", path.display()))?;
+        if m.schema > MANIFEST_SCHEMA {
+            anyhow::bail!(
+                "{}: manifest schema {} is newer than this imgbuild understands ({MANIFEST_SCHEMA}); upgrade imgbuild",
+                path.display(),
+                m.schema
+            );
+        }
+        Ok(m)
+    }
+}
+
+/// `out/x.tar.zst` → `out/x.tar.zst.manifest.json`.
+pub fn manifest_path_for(artifact: &Path) -> PathBuf {
+    let mut s = artifact.as_os_str().to_owned();
+    s.push(".manifest.json");
+    PathBuf::from(s)
+}

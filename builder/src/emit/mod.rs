@@ -1,0 +1,71 @@
+//! What a build leaves next to its artifact: the manifest JSON and the
+//! host-side container configuration, written atomically.
+
+mod hostconfig;
+mod manifest;
+
+pub use hostconfig::{lxc_config, pve_config, HostConfigVariant};
+pub use manifest::{
+    manifest_path_for, AddedFile, ArtifactInfo, BaseInfo, InputFile, K3sInfo, Manifest,
+    TarInfo, MANIFEST_SCHEMA,
+};
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+
+/// Write `bytes` to `path` so that readers see the old file or the complete
+/// new one, never a partial one: temp file in the same directory, fsync,
+/// rename, fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".imgbuild-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into place {}", path.display()))?;
+    sync_dir(dir)
+}
+
+/// fsync a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing").join("a.json");
+        let e = atomic_write(&p, b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("missing"), "{e:#}");
+    }
+}

@@ -1,0 +1,12 @@
+//! imgbuild: turn a node profile and an OS recipe into ready-to-boot K3s node
+//! images. The pipeline, top to bottom, is [`build::run_build`]:
+//! resolve the plan → fetch the base → compute the layer → apply it to the
+//! base (target) → emit the artifact and its manifest.
+
+// pub mod build; (enabled once target lands)
+// pub mod cli;
+pub mod emit;
+pub mod layer;
+pub mod plan;
+pub mod source;
+pub mod target;

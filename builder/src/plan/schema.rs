@@ -1,0 +1,300 @@
+//! The on-disk schema of profiles (`profiles/*.yaml`) and recipes
+//! (`image-recipes/*.yaml`). Documented key by key in `docs/schema.md`.
+//!
+//! Every struct denies unknown keys; value types from `node_spec` validate
+//! themselves, so serde_yaml reports their errors with line and column.
+
+use std::collections::BTreeMap;
+
+use node_spec::{K3sVersion, Role, Sha256Hex};
+use serde::{Deserialize, Serialize};
+
+/// A node profile: what node this image makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Profile {
+    /// Short name used in artifact names, e.g. `k3s-worker`.
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Recipe name (`debian-12` → `image-recipes/debian-12.yaml` next to the
+    /// profile directory) or a path to a recipe file ending in `.yaml`.
+    pub recipe: String,
+    pub k3s: K3sSpec,
+    #[serde(default)]
+    pub bake: BakeSpec,
+    /// Extra sysctls written to `/etc/sysctl.d/90-imgbuild.conf`.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, SysctlValue>,
+    /// Kernel modules listed in `/etc/modules-load.d/imgbuild.conf`.
+    #[serde(default = "default_modules")]
+    pub modules: Vec<String>,
+    /// Extra files to place in the image.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub checks: ChecksSpec,
+    /// Which artifacts `imgbuild build` makes.
+    #[serde(default = "default_outputs")]
+    pub outputs: Vec<OutputKind>,
+    #[serde(default)]
+    pub lxc: LxcSpec,
+}
+
+fn default_modules() -> Vec<String> {
+    vec!["overlay".into(), "br_netfilter".into()]
+}
+
+fn default_outputs() -> Vec<OutputKind> {
+    vec![OutputKind::Lxc]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct K3sSpec {
+    pub version: K3sVersion,
+    pub role: Role,
+    #[serde(default)]
+    pub ha: bool,
+    #[serde(default)]
+    pub control_plane_taint: bool,
+    /// sha256 of the release's amd64 `k3s` binary.
+    #[serde(default)]
+    pub sha256: Option<Sha256Hex>,
+    /// Release mirror in GitHub release layout.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// Default `config.yaml` keys (K3s flag names without dashes).
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BakeSpec {
+    /// Bake firstboot-agent (default true; an image without it is a plain base).
+    #[serde(default = "yes")]
+    pub agent: bool,
+    /// Bake this K3s binary so first boot needs no download.
+    #[serde(default)]
+    pub k3s_binary: Option<Artifact>,
+    /// Air-gap image archives (`k3s-airgap-images-amd64.tar.zst`, …).
+    #[serde(default)]
+    pub airgap_images: Vec<Artifact>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A file fetched by the builder: a local path or an http(s) URL, with its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Artifact {
+    /// Local file, relative to the YAML file that names it. Exclusive with `url`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// http(s) URL. Exclusive with `path`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Required for URLs; for local paths it is checked when given.
+    #[serde(default)]
+    pub sha256: Option<Sha256Hex>,
+    /// A checksum file (GNU `sha256sum` or BSD `SHA256 (name) = …` format)
+    /// holding the digest, when the digest is not pinned inline.
+    #[serde(default)]
+    pub sha256_url: Option<String>,
+}
+
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SysctlValue::Int(i) => write!(f, "{i}"),
+            SysctlValue::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FileSpec {
+    /// Absolute path inside the image.
+    pub path: String,
+    /// Inline text content; exclusive with `source`.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Host file to copy, relative to the profile; exclusive with `content`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Octal permission bits as a string, e.g. `"0644"`.
+    #[serde(default = "default_file_mode")]
+    pub mode: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+fn default_file_mode() -> String {
+    "0644".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ChecksSpec {
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    #[serde(default = "default_timeout")]
+    pub network_timeout_secs: u64,
+    #[serde(default = "default_timeout")]
+    pub ready_timeout_secs: u64,
+}
+
+impl Default for ChecksSpec {
+    fn default() -> Self {
+        Self {
+            dns_names: Vec::new(),
+            network_timeout_secs: default_timeout(),
+            ready_timeout_secs: default_timeout(),
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputKind {
+    /// Proxmox/LXC container template (`.tar.zst`).
+    Lxc,
+    /// qcow2 VM disk.
+    Qcow2,
+}
+
+impl OutputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputKind::Lxc => "lxc",
+            OutputKind::Qcow2 => "qcow2",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LxcSpec {
+    /// Template revision in the file name (`…_<version>-<revision>_amd64.tar.zst`).
+    #[serde(default = "default_revision")]
+    pub revision: u32,
+    /// zstd level for the template (1–19).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+}
+
+impl Default for LxcSpec {
+    fn default() -> Self {
+        Self {
+            revision: default_revision(),
+            zstd_level: default_zstd_level(),
+        }
+    }
+}
+
+fn default_revision() -> u32 {
+    1
+}
+
+fn default_zstd_level() -> i32 {
+    3
+}
+
+/// An OS recipe: where the base comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    pub distro: Distro,
+    /// Release version as the distro spells it: `"12"`, `"24.04"`, `"9"`.
+    pub release: String,
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// Base for the LXC template: a rootfs tarball or a bootstrap.
+    #[serde(default)]
+    pub lxc: Option<SourceSpec>,
+    /// Base for the qcow2 disk: a cloud image or a bootstrap.
+    #[serde(default)]
+    pub qcow2: Option<SourceSpec>,
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distro {
+    Debian,
+    Ubuntu,
+    Rocky,
+}
+
+impl Distro {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Distro::Debian => "debian",
+            Distro::Ubuntu => "ubuntu",
+            Distro::Rocky => "rockylinux",
+        }
+    }
+}
+
+/// One base source. Exactly one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceSpec {
+    /// A rootfs tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
+    Tarball(Artifact),
+    /// A vendor cloud disk image (qcow2 or raw).
+    CloudImage(Artifact),
+    /// Build the rootfs with a package bootstrap tool.
+    Bootstrap(BootstrapSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BootstrapSpec {
+    pub tool: BootstrapTool,
+    /// Suite/codename (`bookworm`) for mmdebstrap; release (`9`) for dnf.
+    pub suite: String,
+    /// Mirror URL; the tool's default (Debian's archive for mmdebstrap) when absent.
+    #[serde(default)]
+    pub mirror: Option<String>,
+    /// mmdebstrap `--variant` (default `apt`).
+    #[serde(default = "default_variant")]
+    pub variant: String,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+}
+
+fn default_variant() -> String {
+    "apt".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootstrapTool {
+    Mmdebstrap,
+    Dnf,
+}

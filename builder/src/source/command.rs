@@ -1,0 +1,283 @@
+//! The one place the source step runs external programs. Errors carry the
+//! command line and the tail of stderr, so a failed bootstrap says what ran
+//! and why it stopped without re-running anything by hand.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Lines of stderr kept for an error message.
+const STDERR_TAIL_LINES: usize = 20;
+/// How long a cancelled child gets to clean up after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` failed ({status}); last lines of its stderr:\n{stderr_tail}")]
+    Failed {
+        command: String,
+        status: ExitStatus,
+        stderr_tail: String,
+    },
+    #[error("waiting for `{command}`: {source}")]
+    Wait {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("`{command}` was interrupted")]
+    Interrupted { command: String },
+}
+
+/// Run `cmd` to completion and return its output; a non-zero exit is an error.
+///
+/// stdin is always `/dev/null`: the tools run here must never wait for input
+/// (mmdebstrap, for one, reads sources from a non-terminal stdin). When
+/// `cancel` becomes true the child gets SIGTERM, then SIGKILL after a grace
+/// period, and the result is [`CommandError::Interrupted`].
+pub fn run_command(cmd: &mut Command, cancel: &AtomicBool) -> Result<Output, CommandError> {
+    run_command_observed(cmd, cancel, |_| {})
+}
+
+/// [`run_command`], also handing each stderr line to `on_line` as it arrives
+/// (for a progress spinner) and to the debug log.
+pub(crate) fn run_command_observed(
+    cmd: &mut Command,
+    cancel: &AtomicBool,
+    on_line: impl Fn(&str) + Send + 'static,
+) -> Result<Output, CommandError> {
+    let command = display_command(cmd);
+    tracing::debug!(%command, "running");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+
+    // Drain both pipes on threads: a child blocked on a full pipe never exits.
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out_reader = thread::spawn(move || -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        if let Some(mut s) = stdout {
+            s.read_to_end(&mut buf)?;
+        }
+        Ok(buf)
+    });
+    let err_reader = thread::spawn(move || -> io::Result<Vec<u8>> {
+        let mut all = Vec::new();
+        if let Some(s) = stderr {
+            let mut r = BufReader::new(s);
+            let mut line = Vec::new();
+            while r.read_until(b'\n', &mut line)? > 0 {
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                tracing::debug!(target: "imgbuild::command", "{text}");
+                on_line(text);
+                all.extend_from_slice(&line);
+                line.clear();
+            }
+        }
+        Ok(all)
+    });
+
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => return Err(CommandError::Wait { command, source }),
+        }
+        if cancel.load(Ordering::SeqCst) {
+            terminate(&mut child, &command);
+            // The reader threads end when the pipes close; a grandchild that
+            // still holds them must not keep us from reporting the interrupt.
+            return Err(CommandError::Interrupted { command });
+        }
+        thread::sleep(POLL);
+    };
+
+    let join = |h: thread::JoinHandle<io::Result<Vec<u8>>>, what: &str| -> Result<Vec<u8>, CommandError> {
+        match h.join() {
+            Ok(r) => r.map_err(|source| CommandError::Wait {
+                command: command.clone(),
+                source,
+            }),
+            Err(_) => Err(CommandError::Wait {
+                command: command.clone(),
+                source: io::Error::other(format!("the {what} reader thread panicked")),
+            }),
+        }
+    };
+    let stdout = join(out_reader, "stdout")?;
+    let stderr = join(err_reader, "stderr")?;
+
+    if !status.success() {
+        return Err(CommandError::Failed {
+            command,
+            status,
+            stderr_tail: tail_lines(&stderr, STDERR_TAIL_LINES),
+        });
+    }
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// SIGTERM first so tools like mmdebstrap remove their temp directories and
+/// stop their own children; SIGKILL if that does not end it in time.
+/// std only offers SIGKILL, and this crate allows no `unsafe`, so SIGTERM is
+/// sent with kill(1).
+fn terminate(child: &mut Child, command: &str) {
+    let pid = child.id().to_string();
+    match Command::new("kill")
+        .args(["-TERM", &pid])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(s) if s.success() => {
+            let deadline = Instant::now() + TERM_GRACE;
+            while Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(Some(_)) => return,
+                    Ok(None) => thread::sleep(POLL),
+                    Err(e) => {
+                        tracing::warn!(%command, "waiting after SIGTERM: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        // Most likely the child exited between our poll and kill(1).
+        Ok(s) => tracing::debug!(%command, "kill -TERM {pid} exited with {s}"),
+        Err(e) => tracing::warn!(%command, "cannot run kill(1), using SIGKILL: {e}"),
+    }
+    if let Err(e) = child.kill() {
+        // InvalidInput means it already exited, which is what we wanted.
+        if e.kind() != io::ErrorKind::InvalidInput {
+            tracing::warn!(%command, "SIGKILL failed: {e}");
+        }
+    }
+    if let Err(e) = child.wait() {
+        tracing::warn!(%command, "reaping after SIGKILL: {e}");
+    }
+}
+
+/// The last `n` lines of `bytes`, lossily decoded.
+fn tail_lines(bytes: &[u8], n: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut tail: VecDeque<&str> = VecDeque::with_capacity(n);
+    for line in text.lines() {
+        if tail.len() == n {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    if tail.is_empty() {
+        return "  (stderr was empty)".into();
+    }
+    tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The command as a user could paste it into a shell.
+pub(crate) fn display_command(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn success_returns_output() {
+        let cancel = AtomicBool::new(false);
+        let out = run_command(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &cancel).unwrap();
+        assert_eq!(out.stdout, b"out\n");
+        assert_eq!(out.stderr, b"err\n");
+    }
+
+    #[test]
+    fn failure_names_the_command_and_the_stderr_tail() {
+        let cancel = AtomicBool::new(false);
+        let script = "for i in $(seq 1 30); do echo line$i >&2; done; exit 3";
+        let err = run_command(Command::new("sh").args(["-c", script]), &cancel).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sh -c 'for i in"), "{msg}");
+        assert!(msg.contains("exit status: 3"), "{msg}");
+        assert!(msg.contains("line30") && msg.contains("line11"), "{msg}");
+        assert!(!msg.contains("line10\n"), "only the last 20 lines: {msg}");
+    }
+
+    #[test]
+    fn stdin_is_null() {
+        let cancel = AtomicBool::new(false);
+        // `cat` would block forever on an inherited terminal or pipe.
+        let out = run_command(&mut Command::new("cat"), &cancel).unwrap();
+        assert!(out.stdout.is_empty());
+    }
+
+    #[test]
+    fn missing_program_is_a_spawn_error() {
+        let cancel = AtomicBool::new(false);
+        let err = run_command(&mut Command::new("/nonexistent/tool"), &cancel).unwrap_err();
+        assert!(matches!(err, CommandError::Spawn { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/tool"), "{err}");
+    }
+
+    #[test]
+    fn cancel_stops_the_child_quickly() {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let setter = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            flag.store(true, Ordering::SeqCst);
+        });
+        let started = Instant::now();
+        let err = run_command(Command::new("sleep").arg("30"), &cancel).unwrap_err();
+        setter.join().unwrap();
+        assert!(matches!(err, CommandError::Interrupted { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn quoting_round_trips_through_a_shell() {
+        let mut cmd = Command::new("printf");
+        cmd.args(["%s|", "a b", "it's", "", "--include=x,y"]);
+        let line = display_command(&cmd);
+        assert_eq!(line, r"printf '%s|' 'a b' 'it'\''s' '' --include=x,y");
+        let cancel = AtomicBool::new(false);
+        let out = run_command(Command::new("sh").args(["-c", &line]), &cancel).unwrap();
+        assert_eq!(out.stdout, b"a b|it's||--include=x,y|");
+    }
+}

@@ -1,0 +1,106 @@
+//! Errors of the source step. Each names the URL, path or tool concerned and,
+//! where there is one, the thing to do about it.
+
+use std::path::{Path, PathBuf};
+
+use node_spec::Sha256Hex;
+
+use super::command::CommandError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}: {reason}")]
+    InvalidArtifact { what: String, reason: String },
+
+    #[error("{url}: pin a sha256 or give sha256-url, so the download can be verified")]
+    Unpinned { url: String },
+
+    #[error("{url}: only http:// and https:// URLs are supported")]
+    UnsupportedUrl { url: String },
+
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "sha256 mismatch for {origin}\n  expected: {expected}\n  actual:   {actual}\n\
+         the file changed upstream or the pinned digest is wrong; nothing was cached"
+    )]
+    Mismatch {
+        origin: String,
+        expected: Sha256Hex,
+        actual: Sha256Hex,
+    },
+
+    #[error("{url}: HTTP {status}{}", status_hint(*status))]
+    HttpStatus { url: String, status: u16 },
+
+    #[error("{url}: {message} (gave up after {attempts} attempt(s))")]
+    Network {
+        url: String,
+        attempts: u32,
+        message: String,
+    },
+
+    #[error("{checksum_url}: {reason}")]
+    BadChecksumFile {
+        checksum_url: String,
+        reason: String,
+    },
+
+    #[error(
+        "{checksum_url} has no sha256 entry for {name:?}; it lists: {}",
+        if available.is_empty() { "nothing usable".to_string() } else { available.join(", ") }
+    )]
+    ChecksumEntryMissing {
+        checksum_url: String,
+        name: String,
+        available: Vec<String>,
+    },
+
+    #[error("{what}: not in cache; run once without --offline")]
+    NotCached { what: String },
+
+    #[error("interrupted while {what}; nothing was cached")]
+    Interrupted { what: String },
+
+    #[error("{tool} not found; install it with: {install}")]
+    ToolMissing {
+        tool: &'static str,
+        install: &'static str,
+    },
+
+    #[error("{what}: not supported yet: {advice}")]
+    Unsupported { what: String, advice: String },
+
+    #[error("{path}: corrupt cache index ({reason}); delete it and run again", path = path.display())]
+    CorruptIndex { path: PathBuf, reason: String },
+
+    #[error("cannot locate the cache directory: set XDG_CACHE_HOME or HOME")]
+    NoCacheDir,
+
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+impl SourceError {
+    pub(crate) fn io(action: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            action,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn status_hint(status: u16) -> &'static str {
+    match status {
+        404 | 410 => " (not found: the URL moved or the release was removed; update the recipe)",
+        401 | 403 => " (access denied)",
+        _ => "",
+    }
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the builder's integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The static firstboot-agent to bake. Tests never skip silently: a missing
+/// binary or tool fails with the command that provides it.
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("IMGBUILD_AGENT") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join("target/x86_64-unknown-linux-gnu/release/firstboot-agent");
+    assert!(
+        p.is_file(),
+        "static firstboot-agent not found at {}; build it with `bash firstboot-agent/build-static.sh` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+pub fn require_tool(cmd: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(found, "{cmd} not found; install it with: apt-get install -y {package}");
+}
+
+/// Run `imgbuild` with the given arguments.
+pub fn imgbuild(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+    c.args(args).env("IMGBUILD_AGENT", agent_binary());
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().expect("running imgbuild")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Extract a template exactly as Proxmox's `pct create` does.
+pub fn pct_extract(template: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    let o = Command::new("tar")
+        .arg("xpf")
+        .arg(template)
+        .args([
+            "--zstd",
+            "--numeric-owner",
+            "--acls",
+            "--xattrs",
+            "--xattrs-include=user.*",
+            "--xattrs-include=security.capability",
+            "--sparse",
+            "--skip-old-files",
+            "--exclude",
+            "./dev/*",
+            "-C",
+        ])
+        .arg(dest)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "pct-style extraction failed: {}", text(&o));
+}
+
+/// `tar tf` of a template, as `pct create` lists it first.
+pub fn list(template: &Path) -> Vec<String> {
+    let o = Command::new("tar")
+        .arg("tf")
+        .arg(template)
+        .arg("--zstd")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

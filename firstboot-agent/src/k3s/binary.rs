@@ -1,0 +1,361 @@
+//! The K3s binary: use the baked copy when its digest matches, else download
+//! the pinned release from the mirror (GitHub release layout), verify it, and
+//! install it atomically as /usr/local/bin/k3s with its tool links.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use node_spec::Sha256Hex;
+use sha2::{Digest, Sha256};
+
+use crate::metadata::NodeConfig;
+use crate::rootfs::{symlink_atomic, sync_dir, FileError, Root};
+use crate::system::System;
+
+pub const K3S_BIN: &str = "/usr/local/bin/k3s";
+/// Tools K3s serves from the same binary, linked next to it.
+pub const TOOL_LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
+const ATTEMPTS: u32 = 4;
+
+/// Why the binary could not be put in place. Nothing is installed when any
+/// of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{url}: not found (HTTP 404); check that the mirror has release {version} in GitHub release layout")]
+    NotFound { url: String, version: String },
+    #[error("{url}: HTTP {code}")]
+    Status { url: String, code: u16 },
+    #[error("{url}: {message}; check the network and the mirror (k3s.mirror)")]
+    Transport { url: String, message: String },
+    #[error("{url}: download cut off after {received} bytes: {message}")]
+    CutOff {
+        url: String,
+        received: u64,
+        message: String,
+    },
+    #[error("{url}: checksum mismatch: expected sha256 {expected} ({expected_from}), got {actual}; nothing was installed")]
+    Checksum {
+        url: String,
+        expected: Sha256Hex,
+        expected_from: String,
+        actual: Sha256Hex,
+    },
+    #[error("{url} has no entry for `k3s`")]
+    NoSumEntry { url: String },
+    #[error("the pinned sha256 {pinned} disagrees with {url} ({listed}); the image pins a different build than the mirror serves")]
+    PinMismatch {
+        url: String,
+        pinned: Sha256Hex,
+        listed: Sha256Hex,
+    },
+    #[error("{0}")]
+    File(#[from] FileError),
+}
+
+impl DownloadError {
+    /// Whether another attempt may succeed.
+    fn transient(&self) -> bool {
+        match self {
+            DownloadError::Transport { .. } | DownloadError::CutOff { .. } => true,
+            DownloadError::Status { code, .. } => *code >= 500 || *code == 429,
+            _ => false,
+        }
+    }
+}
+
+/// Where the installed binary came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    AlreadyInstalled,
+    Baked,
+    Downloaded(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installed {
+    pub origin: Origin,
+    pub sha256: Sha256Hex,
+}
+
+/// sha256 of a file; `Ok(None)` when it does not exist.
+pub fn file_sha256(path: &Path) -> Result<Option<Sha256Hex>, FileError> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(FileError::new("reading", path, e)),
+    };
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).map_err(|e| FileError::new("reading", path, e))?;
+    Ok(Some(Sha256Hex::from_digest(&h.finalize())))
+}
+
+/// The `k3s` entry of a `sha256sum-<arch>.txt`.
+pub fn parse_sums(text: &str, name: &str) -> Option<Sha256Hex> {
+    text.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let digest = f.next()?;
+        let file = f.next()?.trim_start_matches('*');
+        (file == name).then(|| digest.parse().ok()).flatten()
+    })
+}
+
+/// The baked binary's path when its digest is the one we want.
+fn valid_baked(root: &Root, cfg: &NodeConfig) -> Result<Option<(std::path::PathBuf, Sha256Hex)>, FileError> {
+    let Some(b) = &cfg.baked_binary else {
+        return Ok(None);
+    };
+    let path = root.path(&b.path);
+    let Some(actual) = file_sha256(&path)? else {
+        tracing::warn!("baked K3s binary {} is missing; will download", b.path);
+        return Ok(None);
+    };
+    let wanted = cfg.pinned_sha256.as_ref().unwrap_or(&b.sha256);
+    if &actual == wanted && actual == b.sha256 {
+        Ok(Some((path, actual)))
+    } else {
+        tracing::warn!(
+            "baked K3s binary {} has sha256 {actual}, expected {wanted}; will download",
+            b.path
+        );
+        Ok(None)
+    }
+}
+
+/// Whether installing needs the mirror (used to decide which DNS names the
+/// preflight must resolve).
+pub fn needs_download(root: &Root, cfg: &NodeConfig) -> Result<bool, FileError> {
+    if valid_baked(root, cfg)?.is_some() {
+        return Ok(false);
+    }
+    if let Some(p) = &cfg.pinned_sha256 {
+        if file_sha256(&root.path(K3S_BIN))?.as_ref() == Some(p) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn release_url(cfg: &NodeConfig, file: &str) -> String {
+    format!("{}/{}/{file}", cfg.mirror, cfg.version.url_encoded())
+}
+
+fn open_url(url: &str, version: &str) -> Result<Box<dyn Read + Send>, DownloadError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        let path = path.replace("%2B", "+");
+        return match File::open(&path) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(DownloadError::NotFound {
+                url: url.to_owned(),
+                version: version.to_owned(),
+            }),
+            Err(e) => Err(FileError::new("reading", path, e).into()),
+        };
+    }
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(Duration::from_secs(60))
+        .user_agent(concat!("firstboot-agent/", env!("CARGO_PKG_VERSION")))
+        .build();
+    match agent.get(url).call() {
+        Ok(resp) => Ok(Box::new(resp.into_reader())),
+        Err(ureq::Error::Status(404, _)) => Err(DownloadError::NotFound {
+            url: url.to_owned(),
+            version: version.to_owned(),
+        }),
+        Err(ureq::Error::Status(code, _)) => Err(DownloadError::Status {
+            url: url.to_owned(),
+            code,
+        }),
+        Err(ureq::Error::Transport(t)) => Err(DownloadError::Transport {
+            url: url.to_owned(),
+            message: t.to_string(),
+        }),
+    }
+}
+
+fn with_retries<T>(
+    system: &dyn System,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, DownloadError>,
+) -> Result<T, DownloadError> {
+    let mut delay = Duration::from_secs(2);
+    let mut attempt = 1;
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.transient() && attempt < ATTEMPTS => {
+                tracing::warn!("{what} failed (attempt {attempt}/{ATTEMPTS}), retrying in {delay:?}: {e}");
+                system.sleep(delay);
+                delay *= 2;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn fetch_text(url: &str, version: &str) -> Result<String, DownloadError> {
+    let mut r = open_url(url, version)?;
+    let mut buf = String::new();
+    r.by_ref()
+        .take(1024 * 1024)
+        .read_to_string(&mut buf)
+        .map_err(|e| DownloadError::CutOff {
+            url: url.to_owned(),
+            received: buf.len() as u64,
+            message: e.to_string(),
+        })?;
+    Ok(buf)
+}
+
+/// Stream `reader` into a temp file in `dest`'s directory while hashing; on
+/// a digest match make it 0755 and rename it over `dest`. The temp file is
+/// removed on every error path.
+fn stream_install(
+    mut reader: impl Read,
+    url: &str,
+    dest: &Path,
+    expected: &Sha256Hex,
+    expected_from: &str,
+) -> Result<Sha256Hex, DownloadError> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| FileError::new("installing", dest, io::ErrorKind::InvalidInput.into()))?;
+    fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".k3s.download-")
+        .tempfile_in(dir)
+        .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received: u64 = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(DownloadError::CutOff {
+                    url: url.to_owned(),
+                    received,
+                    message: e.to_string(),
+                })
+            }
+        };
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n])
+            .map_err(|e| FileError::new("writing", tmp.path(), e))?;
+        received += n as u64;
+    }
+    let actual = Sha256Hex::from_digest(&hasher.finalize());
+    if &actual != expected {
+        return Err(DownloadError::Checksum {
+            url: url.to_owned(),
+            expected: expected.clone(),
+            expected_from: expected_from.to_owned(),
+            actual,
+        });
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| FileError::new("writing", tmp.path(), e))?;
+    fs::set_permissions(tmp.path(), Permissions::from_mode(0o755))
+        .map_err(|e| FileError::new("setting the mode of", tmp.path(), e))?;
+    tmp.persist(dest)
+        .map_err(|e| FileError::new("renaming into place", dest, e.error))?;
+    sync_dir(dir)?;
+    Ok(actual)
+}
+
+/// Put the pinned K3s at /usr/local/bin/k3s (see the module docs).
+pub fn install(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<Installed, DownloadError> {
+    let dest = root.path(K3S_BIN);
+    let version = cfg.version.as_str();
+    let installed = if let Some((baked, digest)) = valid_baked(root, cfg)? {
+        if file_sha256(&dest)?.as_ref() == Some(&digest) {
+            Installed { origin: Origin::AlreadyInstalled, sha256: digest }
+        } else {
+            let f = File::open(&baked).map_err(|e| FileError::new("reading", &baked, e))?;
+            let from = format!("baked {}", baked.display());
+            let sha256 = stream_install(f, &from, &dest, &digest, "baked defaults")?;
+            Installed { origin: Origin::Baked, sha256 }
+        }
+    } else {
+        let sums_url = release_url(cfg, "sha256sum-amd64.txt");
+        let listed = match with_retries(system, "fetching the checksum list", || fetch_text(&sums_url, version)) {
+            Ok(text) => Some(parse_sums(&text, "k3s").ok_or_else(|| DownloadError::NoSumEntry { url: sums_url.clone() })?),
+            // With a pinned digest the checksum list is only a cross-check.
+            Err(e) if cfg.pinned_sha256.is_some() => {
+                tracing::warn!("could not cross-check against {sums_url}: {e}");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let (expected, expected_from) = match (&cfg.pinned_sha256, listed) {
+            (Some(p), Some(l)) if p != &l => {
+                return Err(DownloadError::PinMismatch { url: sums_url, pinned: p.clone(), listed: l })
+            }
+            (Some(p), _) => (p.clone(), "pinned in the image defaults".to_owned()),
+            (None, Some(l)) => (l, sums_url.clone()),
+            (None, None) => unreachable_none(&sums_url)?,
+        };
+        if file_sha256(&dest)?.as_ref() == Some(&expected) {
+            Installed { origin: Origin::AlreadyInstalled, sha256: expected }
+        } else {
+            let url = release_url(cfg, "k3s");
+            let sha256 = with_retries(system, "downloading K3s", || {
+                let r = open_url(&url, version)?;
+                stream_install(r, &url, &dest, &expected, &expected_from)
+            })?;
+            Installed { origin: Origin::Downloaded(url), sha256 }
+        }
+    };
+    link_tools(root)?;
+    Ok(installed)
+}
+
+/// Both sources missing cannot happen (a failed fetch without a pin returns
+/// early); kept as an error rather than a panic.
+fn unreachable_none(url: &str) -> Result<(Sha256Hex, String), DownloadError> {
+    Err(DownloadError::NoSumEntry { url: url.to_owned() })
+}
+
+/// kubectl/crictl/ctr → k3s, unless a real tool of that name is there.
+fn link_tools(root: &Root) -> Result<(), FileError> {
+    for tool in TOOL_LINKS {
+        let link = root.path("/usr/local/bin").join(tool);
+        match fs::symlink_metadata(&link) {
+            Ok(m) if !m.file_type().is_symlink() => {
+                tracing::warn!("{} exists and is not a link; leaving it", link.display());
+            }
+            _ => symlink_atomic(Path::new("k3s"), &link)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_file() {
+        let a = "a".repeat(64);
+        let b = "b".repeat(64);
+        let text = format!("{a}  k3s-airgap-images-amd64.tar.zst\n{b}  k3s\n");
+        assert_eq!(parse_sums(&text, "k3s").unwrap().as_str(), b);
+        assert_eq!(parse_sums(&format!("{b} *k3s\n"), "k3s").unwrap().as_str(), b);
+        assert!(parse_sums("junk\n", "k3s").is_none());
+    }
+
+    #[test]
+    fn transient_errors() {
+        let t = DownloadError::Status { url: "u".into(), code: 503 };
+        assert!(t.transient());
+        let p = DownloadError::NotFound { url: "u".into(), version: "v".into() };
+        assert!(!p.transient());
+    }
+}

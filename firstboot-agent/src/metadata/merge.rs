@@ -1,0 +1,566 @@
+//! Merging metadata over the baked defaults into one validated
+//! [`NodeConfig`]: what this node is and how it joins.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use node_spec::{AirgapImage, BakedBinary, BakedDefaults, K3sVersion, Role, Sha256Hex, DEFAULTS_PATH};
+use serde::Serialize;
+
+use super::{Metadata, MetadataError};
+
+/// The K3s API port servers listen on and joining nodes dial.
+pub const K3S_API_PORT: u16 = 6443;
+
+/// The control-plane taint added when `control-plane-taint` is on.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane:NoSchedule";
+
+/// Keys in `k3s.config` that have a dedicated `k3s:` field (so the agent can
+/// validate them and keep the token out of config.yaml).
+const MANAGED_KEYS: [&str; 7] = [
+    "server",
+    "token",
+    "token-file",
+    "cluster-init",
+    "node-name",
+    "node-label",
+    "node-taint",
+];
+
+/// How this node takes part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// A single server with the default datastore.
+    Server,
+    /// First server of an embedded-etcd HA cluster (`cluster-init`).
+    HaFirst,
+    /// A server joining an existing cluster.
+    HaJoin,
+    /// An agent (worker) joining a server.
+    Agent,
+}
+
+impl Topology {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topology::Server => "server",
+            Topology::HaFirst => "ha-first",
+            Topology::HaJoin => "ha-join",
+            Topology::Agent => "agent",
+        }
+    }
+}
+
+/// A cluster token. Its value never appears in Debug output or messages.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Validate a K3s token: either the secure format
+    /// `K10<sha256 of the cluster CA>::<user>:<password>` or a bare password.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let t = raw.trim();
+        if t.is_empty() {
+            return Err("is empty".into());
+        }
+        if t.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\') {
+            return Err("contains whitespace, quotes or backslashes; K3s tokens are a single word".into());
+        }
+        if let Some(rest) = t.strip_prefix("K10") {
+            let (hash, creds) = rest.split_once("::").ok_or(
+                "starts with K10 but is not `K10<ca-hash>::<user>:<password>` (missing `::`)",
+            )?;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "starts with K10 but its CA hash has {} characters; expected 64 hex digits \
+                     (copy the whole line of /var/lib/rancher/k3s/server/node-token)",
+                    hash.len()
+                ));
+            }
+            match creds.split_once(':') {
+                Some((user, pass)) if !user.is_empty() && !pass.is_empty() => {}
+                _ => {
+                    return Err(
+                        "ends without `<user>:<password>` after `::`; copy the whole token".into(),
+                    )
+                }
+            }
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// A parsed `https://host:port` server URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerUrl {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let hint = "expected e.g. https://10.0.0.10:6443";
+        let rest = raw
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("{raw:?} is not an https URL; K3s serves its API over https, {hint}"))?;
+        let authority = rest.split('/').next().unwrap_or("");
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{raw:?} has an unclosed IPv6 bracket; {hint}"))?;
+            (h.to_owned(), after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_owned(), Some(p)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{raw:?} has no host; {hint}"));
+        }
+        let port = match port {
+            None => K3S_API_PORT,
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("{raw:?} has an invalid port {p:?}; {hint}"))?,
+        };
+        Ok(Self {
+            url: raw.to_owned(),
+            host,
+            port,
+        })
+    }
+}
+
+/// Everything the later steps need, merged and validated.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub profile: String,
+    pub instance_id: String,
+    pub metadata_source: String,
+    pub hostname: Option<String>,
+    pub fqdn: Option<String>,
+    pub role: Role,
+    pub topology: Topology,
+    pub version: K3sVersion,
+    pub pinned_sha256: Option<Sha256Hex>,
+    pub mirror: String,
+    pub baked_binary: Option<BakedBinary>,
+    pub airgap_images: Vec<AirgapImage>,
+    pub server: Option<ServerUrl>,
+    pub token: Option<Token>,
+    pub token_file: Option<String>,
+    pub node_name: Option<String>,
+    pub node_labels: Vec<String>,
+    pub node_taints: Vec<String>,
+    pub control_plane_taint: bool,
+    /// Other config.yaml keys (defaults, then metadata).
+    pub extra_config: BTreeMap<String, serde_yaml::Value>,
+    /// Host names that must resolve.
+    pub check_names: Vec<String>,
+    /// `host:port` endpoints that must accept TCP.
+    pub check_endpoints: Vec<(String, u16)>,
+    pub network_timeout: Duration,
+    pub ready_timeout: Duration,
+    /// Notes for the log (ignored user-data parts and such).
+    pub notes: Vec<String>,
+}
+
+impl NodeConfig {
+    /// The systemd unit K3s runs as.
+    pub fn unit_name(&self) -> &'static str {
+        self.role.unit_name()
+    }
+
+    /// Whether this node dials an existing server.
+    pub fn joins(&self) -> bool {
+        self.server.is_some()
+    }
+}
+
+/// Host (and port) of a mirror URL, when it is a network URL.
+pub fn url_host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return None,
+    };
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((h.to_owned(), port.unwrap_or(default_port)));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
+        None => Some((authority.to_owned(), default_port)),
+    }
+}
+
+fn valid_hostname(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn string_list(
+    value: Option<&serde_yaml::Value>,
+    path: &str,
+    key: &str,
+) -> Result<Vec<String>, MetadataError> {
+    let bad = || MetadataError::Invalid {
+        path: path.to_owned(),
+        line: None,
+        key: format!("config.{key}"),
+        message: "expected a string or a list of strings".into(),
+    };
+    match value {
+        None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+        Some(serde_yaml::Value::String(s)) => Ok(vec![s.clone()]),
+        Some(serde_yaml::Value::Sequence(items)) => items
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+/// Merge: baked defaults < metadata (meta-data < user-data for the host
+/// name). `user_data_path` names the file in messages.
+pub fn merge(
+    defaults: &BakedDefaults,
+    md: &Metadata,
+    user_data_path: &str,
+) -> Result<NodeConfig, MetadataError> {
+    let k = md.user.k3s.clone().unwrap_or_default();
+    let line = |key: &str| md.user.k3s_lines.get(key).copied();
+    let invalid = |key: &str, message: String| MetadataError::Invalid {
+        path: user_data_path.to_owned(),
+        line: line(key),
+        key: format!("k3s.{key}"),
+        message,
+    };
+
+    // Secrets never live in the defaults (the same file ships in every image).
+    for key in ["token", "agent-token"] {
+        if defaults.k3s.config.contains_key(key) {
+            return Err(MetadataError::Invalid {
+                path: DEFAULTS_PATH.into(),
+                line: None,
+                key: format!("k3s.config.{key}"),
+                message: "a secret must not be baked into the image; pass it in user-data `k3s.token`".into(),
+            });
+        }
+    }
+    for key in MANAGED_KEYS {
+        if k.config.contains_key(key) {
+            return Err(invalid(
+                "config",
+                format!("`{key}` has its own field; write `k3s.{key}` instead of `k3s.config.{key}`"),
+            ));
+        }
+    }
+
+    // Host name: user-data hostname, else the first label of fqdn, else
+    // meta-data local-hostname.
+    let hostname = md
+        .user
+        .hostname
+        .clone()
+        .or_else(|| md.user.fqdn.as_ref().and_then(|f| f.split('.').next().map(str::to_owned)))
+        .or_else(|| md.meta.local_hostname.clone());
+    if let Some(h) = &hostname {
+        if !valid_hostname(h) || h.len() > 64 {
+            return Err(MetadataError::Invalid {
+                path: user_data_path.to_owned(),
+                line: None,
+                key: "hostname".into(),
+                message: format!(
+                    "{h:?} is not a valid host name (letters, digits and `-`, at most 64 characters)"
+                ),
+            });
+        }
+    }
+
+    let role = k.role.unwrap_or(defaults.k3s.role);
+
+    let mut config = defaults.k3s.config.clone();
+    let default_server = config.remove("server");
+    let default_labels = string_list(config.remove("node-label").as_ref(), DEFAULTS_PATH, "node-label")?;
+    let default_taints = string_list(config.remove("node-taint").as_ref(), DEFAULTS_PATH, "node-taint")?;
+    let default_cluster_init = config.remove("cluster-init");
+    config.remove("node-name");
+    for (key, value) in k.config {
+        config.insert(key, value);
+    }
+
+    let server_raw = k
+        .server
+        .clone()
+        .or_else(|| default_server.as_ref().and_then(|v| v.as_str().map(str::to_owned)));
+    let server = server_raw
+        .as_deref()
+        .map(ServerUrl::parse)
+        .transpose()
+        .map_err(|m| invalid("server", m))?;
+
+    let token = k
+        .token
+        .as_deref()
+        .map(Token::parse)
+        .transpose()
+        .map_err(|m| invalid("token", format!("the token {m}")))?;
+    if token.is_some() && k.token_file.is_some() {
+        return Err(invalid("token-file", "set either `token` or `token-file`, not both".into()));
+    }
+    if let Some(f) = &k.token_file {
+        if !f.starts_with('/') {
+            return Err(invalid("token-file", format!("{f:?} must be an absolute path on the node")));
+        }
+    }
+    let has_token = token.is_some() || k.token_file.is_some();
+
+    let cluster_init = k
+        .cluster_init
+        .or_else(|| default_cluster_init.as_ref().and_then(serde_yaml::Value::as_bool))
+        .unwrap_or(defaults.k3s.ha && role == Role::Server && server.is_none());
+
+    let topology = match (role, server.is_some(), cluster_init) {
+        (Role::Agent, _, true) => {
+            return Err(invalid("cluster-init", "`cluster-init` only applies to servers; remove it or set `role: server`".into()))
+        }
+        (Role::Agent, false, _) => {
+            return Err(invalid(
+                "server",
+                "an agent needs `server: https://<server>:6443` and `token` to join; add both under `k3s:`".into(),
+            ))
+        }
+        (Role::Agent, true, false) => Topology::Agent,
+        (Role::Server, true, true) => {
+            return Err(invalid(
+                "cluster-init",
+                "`cluster-init` starts a new cluster and `server` joins an existing one; keep only one".into(),
+            ))
+        }
+        (Role::Server, true, false) => Topology::HaJoin,
+        (Role::Server, false, true) => Topology::HaFirst,
+        (Role::Server, false, false) => Topology::Server,
+    };
+    if server.is_some() && !has_token {
+        return Err(invalid(
+            "token",
+            "joining a cluster needs the token: add `token:` (the contents of /var/lib/rancher/k3s/server/node-token on a server) or `token-file:`".into(),
+        ));
+    }
+
+    let mut node_labels = default_labels;
+    node_labels.extend(k.node_label.iter().cloned());
+    let mut node_taints = default_taints;
+    node_taints.extend(k.node_taint.iter().cloned());
+    for l in &node_labels {
+        if !l.contains('=') && !l.ends_with('-') {
+            return Err(invalid("node-label", format!("{l:?} is not `key=value`")));
+        }
+    }
+    for t in &node_taints {
+        if !t.contains(':') {
+            return Err(invalid("node-taint", format!("{t:?} is not `key=value:Effect` (e.g. dedicated=gpu:NoSchedule)")));
+        }
+    }
+    let control_plane_taint = k.control_plane_taint.unwrap_or(defaults.k3s.control_plane_taint);
+    if control_plane_taint && role == Role::Agent && k.control_plane_taint == Some(true) {
+        return Err(invalid("control-plane-taint", "applies to servers only".into()));
+    }
+
+    let mut check_names = defaults.checks.dns_names.clone();
+    check_names.extend(k.check_names.iter().cloned());
+    let mut check_endpoints = Vec::new();
+    for e in &k.check_endpoints {
+        let (h, p) = e
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
+            .ok_or_else(|| invalid("check-endpoints", format!("{e:?} is not `host:port`")))?;
+        check_endpoints.push((h, p));
+    }
+
+    let timeout = |meta: Option<u64>, default: u64, key: &str| -> Result<Duration, MetadataError> {
+        let secs = meta.unwrap_or(default);
+        if secs == 0 || secs > 24 * 3600 {
+            return Err(invalid(key, format!("{secs} is out of range; use 1..=86400 seconds")));
+        }
+        Ok(Duration::from_secs(secs))
+    };
+
+    let mirror = k.mirror.clone().unwrap_or_else(|| defaults.k3s.mirror.clone());
+    let mirror = mirror.trim_end_matches('/').to_owned();
+    if !(mirror.starts_with("https://") || mirror.starts_with("http://") || mirror.starts_with("file://")) {
+        return Err(invalid("mirror", format!("{mirror:?} must be an http(s):// or file:// URL")));
+    }
+
+    Ok(NodeConfig {
+        profile: defaults.profile.clone(),
+        instance_id: md.meta.instance_id.clone(),
+        metadata_source: md.source.clone(),
+        hostname,
+        fqdn: md.user.fqdn.clone(),
+        role,
+        topology,
+        version: defaults.k3s.version.clone(),
+        pinned_sha256: defaults.k3s.sha256.clone(),
+        mirror,
+        baked_binary: defaults.k3s.binary.clone(),
+        airgap_images: defaults.k3s.airgap_images.clone(),
+        server,
+        token,
+        token_file: k.token_file.clone(),
+        node_name: k.node_name.clone(),
+        node_labels,
+        node_taints,
+        control_plane_taint: control_plane_taint && role == Role::Server,
+        extra_config: config,
+        check_names,
+        check_endpoints,
+        network_timeout: timeout(k.network_timeout_secs, defaults.checks.network_timeout_secs, "network-timeout-secs")?,
+        ready_timeout: timeout(k.ready_timeout_secs, defaults.checks.ready_timeout_secs, "ready-timeout-secs")?,
+        notes: md.user.ignored.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::userdata::{parse_user_data, MetaData};
+
+    pub(crate) fn defaults(extra: &str) -> BakedDefaults {
+        BakedDefaults::from_yaml(&format!(
+            "schema: 1\nprofile: test\nk3s:\n  version: v1.34.3+k3s1\n  role: server\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    fn md(user: &str) -> Metadata {
+        Metadata {
+            source: "test".into(),
+            meta: MetaData {
+                instance_id: "iid".into(),
+                local_hostname: Some("meta-host".into()),
+            },
+            user: parse_user_data("/ud", user.as_bytes()).unwrap(),
+        }
+    }
+
+    fn merged(d: &BakedDefaults, user: &str) -> Result<NodeConfig, String> {
+        merge(d, &md(user), "/ud").map_err(|e| e.to_string())
+    }
+
+    const TOKEN: &str = "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:secret";
+
+    #[test]
+    fn topologies() {
+        let d = defaults("");
+        assert_eq!(merged(&d, "").unwrap().topology, Topology::Server);
+        let ha = defaults("  ha: true\n");
+        assert_eq!(merged(&ha, "").unwrap().topology, Topology::HaFirst);
+        let join = format!("#cloud-config\nk3s:\n  server: https://10.0.0.1:6443\n  token: {TOKEN}\n");
+        assert_eq!(merged(&ha, &join).unwrap().topology, Topology::HaJoin);
+        let agent = format!("#cloud-config\nk3s:\n  role: agent\n  server: https://s.lan\n  token: pw\n");
+        let c = merged(&d, &agent).unwrap();
+        assert_eq!(c.topology, Topology::Agent);
+        assert_eq!(c.server.unwrap().port, 6443);
+        assert_eq!(
+            merged(&d, "#cloud-config\nk3s:\n  cluster-init: true\n").unwrap().topology,
+            Topology::HaFirst
+        );
+    }
+
+    #[test]
+    fn agent_without_server_or_token() {
+        let d = defaults("");
+        let e = merged(&d, "#cloud-config\nk3s:\n  role: agent\n").unwrap_err();
+        assert!(e.contains("needs `server:") && e.contains("/ud"), "{e}");
+        let e = merged(&d, "#cloud-config\nk3s:\n  role: agent\n  server: https://s:6443\n").unwrap_err();
+        assert!(e.contains("needs the token"), "{e}");
+    }
+
+    #[test]
+    fn token_formats() {
+        assert!(Token::parse(TOKEN).is_ok());
+        assert!(Token::parse("simple-password").is_ok());
+        for bad in ["", "two words", "K10abc::server:x", "K10aaaa", &TOKEN.replace("::server:secret", "::server:")] {
+            assert!(Token::parse(bad).is_err(), "{bad}");
+        }
+        let e = merged(&defaults(""), "#cloud-config\nk3s:\n  server: https://s:6443\n  token: K10zz::a:b\n").unwrap_err();
+        assert!(e.starts_with("/ud:4: k3s.token:"), "{e}");
+        assert!(!e.contains("K10zz"), "token value leaked: {e}");
+        assert_eq!(format!("{:?}", Token::parse("pw").unwrap()), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn conflicting_and_bad_values() {
+        let d = defaults("");
+        let e = merged(&d, &format!("#cloud-config\nk3s:\n  cluster-init: true\n  server: https://a:6443\n  token: {TOKEN}\n")).unwrap_err();
+        assert!(e.contains("keep only one"), "{e}");
+        let e = merged(&d, "#cloud-config\nk3s:\n  server: http://a:6443\n  token: x\n").unwrap_err();
+        assert!(e.contains("not an https URL"), "{e}");
+        let e = merged(&d, "#cloud-config\nk3s:\n  config:\n    token: x\n").unwrap_err();
+        assert!(e.contains("k3s.token"), "{e}");
+        let e = merged(&d, "#cloud-config\nhostname: bad_name\n").unwrap_err();
+        assert!(e.contains("not a valid host name"), "{e}");
+        let e = merged(&d, "#cloud-config\nk3s:\n  node-taint: [foo]\n").unwrap_err();
+        assert!(e.contains("Effect"), "{e}");
+        let secret = defaults("  config:\n    token: abc\n");
+        let e = merged(&secret, "").unwrap_err();
+        assert!(e.contains(DEFAULTS_PATH), "{e}");
+    }
+
+    #[test]
+    fn merge_order() {
+        let d = defaults(
+            "  control-plane-taint: true\n  config:\n    write-kubeconfig-mode: \"0644\"\n    node-label: [tier=base]\n    disable: [traefik]\n",
+        );
+        let c = merged(
+            &d,
+            "#cloud-config\nfqdn: n1.example.com\nk3s:\n  node-label: [zone=a]\n  control-plane-taint: false\n  network-timeout-secs: 20\n  mirror: http://127.0.0.1:8080/rel/\n  config:\n    disable: [servicelb]\n",
+        )
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("n1"));
+        assert_eq!(c.node_labels, vec!["tier=base", "zone=a"]);
+        assert!(!c.control_plane_taint);
+        assert_eq!(c.network_timeout, Duration::from_secs(20));
+        assert_eq!(c.mirror, "http://127.0.0.1:8080/rel");
+        assert_eq!(c.extra_config["disable"], serde_yaml::from_str::<serde_yaml::Value>("[servicelb]").unwrap());
+        assert!(c.extra_config.contains_key("write-kubeconfig-mode"));
+        // meta-data local-hostname is the fallback.
+        assert_eq!(merged(&d, "").unwrap().hostname.as_deref(), Some("meta-host"));
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host_port("https://github.com/k3s-io/k3s/releases/download"), Some(("github.com".into(), 443)));
+        assert_eq!(url_host_port("http://127.0.0.1:8080/x"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(url_host_port("http://[::1]:81/"), Some(("::1".into(), 81)));
+        assert_eq!(url_host_port("file:///srv"), None);
+        assert_eq!(ServerUrl::parse("https://[fd00::1]:7443").unwrap().host, "fd00::1");
+    }
+}

@@ -1,0 +1,599 @@
+//! Pure parsers for NoCloud `meta-data` and `user-data`.
+//!
+//! user-data may be `#cloud-config` YAML (optionally behind a
+//! `## template: jinja` header with no Jinja in it), a MIME multipart archive
+//! whose `text/cloud-config` parts are read, or a shell script (ignored: it is
+//! cloud-init's business). Anything else is refused with the file and line.
+
+use std::collections::BTreeMap;
+
+use node_spec::Role;
+use serde::Deserialize;
+
+use super::MetadataError;
+
+/// Largest meta-data or user-data file the agent reads. NoCloud seeds are a
+/// few KiB; a bigger file is a mistake (or an attack), not configuration.
+pub const MAX_METADATA_BYTES: u64 = 1024 * 1024;
+
+/// `meta-data`: the instance id and maybe a host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaData {
+    pub instance_id: String,
+    pub local_hostname: Option<String>,
+}
+
+/// What the agent takes from user-data.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserData {
+    pub hostname: Option<String>,
+    pub fqdn: Option<String>,
+    pub k3s: Option<K3sMeta>,
+    /// Line of each key under `k3s:` (1-based), for error messages.
+    pub k3s_lines: BTreeMap<String, usize>,
+    /// Parts of the user-data the agent deliberately ignored.
+    pub ignored: Vec<String>,
+}
+
+/// The top-level `k3s:` mapping in `#cloud-config` user-data. Every field is
+/// optional; unset fields fall back to the defaults baked into the image.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct K3sMeta {
+    pub role: Option<Role>,
+    /// `https://HOST:6443` of an existing server; makes the node join.
+    pub server: Option<String>,
+    /// Cluster join token: a bare password or `K10<ca-hash>::<user>:<pass>`.
+    pub token: Option<String>,
+    /// Path on the node of a file holding the token (instead of `token`).
+    pub token_file: Option<String>,
+    /// Start a new embedded-etcd cluster (first HA server).
+    pub cluster_init: Option<bool>,
+    pub node_name: Option<String>,
+    #[serde(default)]
+    pub node_label: Vec<String>,
+    #[serde(default)]
+    pub node_taint: Vec<String>,
+    /// Taint servers `node-role.kubernetes.io/control-plane:NoSchedule`.
+    pub control_plane_taint: Option<bool>,
+    /// Release mirror (GitHub release layout).
+    pub mirror: Option<String>,
+    /// Extra host names that must resolve before installing.
+    #[serde(default)]
+    pub check_names: Vec<String>,
+    /// Extra `host:port` endpoints that must accept TCP before installing.
+    #[serde(default)]
+    pub check_endpoints: Vec<String>,
+    pub network_timeout_secs: Option<u64>,
+    pub ready_timeout_secs: Option<u64>,
+    /// Further K3s config keys, written to config.yaml as given.
+    #[serde(default)]
+    pub config: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// The subset of `#cloud-config` the agent reads; other keys belong to
+/// cloud-init and are ignored.
+#[derive(Debug, Default, Deserialize)]
+struct CloudConfig {
+    hostname: Option<String>,
+    fqdn: Option<String>,
+    k3s: Option<K3sMeta>,
+}
+
+/// Decode bytes as text: size cap, UTF-8, no BOM, LF line ends.
+pub fn decode_text(path: &str, bytes: &[u8]) -> Result<String, MetadataError> {
+    if bytes.len() as u64 > MAX_METADATA_BYTES {
+        return Err(MetadataError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            limit: MAX_METADATA_BYTES,
+        });
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        return Err(MetadataError::Unsupported {
+            path: path.to_owned(),
+            line: 1,
+            message: "gzip-compressed data; provide it uncompressed".into(),
+        });
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = 1 + bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        MetadataError::Unsupported {
+            path: path.to_owned(),
+            line,
+            message: "not valid UTF-8 text".into(),
+        }
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    Ok(text.replace("\r\n", "\n"))
+}
+
+/// Turn a serde_yaml error into one naming the file and line (shifted by
+/// `line_offset` when the YAML started further down a larger file).
+fn yaml_error(path: &str, line_offset: usize, e: &serde_yaml::Error) -> MetadataError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line() + line_offset, l.column()))
+        .unwrap_or((line_offset.max(1), 0));
+    let mut message = e.to_string();
+    if let Some(i) = message.rfind(" at line ") {
+        message.truncate(i);
+    }
+    MetadataError::Parse {
+        path: path.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// True when the text holds nothing but comments and blank lines.
+fn only_comments(text: &str) -> bool {
+    text.lines().all(|l| {
+        let t = l.trim();
+        t.is_empty() || t.starts_with('#') || t == "---" || t == "..."
+    })
+}
+
+/// Parse `meta-data` (YAML or JSON).
+pub fn parse_meta_data(path: &str, bytes: &[u8]) -> Result<MetaData, MetadataError> {
+    let text = decode_text(path, bytes)?;
+    let missing = || MetadataError::Invalid {
+        path: path.to_owned(),
+        line: None,
+        key: "instance-id".into(),
+        message: "meta-data has no instance-id; NoCloud needs a line such as `instance-id: node-1`"
+            .into(),
+    };
+    if only_comments(&text) {
+        return Err(missing());
+    }
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| yaml_error(path, 0, &e))?;
+    let map = value.as_mapping().ok_or_else(|| MetadataError::Parse {
+        path: path.to_owned(),
+        line: 1,
+        column: 1,
+        message: "meta-data must be a mapping of `key: value` lines".into(),
+    })?;
+    let scalar = |key: &str| -> Result<Option<String>, MetadataError> {
+        match map.get(key) {
+            None | Some(serde_yaml::Value::Null) => Ok(None),
+            Some(serde_yaml::Value::String(s)) => Ok(Some(s.trim().to_owned())),
+            Some(serde_yaml::Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(_) => Err(MetadataError::Invalid {
+                path: path.to_owned(),
+                line: key_line(&text, key, 0),
+                key: key.to_owned(),
+                message: format!("`{key}` must be a string"),
+            }),
+        }
+    };
+    let instance_id = scalar("instance-id")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(missing)?;
+    let local_hostname = scalar("local-hostname")?.filter(|s| !s.is_empty());
+    Ok(MetaData {
+        instance_id,
+        local_hostname,
+    })
+}
+
+/// 1-based line of the first `key:` with the given indentation or deeper.
+fn key_line(text: &str, key: &str, min_indent: usize) -> Option<usize> {
+    text.lines().position(|l| {
+        let trimmed = l.trim_start();
+        l.len() - trimmed.len() >= min_indent
+            && trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    })
+    .map(|i| i + 1)
+}
+
+/// Lines of the keys directly under the top-level `k3s:` mapping.
+fn k3s_key_lines(text: &str, line_offset: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut lines = text.lines().enumerate();
+    let Some(_) = lines.by_ref().find(|(_, l)| {
+        l.strip_prefix("k3s")
+            .is_some_and(|r| r.trim_start().starts_with(':'))
+    }) else {
+        return out;
+    };
+    let mut indent = None;
+    for (i, l) in lines {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let this = l.len() - trimmed.len();
+        if this == 0 {
+            break;
+        }
+        if *indent.get_or_insert(this) != this {
+            continue;
+        }
+        if let Some((key, _)) = trimmed.split_once(':') {
+            out.entry(key.trim().to_owned())
+                .or_insert(i + 1 + line_offset);
+        }
+    }
+    out
+}
+
+fn parse_cloud_config(
+    path: &str,
+    text: &str,
+    line_offset: usize,
+) -> Result<UserData, MetadataError> {
+    if only_comments(text) {
+        return Ok(UserData::default());
+    }
+    let cc: CloudConfig =
+        serde_yaml::from_str(text).map_err(|e| yaml_error(path, line_offset, &e))?;
+    Ok(UserData {
+        hostname: cc.hostname.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()),
+        fqdn: cc.fqdn.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()),
+        k3s_lines: if cc.k3s.is_some() {
+            k3s_key_lines(text, line_offset)
+        } else {
+            BTreeMap::new()
+        },
+        k3s: cc.k3s,
+        ignored: Vec::new(),
+    })
+}
+
+/// Parse `user-data`.
+pub fn parse_user_data(path: &str, bytes: &[u8]) -> Result<UserData, MetadataError> {
+    let text = decode_text(path, bytes)?;
+    parse_user_data_text(path, &text, 0)
+}
+
+fn parse_user_data_text(
+    path: &str,
+    text: &str,
+    line_offset: usize,
+) -> Result<UserData, MetadataError> {
+    let first = text.lines().next().unwrap_or("").trim_end();
+    let unsupported = |line: usize, message: String| MetadataError::Unsupported {
+        path: path.to_owned(),
+        line: line + line_offset,
+        message,
+    };
+    if text.trim().is_empty() {
+        return Ok(UserData::default());
+    }
+    if first.starts_with("#cloud-config") && !first.starts_with("#cloud-config-archive") {
+        return parse_cloud_config(path, text, line_offset);
+    }
+    if first.trim() == "## template: jinja" {
+        let second = text.lines().nth(1).unwrap_or("").trim_end();
+        if !second.starts_with("#cloud-config") {
+            return Err(unsupported(
+                2,
+                "a Jinja template must be followed by a `#cloud-config` line".into(),
+            ));
+        }
+        if let Some(i) = text
+            .lines()
+            .position(|l| l.contains("{{") || l.contains("{%"))
+        {
+            return Err(unsupported(
+                i + 1,
+                "Jinja expressions are rendered by cloud-init, not by firstboot-agent; \
+                 write the k3s values literally (and drop `## template: jinja`)"
+                    .into(),
+            ));
+        }
+        return parse_cloud_config(path, text, line_offset);
+    }
+    if first.starts_with("#!") {
+        return Ok(UserData {
+            ignored: vec![format!("{path}: shell script (run by cloud-init, if present)")],
+            ..UserData::default()
+        });
+    }
+    let lower = first.to_ascii_lowercase();
+    if lower.starts_with("content-type:") || lower.starts_with("mime-version:") {
+        return parse_multipart(path, text);
+    }
+    if first.starts_with('#') {
+        return Err(unsupported(
+            1,
+            format!(
+                "user-data type `{first}` is not supported by firstboot-agent; \
+                 use `#cloud-config` with a top-level `k3s:` mapping"
+            ),
+        ));
+    }
+    Err(unsupported(
+        1,
+        "user-data does not start with `#cloud-config`, so cloud-init would ignore it too; \
+         make `#cloud-config` the first line"
+            .into(),
+    ))
+}
+
+/// Headers of a MIME entity (folded lines joined, names lower-cased) and the
+/// index of the first body line.
+fn mime_headers(lines: &[&str], start: usize) -> (BTreeMap<String, String>, usize) {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    let mut i = start;
+    while i < lines.len() {
+        let l = lines[i];
+        i += 1;
+        if l.trim().is_empty() {
+            break;
+        }
+        if l.starts_with([' ', '\t']) {
+            if let Some(v) = last.as_ref().and_then(|k| headers.get_mut(k)) {
+                v.push(' ');
+                v.push_str(l.trim());
+            }
+            continue;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            headers.insert(k.clone(), v.trim().to_owned());
+            last = Some(k);
+        }
+    }
+    (headers, i)
+}
+
+fn mime_param(value: &str, name: &str) -> Option<String> {
+    value.split(';').skip(1).find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
+fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let (headers, body_start) = mime_headers(&lines, 0);
+    let ctype = headers.get("content-type").cloned().unwrap_or_default();
+    let unsupported = |line: usize, message: String| MetadataError::Unsupported {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    if !ctype.to_ascii_lowercase().starts_with("multipart/") {
+        return Err(unsupported(
+            1,
+            format!("MIME user-data of type `{ctype}` is not supported; expected multipart/mixed"),
+        ));
+    }
+    let boundary = mime_param(&ctype, "boundary")
+        .ok_or_else(|| unsupported(1, "multipart user-data without a boundary".into()))?;
+    let delimiter = format!("--{boundary}");
+    let closing = format!("--{boundary}--");
+
+    // Collect (first line index, lines) of each part.
+    let mut parts: Vec<(usize, Vec<&str>)> = Vec::new();
+    let mut current: Option<(usize, Vec<&str>)> = None;
+    for (i, l) in lines.iter().enumerate().skip(body_start) {
+        let t = l.trim_end();
+        if t == delimiter || t == closing {
+            parts.extend(current.take());
+            if t == closing {
+                break;
+            }
+            current = Some((i + 1, Vec::new()));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push(l);
+        }
+    }
+    parts.extend(current.take());
+
+    let mut out = UserData::default();
+    let mut k3s_part_line: Option<usize> = None;
+    for (first_line, part) in parts {
+        let (h, body_idx) = mime_headers(&part, 0);
+        let ptype = h
+            .get("content-type")
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "text/plain".into());
+        let encoding = h
+            .get("content-transfer-encoding")
+            .map(|v| v.to_ascii_lowercase())
+            .unwrap_or_default();
+        let body_line = first_line + body_idx; // 0-based index of body start
+        if ptype != "text/cloud-config" {
+            out.ignored
+                .push(format!("{path}:{}: MIME part of type {ptype}", first_line + 1));
+            continue;
+        }
+        if !encoding.is_empty() && !matches!(encoding.as_str(), "7bit" | "8bit" | "binary") {
+            return Err(unsupported(
+                first_line + 1,
+                format!(
+                    "text/cloud-config part with Content-Transfer-Encoding {encoding} \
+                     is not supported; include it as plain text"
+                ),
+            ));
+        }
+        let body = part[body_idx..].join("\n");
+        let ud = parse_cloud_config(path, &body, body_line)?;
+        if ud.k3s.is_some() {
+            if let Some(prev) = k3s_part_line {
+                return Err(unsupported(
+                    first_line + 1,
+                    format!(
+                        "a second text/cloud-config part sets `k3s:` (the first is at line {prev}); \
+                         keep the k3s settings in one part"
+                    ),
+                ));
+            }
+            k3s_part_line = Some(first_line + 1);
+            out.k3s = ud.k3s;
+            out.k3s_lines = ud.k3s_lines;
+        }
+        out.hostname = ud.hostname.or(out.hostname);
+        out.fqdn = ud.fqdn.or(out.fqdn);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/seed/user-data";
+
+    fn err(text: &str) -> String {
+        parse_user_data(P, text.as_bytes()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn proxmox_style_user_data() {
+        let ud = parse_user_data(
+            P,
+            b"#cloud-config\nhostname: node-1\nmanage_etc_hosts: true\nfqdn: node-1.lan\nuser: root\n",
+        )
+        .unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("node-1"));
+        assert_eq!(ud.fqdn.as_deref(), Some("node-1.lan"));
+        assert!(ud.k3s.is_none());
+    }
+
+    #[test]
+    fn k3s_mapping_and_key_lines() {
+        let text = "#cloud-config\nhostname: a\nk3s:\n  role: agent\n  server: https://10.0.0.1:6443\n  token: abc\n  node-label: [zone=a]\n  config:\n    node-ip: 10.0.0.5\n";
+        let ud = parse_user_data(P, text.as_bytes()).unwrap();
+        let k = ud.k3s.unwrap();
+        assert_eq!(k.role, Some(Role::Agent));
+        assert_eq!(k.node_label, vec!["zone=a"]);
+        assert_eq!(k.config["node-ip"], serde_yaml::Value::from("10.0.0.5"));
+        assert_eq!(ud.k3s_lines["token"], 6);
+        assert_eq!(ud.k3s_lines["config"], 8);
+        assert!(!ud.k3s_lines.contains_key("node-ip"));
+    }
+
+    #[test]
+    fn crlf_and_bom_are_accepted() {
+        let text = "\u{feff}#cloud-config\r\nk3s:\r\n  role: server\r\n";
+        let ud = parse_user_data(P, text.as_bytes()).unwrap();
+        assert_eq!(ud.k3s.unwrap().role, Some(Role::Server));
+    }
+
+    #[test]
+    fn wrong_types_name_file_and_line() {
+        let e = err("#cloud-config\nk3s:\n  role: worker\n");
+        assert!(e.starts_with("/seed/user-data:3:"), "{e}");
+        assert!(e.contains("worker"), "{e}");
+        let e = err("#cloud-config\nk3s:\n  cluster-init: maybe\n");
+        assert!(e.starts_with("/seed/user-data:3:"), "{e}");
+        let e = err("#cloud-config\nk3s:\n  node-label: zone=a\n");
+        assert!(e.contains(":3:") && e.contains("node-label"), "{e}");
+        let e = err("#cloud-config\nk3s: [1, 2]\n");
+        assert!(e.contains(":2:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_k3s_key_is_refused_with_the_list() {
+        let e = err("#cloud-config\nk3s:\n  rol: agent\n");
+        assert!(e.contains("unknown field `rol`") && e.contains("role"), "{e}");
+        assert!(e.starts_with("/seed/user-data:3:"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_line() {
+        let e = err("#cloud-config\nk3s:\n  role: agent\n   server: x\n");
+        assert!(e.starts_with("/seed/user-data:4:"), "{e}");
+    }
+
+    #[test]
+    fn missing_header_is_explained() {
+        let e = err("k3s:\n  role: agent\n");
+        assert!(e.contains(":1:") && e.contains("#cloud-config"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_comment_only_user_data() {
+        assert_eq!(parse_user_data(P, b"").unwrap(), UserData::default());
+        assert_eq!(
+            parse_user_data(P, b"#cloud-config\n# nothing\n").unwrap(),
+            UserData::default()
+        );
+    }
+
+    #[test]
+    fn shell_script_is_ignored() {
+        let ud = parse_user_data(P, b"#!/bin/sh\necho hi\n").unwrap();
+        assert!(ud.k3s.is_none());
+        assert_eq!(ud.ignored.len(), 1);
+    }
+
+    #[test]
+    fn jinja_header() {
+        let ud = parse_user_data(P, b"## template: jinja\n#cloud-config\nhostname: j\n").unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("j"));
+        let e = err("## template: jinja\n#cloud-config\nhostname: {{ v1.local_hostname }}\n");
+        assert!(e.contains(":3:") && e.contains("Jinja"), "{e}");
+    }
+
+    #[test]
+    fn huge_file_is_refused() {
+        let mut text = String::from("#cloud-config\n");
+        while text.len() as u64 <= MAX_METADATA_BYTES {
+            text.push_str("# padding padding padding padding padding padding\n");
+        }
+        let e = err(&text);
+        assert!(e.contains("limit") && e.contains(P), "{e}");
+    }
+
+    #[test]
+    fn gzip_and_binary_are_refused() {
+        let e = parse_user_data(P, &[0x1f, 0x8b, 8, 0]).unwrap_err().to_string();
+        assert!(e.contains("gzip"), "{e}");
+        let e = parse_user_data(P, b"#cloud-config\n\xff\xfe\n").unwrap_err().to_string();
+        assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
+    }
+
+    const MULTIPART: &str = "Content-Type: multipart/mixed; boundary=\"===XYZ==\"\nMIME-Version: 1.0\n\n--===XYZ==\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho hi\n\n--===XYZ==\nContent-Type: text/cloud-config; charset=\"us-ascii\"\nMIME-Version: 1.0\n\n#cloud-config\nhostname: mp\nk3s:\n  role: agent\n  token: [oops\n--===XYZ==--\n";
+
+    #[test]
+    fn multipart_cloud_config_part_is_read() {
+        let fixed = MULTIPART.replace("[oops", "abc");
+        let ud = parse_user_data(P, fixed.as_bytes()).unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("mp"));
+        assert_eq!(ud.k3s.unwrap().token.as_deref(), Some("abc"));
+        assert_eq!(ud.ignored.len(), 1);
+        // Key lines count from the top of the whole file.
+        assert_eq!(ud.k3s_lines["token"], 18);
+    }
+
+    #[test]
+    fn multipart_error_lines_count_from_file_start() {
+        let e = err(MULTIPART);
+        assert!(e.starts_with("/seed/user-data:18:") || e.starts_with("/seed/user-data:19:"), "{e}");
+    }
+
+    #[test]
+    fn multipart_base64_part_is_refused() {
+        let text = "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/cloud-config\nContent-Transfer-Encoding: base64\n\nI2Nsb3VkLWNvbmZpZwo=\n--b--\n";
+        let e = err(text);
+        assert!(e.contains("base64") && e.contains(":4:"), "{e}");
+    }
+
+    #[test]
+    fn meta_data_variants() {
+        let md = parse_meta_data("/m", b"instance-id: iid-1\nlocal-hostname: h1\n").unwrap();
+        assert_eq!(md.instance_id, "iid-1");
+        assert_eq!(md.local_hostname.as_deref(), Some("h1"));
+        let md = parse_meta_data("/m", b"{\"instance-id\": 42}").unwrap();
+        assert_eq!(md.instance_id, "42");
+        let e = parse_meta_data("/m", b"local-hostname: x\n").unwrap_err().to_string();
+        assert!(e.contains("instance-id") && e.contains("/m"), "{e}");
+        let e = parse_meta_data("/m", b"").unwrap_err().to_string();
+        assert!(e.contains("instance-id"), "{e}");
+        let e = parse_meta_data("/m", b"instance-id: [a\n").unwrap_err().to_string();
+        assert!(e.starts_with("/m:"), "{e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The node's filesystem as seen through `--root`: every absolute path the
+//! agent uses is joined onto the root, and every write is atomic.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A file operation that failed, with the path it was about.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct FileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The root directory the agent works in (`/` on a node).
+#[derive(Debug, Clone)]
+pub struct Root {
+    dir: PathBuf,
+}
+
+impl Root {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this is the running system's own root.
+    pub fn is_live(&self) -> bool {
+        self.dir == Path::new("/")
+    }
+
+    /// `abs` (an absolute path on the node) under this root.
+    pub fn path(&self, abs: impl AsRef<Path>) -> PathBuf {
+        let abs = abs.as_ref();
+        self.dir.join(abs.strip_prefix("/").unwrap_or(abs))
+    }
+
+    /// Read a text file; `Ok(None)` when it does not exist.
+    pub fn read_optional(&self, abs: impl AsRef<Path>) -> Result<Option<String>, FileError> {
+        let path = self.path(abs);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FileError::new("reading", path, e)),
+        }
+    }
+
+    pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
+        self.path(abs).exists()
+    }
+
+    /// Write a file atomically (see [`write_atomic`]).
+    pub fn write_atomic(
+        &self,
+        abs: impl AsRef<Path>,
+        content: &[u8],
+        mode: u32,
+    ) -> Result<(), FileError> {
+        write_atomic(&self.path(abs), content, mode)
+    }
+
+    pub fn create_dir_all(&self, abs: impl AsRef<Path>) -> Result<PathBuf, FileError> {
+        let path = self.path(abs);
+        fs::create_dir_all(&path).map_err(|e| FileError::new("creating directory", &path, e))?;
+        Ok(path)
+    }
+}
+
+/// Write `content` to `path` so that a reader sees either the old file or the
+/// whole new one: a temp file in the same directory (created 0600, so a secret
+/// is never readable by others even briefly), fsync, chmod, rename, fsync the
+/// directory.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| FileError::new("writing", path, io::ErrorKind::InvalidInput.into()))?;
+    fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".firstboot-agent-")
+        .tempfile_in(dir)
+        .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
+    tmp.write_all(content)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(|e| FileError::new("writing", path, e))?;
+    fs::set_permissions(tmp.path(), Permissions::from_mode(mode))
+        .map_err(|e| FileError::new("setting the mode of", path, e))?;
+    tmp.persist(path)
+        .map_err(|e| FileError::new("renaming into place", path, e.error))?;
+    sync_dir(dir)
+}
+
+/// fsync a directory so a rename in it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FileError::new("syncing directory", dir, e))
+}
+
+/// Replace `link` with a symlink to `target`, atomically.
+pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), FileError> {
+    let dir = link
+        .parent()
+        .ok_or_else(|| FileError::new("linking", link, io::ErrorKind::InvalidInput.into()))?;
+    let name = link.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.tmp-link", name.unwrap_or_default()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| FileError::new("linking", &tmp, e))?;
+    fs::rename(&tmp, link).map_err(|e| FileError::new("renaming into place", link, e))?;
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_sets_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        root.write_atomic("/etc/x/secret.env", b"K3S_TOKEN='a'\n", 0o600)
+            .unwrap();
+        let p = root.path("/etc/x/secret.env");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "K3S_TOKEN='a'\n");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn root_joins_absolute_paths() {
+        let root = Root::new("/tmp/r");
+        assert_eq!(root.path("/etc/hostname"), Path::new("/tmp/r/etc/hostname"));
+        assert!(!root.is_live());
+        assert!(Root::new("/").is_live());
+    }
+
+    #[test]
+    fn symlink_replaces_existing() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("kubectl");
+        fs::write(&link, "old").unwrap();
+        symlink_atomic(Path::new("k3s"), &link).unwrap();
+        assert_eq!(fs::read_link(&link).unwrap(), Path::new("k3s"));
+    }
+}

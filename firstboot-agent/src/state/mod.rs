@@ -1,0 +1,179 @@
+//! What the agent has done, kept in /var/lib/firstboot-agent/: `state.json`
+//! (per-step outcomes for the current instance-id and the agent's own record
+//! of an installed K3s), `result.json` (the last run, for people and tests)
+//! and `done` (guards the unit once the node is finished). Every write is
+//! atomic.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rootfs::{FileError, Root};
+
+pub const STATE_DIR: &str = "/var/lib/firstboot-agent";
+pub const STATE_FILE: &str = "/var/lib/firstboot-agent/state.json";
+pub const RESULT_FILE: &str = "/var/lib/firstboot-agent/result.json";
+pub const DONE_FILE: &str = "/var/lib/firstboot-agent/done";
+const SCHEMA: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}:{line}:{column}: {message}; move the file away to start over (K3s, if installed, stays)")]
+    Parse { path: String, line: usize, column: usize, message: String },
+    #[error("{0}")]
+    File(#[from] FileError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepStatus {
+    Done,
+    Failed,
+    Skipped,
+    Pending,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StepRecord {
+    pub status: StepStatus,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// The agent's own record that it installed and started K3s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct K3sRecord {
+    pub instance_id: String,
+    pub version: String,
+    pub role: String,
+    pub topology: String,
+    pub unit: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct State {
+    pub schema: u32,
+    pub instance_id: Option<String>,
+    /// Step name → outcome, in the order they ran (names are unique).
+    pub steps: BTreeMap<String, StepRecord>,
+    pub k3s: Option<K3sRecord>,
+    pub finished: bool,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self { schema: SCHEMA, instance_id: None, steps: BTreeMap::new(), k3s: None, finished: false }
+    }
+}
+
+impl State {
+    pub fn load(root: &Root) -> Result<Self, StateError> {
+        match root.read_optional(STATE_FILE)? {
+            None => Ok(Self::default()),
+            Some(text) => serde_json::from_str(&text).map_err(|e| StateError::Parse {
+                path: STATE_FILE.into(),
+                line: e.line(),
+                column: e.column(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn save(&self, root: &Root) -> Result<(), FileError> {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        root.write_atomic(STATE_FILE, text.as_bytes(), 0o600)
+    }
+
+    pub fn is_done(&self, step: &str) -> bool {
+        self.steps.get(step).is_some_and(|s| s.status == StepStatus::Done)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StepResult {
+    pub name: String,
+    pub status: StepStatus,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// `result.json`: the outcome of the last run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunResult {
+    pub finished: bool,
+    pub instance_id: Option<String>,
+    pub profile: Option<String>,
+    pub role: Option<String>,
+    pub topology: Option<String>,
+    pub k3s_version: Option<String>,
+    pub unit: Option<String>,
+    pub metadata_source: Option<String>,
+    pub steps: Vec<StepResult>,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+    /// Seconds since boot when the run ended (from /proc/uptime).
+    pub boot_to_done_secs: Option<f64>,
+}
+
+impl RunResult {
+    pub fn load(root: &Root) -> Result<Option<Self>, StateError> {
+        root.read_optional(RESULT_FILE)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StateError::Parse {
+                    path: RESULT_FILE.into(),
+                    line: e.line(),
+                    column: e.column(),
+                    message: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    pub fn save(&self, root: &Root) -> Result<(), FileError> {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        root.write_atomic(RESULT_FILE, text.as_bytes(), 0o644)
+    }
+}
+
+/// First field of /proc/uptime.
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        assert_eq!(State::load(&root).unwrap(), State::default());
+        let mut s = State { instance_id: Some("i".into()), ..State::default() };
+        s.steps.insert("tweaks".into(), StepRecord { status: StepStatus::Done, duration_ms: 3, message: String::new(), attempts: 1 });
+        s.save(&root).unwrap();
+        let loaded = State::load(&root).unwrap();
+        assert!(loaded.is_done("tweaks") && !loaded.is_done("k3s-binary"));
+        std::fs::write(root.path(STATE_FILE), "{\n  \"schema\": 1,\n  oops\n").unwrap();
+        let e = State::load(&root).unwrap_err().to_string();
+        assert!(e.starts_with("/var/lib/firstboot-agent/state.json:3:"), "{e}");
+    }
+
+    #[test]
+    fn uptime() {
+        assert_eq!(parse_uptime("12.34 40.00\n"), Some(12.34));
+        assert_eq!(parse_uptime(""), None);
+    }
+}

@@ -1,0 +1,266 @@
+//! A recording [`System`] for tests: it performs nothing on the machine,
+//! remembers every call, and answers from values the test sets up.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{CommandOutput, FsType, System, SystemError};
+
+/// One recorded action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Systemctl(Vec<String>),
+    Modprobe(String),
+    Mount {
+        device: PathBuf,
+        target: PathBuf,
+        fs: FsType,
+    },
+    Unmount(PathBuf),
+    MakeRootRshared,
+    WriteSysctl(String, String),
+    SetHostname(String),
+    SwapoffAll,
+    Resolve(String),
+    TcpConnect(SocketAddr),
+    Sleep(Duration),
+}
+
+/// Recording fake. Configure it through the public fields before use.
+#[derive(Debug)]
+pub struct FakeSystem {
+    calls: RefCell<Vec<Call>>,
+    base: Instant,
+    elapsed: Cell<Duration>,
+    /// Answers for `systemctl` keyed by the joined arguments
+    /// (e.g. `"is-active k3s.service"`). Unlisted calls succeed with
+    /// `active` on stdout.
+    pub systemctl_answers: BTreeMap<String, CommandOutput>,
+    /// Modules `modprobe` fails for.
+    pub missing_modules: BTreeSet<String>,
+    /// sysctl keys whose write fails as read-only.
+    pub readonly_sysctls: BTreeSet<String>,
+    /// Files a mount of the given device makes appear under the target.
+    pub volume_files: BTreeMap<PathBuf, Vec<(String, String)>>,
+    /// Host names that do not resolve. Everything else resolves to
+    /// `resolve_to` (default 127.0.0.1).
+    pub unresolvable: BTreeSet<String>,
+    pub resolve_to: IpAddr,
+    /// Addresses whose TCP connect is refused.
+    pub refused: BTreeSet<SocketAddr>,
+    /// Refuse every TCP connect.
+    pub refuse_all_tcp: bool,
+    /// Files written (relative to a real directory) when `systemctl start`
+    /// runs, to imitate K3s writing its node token.
+    pub files_on_start: Vec<(PathBuf, String)>,
+    pub fail_hostname: bool,
+    pub fail_swapoff: bool,
+    pub fail_rshared: bool,
+}
+
+impl Default for FakeSystem {
+    fn default() -> Self {
+        Self {
+            calls: RefCell::default(),
+            base: Instant::now(),
+            elapsed: Cell::default(),
+            systemctl_answers: BTreeMap::new(),
+            missing_modules: BTreeSet::new(),
+            readonly_sysctls: BTreeSet::new(),
+            volume_files: BTreeMap::new(),
+            unresolvable: BTreeSet::new(),
+            resolve_to: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            refused: BTreeSet::new(),
+            refuse_all_tcp: false,
+            files_on_start: Vec::new(),
+            fail_hostname: false,
+            fail_swapoff: false,
+            fail_rshared: false,
+        }
+    }
+}
+
+impl FakeSystem {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    /// The `systemctl` argument lists, in order.
+    pub fn systemctl_calls(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::Systemctl(a) => Some(a.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Virtual time spent in [`System::sleep`].
+    pub fn slept(&self) -> Duration {
+        self.elapsed.get()
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.borrow_mut().push(call);
+    }
+
+    fn failure(action: &str, message: &str) -> SystemError {
+        SystemError::Other {
+            action: action.to_owned(),
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl System for FakeSystem {
+    fn systemctl(&self, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        self.record(Call::Systemctl(
+            args.iter().map(|s| (*s).to_owned()).collect(),
+        ));
+        if args.first() == Some(&"start") {
+            for (path, content) in &self.files_on_start {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|source| SystemError::Io {
+                        action: "fake start".into(),
+                        source,
+                    })?;
+                }
+                std::fs::write(path, content).map_err(|source| SystemError::Io {
+                    action: "fake start".into(),
+                    source,
+                })?;
+            }
+        }
+        Ok(self
+            .systemctl_answers
+            .get(&args.join(" "))
+            .cloned()
+            .unwrap_or(CommandOutput {
+                success: true,
+                stdout: "active\n".into(),
+                stderr: String::new(),
+            }))
+    }
+
+    fn modprobe(&self, module: &str) -> Result<(), SystemError> {
+        self.record(Call::Modprobe(module.to_owned()));
+        if self.missing_modules.contains(module) {
+            return Err(Self::failure(
+                &format!("modprobe {module}"),
+                "Module not found",
+            ));
+        }
+        Ok(())
+    }
+
+    fn mount_readonly(
+        &self,
+        device: &Path,
+        target: &Path,
+        fs: FsType,
+    ) -> Result<(), SystemError> {
+        self.record(Call::Mount {
+            device: device.to_owned(),
+            target: target.to_owned(),
+            fs,
+        });
+        let files = self
+            .volume_files
+            .get(device)
+            .ok_or_else(|| Self::failure("mount", "wrong fs type, bad superblock"))?;
+        for (name, content) in files {
+            std::fs::write(target.join(name), content).map_err(|source| SystemError::Io {
+                action: "fake mount".into(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> Result<(), SystemError> {
+        self.record(Call::Unmount(target.to_owned()));
+        // Imitate the mount disappearing.
+        if let Ok(entries) = std::fs::read_dir(target) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn make_root_rshared(&self) -> Result<(), SystemError> {
+        self.record(Call::MakeRootRshared);
+        if self.fail_rshared {
+            return Err(Self::failure("mount --make-rshared /", "Permission denied"));
+        }
+        Ok(())
+    }
+
+    fn write_sysctl(&self, key: &str, value: &str) -> Result<(), SystemError> {
+        self.record(Call::WriteSysctl(key.to_owned(), value.to_owned()));
+        if self.readonly_sysctls.contains(key) {
+            return Err(Self::failure(
+                &format!("setting {key}={value}"),
+                "Read-only file system",
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_hostname(&self, name: &str) -> Result<(), SystemError> {
+        self.record(Call::SetHostname(name.to_owned()));
+        if self.fail_hostname {
+            return Err(Self::failure("sethostname", "Operation not permitted"));
+        }
+        Ok(())
+    }
+
+    fn swapoff_all(&self) -> Result<(), SystemError> {
+        self.record(Call::SwapoffAll);
+        if self.fail_swapoff {
+            return Err(Self::failure("swapoff -a", "Operation not permitted"));
+        }
+        Ok(())
+    }
+
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError> {
+        self.record(Call::Resolve(host.to_owned()));
+        if self.unresolvable.contains(host) {
+            return Err(Self::failure(
+                &format!("resolving {host}"),
+                "Name or service not known",
+            ));
+        }
+        Ok(vec![SocketAddr::new(self.resolve_to, port)])
+    }
+
+    fn tcp_connect(&self, addr: SocketAddr, _timeout: Duration) -> Result<(), SystemError> {
+        self.record(Call::TcpConnect(addr));
+        if self.refuse_all_tcp || self.refused.contains(&addr) {
+            return Err(Self::failure(
+                &format!("connecting to {addr}"),
+                "Connection refused",
+            ));
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> Instant {
+        self.base + self.elapsed.get()
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.record(Call::Sleep(duration));
+        self.elapsed.set(self.elapsed.get() + duration);
+    }
+}

@@ -285,10 +285,32 @@ fn build_lxc(
         zstd_level: plan.profile.lxc.zstd_level,
         threads: opts.threads,
     };
+    let bar = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new(base.size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(format!("writing {name}"));
+        b
+    });
     let written = timings.time("write-template", || {
-        target::write_template(&base.path, &layer, &out_path, &lxc_opts, &opts.cancel)
-            .with_context(|| format!("writing template {}", out_path.display()))
+        target::write_template_with_progress(
+            &base.path,
+            &layer,
+            &out_path,
+            &lxc_opts,
+            &opts.cancel,
+            bar.as_ref(),
+        )
+        .with_context(|| format!("writing template {}", out_path.display()))
     })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
 
     // The sidecar files come after the artifact; if one fails, the artifact
     // goes too, so nothing that looks finished is left without its manifest.
@@ -362,7 +384,7 @@ fn emit_lxc_sidecars(
             entries_out: written.stats.entries_out,
             entries_dropped: written.stats.entries_dropped,
             entries_added: written.stats.entries_added,
-            uncompressed_bytes: written.stats.uncompressed_bytes,
+            uncompressed_bytes: written.stats.bytes_out,
         }),
         host_config,
         timings_ms: timings.0.clone(),

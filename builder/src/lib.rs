@@ -3,8 +3,8 @@
 //! resolve the plan → fetch the base → compute the layer → apply it to the
 //! base (target) → emit the artifact and its manifest.
 
-// pub mod build; (enabled once target lands)
-// pub mod cli;
+pub mod build;
+pub mod cli;
 pub mod emit;
 pub mod layer;
 pub mod plan;

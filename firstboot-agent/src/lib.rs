@@ -1,1 +1,18 @@
+//! firstboot-agent: provisions an imgbuild K3s node on its first boot.
+//!
+//! The pipeline ([`run::run`]) reads NoCloud metadata ([`metadata`]), looks at
+//! the environment ([`env`]), checks network and DNS ([`checks`]), applies the
+//! kernel/LXC tweaks ([`tweaks`]), installs and starts K3s ([`k3s`]) and
+//! records every step ([`state`]). Files are reached through `--root`
+//! ([`rootfs`]); actions on the live system go through [`system::System`].
 
+pub mod checks;
+pub mod cli;
+pub mod env;
+pub mod k3s;
+pub mod metadata;
+pub mod rootfs;
+pub mod run;
+pub mod state;
+pub mod system;
+pub mod tweaks;

@@ -138,7 +138,10 @@ mod tests {
             .unwrap();
         let p = root.path("/etc/x/secret.env");
         assert_eq!(fs::read_to_string(&p).unwrap(), "K3S_TOKEN='a'\n");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let names: Vec<_> = fs::read_dir(p.parent().unwrap())
             .unwrap()
             .map(|e| e.unwrap().file_name())

@@ -146,3 +146,78 @@ outputs:
         assert_eq!(locate(DOC, &[Seg::Key("nope")]), (1, 1));
     }
 }
+
+/// Parse serde_yaml's key path (`k3s`, `files[1]`, `lxc.tarball`) into segments.
+pub fn parse_key_path(path: &str) -> Vec<Seg<'_>> {
+    let mut segs = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        match part.split_once('[') {
+            Some((name, idx)) => {
+                if !name.is_empty() {
+                    segs.push(Seg::Key(name));
+                }
+                for i in idx.split('[') {
+                    if let Ok(n) = i.trim_end_matches(']').parse() {
+                        segs.push(Seg::Index(n));
+                    }
+                }
+            }
+            None => segs.push(Seg::Key(part)),
+        }
+    }
+    segs
+}
+
+/// Within the mapping at `parent` (a serde_yaml key path, empty for the
+/// document), find the direct child key whose scalar value is `value`.
+/// Returns the full key path and the 1-based line and column of the value.
+pub fn find_value(text: &str, parent: &str, value: &str) -> Option<(String, usize, usize)> {
+    let segs = if parent == "(document)" {
+        Vec::new()
+    } else {
+        parse_key_path(parent)
+    };
+    let (start_line, parent_indent) = if segs.is_empty() {
+        (0usize, -1isize)
+    } else {
+        let (line, col) = locate(text, &segs);
+        (line, col as isize - 1)
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut child_indent: Option<usize> = None;
+    let first = if segs.is_empty() { 0 } else { start_line };
+    for (i, line) in lines.iter().enumerate().skip(first) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if (indent as isize) <= parent_indent {
+            break;
+        }
+        let body = trimmed.strip_prefix("- ").unwrap_or(trimmed);
+        let body_indent = indent + (trimmed.len() - body.len());
+        if *child_indent.get_or_insert(body_indent) != body_indent {
+            continue;
+        }
+        let Some((key, rest)) = body.split_once(':') else {
+            continue;
+        };
+        let raw = rest.split(" #").next().unwrap_or("").trim();
+        let unquoted = raw
+            .strip_prefix('"')
+            .and_then(|r| r.strip_suffix('"'))
+            .or_else(|| raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')))
+            .unwrap_or(raw);
+        if unquoted == value && !raw.is_empty() {
+            let col = body_indent + key.len() + 1 + (rest.len() - rest.trim_start().len()) + 1;
+            let full = if segs.is_empty() {
+                key.trim().to_owned()
+            } else {
+                format!("{parent}.{}", key.trim())
+            };
+            return Some((full, i + 1, col));
+        }
+    }
+    None
+}

@@ -124,11 +124,11 @@ pub fn parse_recipe(path: &Path, text: &str) -> Result<Recipe, PlanErrors> {
 fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, PlanErrors> {
     // A UTF-8 byte order mark is legal at the start of a YAML stream.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    serde_yaml::from_str(text).map_err(|e| PlanErrors(vec![yaml_error(path, &e)]))
+    serde_yaml::from_str(text).map_err(|e| PlanErrors(vec![yaml_error(path, text, &e)]))
 }
 
 /// Turn serde_yaml's "key.path: message at line L column C" into our format.
-fn yaml_error(path: &Path, e: &serde_yaml::Error) -> PlanError {
+fn yaml_error(path: &Path, text: &str, e: &serde_yaml::Error) -> PlanError {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
@@ -142,6 +142,12 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> PlanError {
         Some((k, m)) if !k.contains(' ') && !k.is_empty() => (k.to_owned(), m.to_owned()),
         _ => ("(document)".to_owned(), msg.clone()),
     };
+    // Errors raised by a value's own validation (K3s tag, digest, role) are
+    // reported by serde_yaml at the enclosing mapping; point at the value.
+    let (key, line, column) = match quoted_value(&message) {
+        Some(bad) => locate::find_value(text, &key, bad).unwrap_or((key, line, column)),
+        None => (key, line, column),
+    };
     let message = if message.starts_with("missing field") {
         format!("{message}; see docs/schema.md")
     } else {
@@ -154,6 +160,13 @@ fn yaml_error(path: &Path, e: &serde_yaml::Error) -> PlanError {
         key,
         message,
     }
+}
+
+/// The leading `"…"` of a message such as `"1.34" is not a K3s release tag`.
+fn quoted_value(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix('"')?;
+    let end = rest.find("\" ")?;
+    Some(&rest[..end])
 }
 
 fn read(path: &Path) -> Result<String, PlanErrors> {

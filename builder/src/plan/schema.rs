@@ -69,7 +69,7 @@ pub struct K3sSpec {
     pub config: BTreeMap<String, serde_yaml::Value>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct BakeSpec {
     /// Bake firstboot-agent (default true; an image without it is a plain base).
@@ -81,6 +81,16 @@ pub struct BakeSpec {
     /// Air-gap image archives (`k3s-airgap-images-amd64.tar.zst`, …).
     #[serde(default)]
     pub airgap_images: Vec<Artifact>,
+}
+
+impl Default for BakeSpec {
+    fn default() -> Self {
+        Self {
+            agent: true,
+            k3s_binary: None,
+            airgap_images: Vec::new(),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -260,7 +270,7 @@ impl Distro {
 
 /// One base source. Exactly one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "SourceSpecRepr")]
 pub enum SourceSpec {
     /// A rootfs tarball (`.tar`, `.tar.gz`, `.tar.xz`, `.tar.zst`).
     Tarball(Artifact),
@@ -268,6 +278,31 @@ pub enum SourceSpec {
     CloudImage(Artifact),
     /// Build the rootfs with a package bootstrap tool.
     Bootstrap(BootstrapSpec),
+}
+
+/// How a source is written in YAML: a mapping with exactly one of the keys.
+/// (serde_yaml would otherwise expect enum variants as `!tags`.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct SourceSpecRepr {
+    #[serde(default)]
+    tarball: Option<Artifact>,
+    #[serde(default)]
+    cloud_image: Option<Artifact>,
+    #[serde(default)]
+    bootstrap: Option<BootstrapSpec>,
+}
+
+impl TryFrom<SourceSpecRepr> for SourceSpec {
+    type Error = String;
+    fn try_from(r: SourceSpecRepr) -> Result<Self, String> {
+        match (r.tarball, r.cloud_image, r.bootstrap) {
+            (Some(a), None, None) => Ok(SourceSpec::Tarball(a)),
+            (None, Some(a), None) => Ok(SourceSpec::CloudImage(a)),
+            (None, None, Some(b)) => Ok(SourceSpec::Bootstrap(b)),
+            _ => Err("a source needs exactly one of `tarball`, `cloud-image` or `bootstrap`".into()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -275,7 +275,7 @@ fn artifact(r: &mut Report<'_>, at: &[Seg<'_>], a: &Artifact) {
 
 pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<(), PlanErrors> {
     let mut r = Report::new(path, text);
-    if !is_name(&rc.name) {
+    if !is_name(&rc.name.replace('.', "-")) {
         r.error(
             &[Seg::Key("name")],
             format!("{:?} is not a usable name; expected e.g. debian-12", rc.name),

@@ -20,7 +20,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use node_spec::Sha256Hex;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -69,15 +69,15 @@ impl Cache {
 
     /// `$XDG_CACHE_HOME/imgbuild`, falling back to `$HOME/.cache/imgbuild`.
     pub fn from_env() -> Result<Self, SourceError> {
-        Self::from_vars(
-            std::env::var_os("XDG_CACHE_HOME"),
-            std::env::var_os("HOME"),
-        )
+        Self::from_vars(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
     }
 
     /// [`Cache::from_env`] on explicit values. The XDG spec says a relative
     /// or empty `XDG_CACHE_HOME` is invalid and must be ignored.
-    pub fn from_vars(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Result<Self, SourceError> {
+    pub fn from_vars(
+        xdg_cache_home: Option<OsString>,
+        home: Option<OsString>,
+    ) -> Result<Self, SourceError> {
         if let Some(xdg) = xdg_cache_home.map(PathBuf::from) {
             if xdg.is_absolute() {
                 return Ok(Self::new(xdg.join("imgbuild")));
@@ -139,7 +139,11 @@ impl Cache {
 
     /// Move a verified temp file into `sha256/<digest>`. The caller has checked
     /// the digest; this makes the content durable before it becomes visible.
-    pub(crate) fn commit_temp(&self, tmp: NamedTempFile, digest: &Sha256Hex) -> Result<PathBuf, SourceError> {
+    pub(crate) fn commit_temp(
+        &self,
+        tmp: NamedTempFile,
+        digest: &Sha256Hex,
+    ) -> Result<PathBuf, SourceError> {
         prepare_blob(tmp.as_file(), tmp.path())?;
         let dest = self.blob_dest(digest)?;
         // On failure the PersistError owns the temp file and deletes it on drop.
@@ -150,7 +154,11 @@ impl Cache {
     }
 
     /// Like [`Cache::commit_temp`] for a file inside a [`Cache::temp_dir`].
-    pub(crate) fn commit_path(&self, src: &Path, digest: &Sha256Hex) -> Result<PathBuf, SourceError> {
+    pub(crate) fn commit_path(
+        &self,
+        src: &Path,
+        digest: &Sha256Hex,
+    ) -> Result<PathBuf, SourceError> {
         let file = File::open(src).map_err(|e| SourceError::io("opening", src, e))?;
         prepare_blob(&file, src)?;
         drop(file);
@@ -166,6 +174,47 @@ impl Cache {
             fs::create_dir_all(dir).map_err(|e| SourceError::io("creating", dir, e))?;
         }
         Ok(dest)
+    }
+
+    /// Delete leftovers in `tmp/` older than `age`. Temp files normally
+    /// vanish with their `tempfile` guard; only a killed process (SIGKILL,
+    /// power loss) leaves some. The age guard spares running builds.
+    /// Returns how many entries were removed.
+    pub fn remove_stale_temps(&self, age: Duration) -> Result<usize, SourceError> {
+        let dir = self.root.join("tmp");
+        let entries = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(SourceError::io("listing", &dir, e)),
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| SourceError::io("listing", &dir, e))?;
+            let path = entry.path();
+            let meta = entry
+                .metadata()
+                .map_err(|e| SourceError::io("reading", &path, e))?;
+            let modified = meta
+                .modified()
+                .map_err(|e| SourceError::io("reading", &path, e))?;
+            // A modification time in the future counts as fresh.
+            if now.duration_since(modified).unwrap_or_default() < age {
+                continue;
+            }
+            let result = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match result {
+                Ok(()) => removed += 1,
+                // Another process cleaned it up first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(SourceError::io("removing", &path, e)),
+            }
+        }
+        Ok(removed)
     }
 
     fn url_index_path(&self, url: &str) -> PathBuf {
@@ -194,7 +243,10 @@ impl Cache {
         self.root.join("bootstrap").join(format!("{key}.json"))
     }
 
-    pub fn lookup_bootstrap(&self, key: &Sha256Hex) -> Result<Option<BootstrapRecord>, SourceError> {
+    pub fn lookup_bootstrap(
+        &self,
+        key: &Sha256Hex,
+    ) -> Result<Option<BootstrapRecord>, SourceError> {
         read_json(&self.bootstrap_index_path(key))
     }
 
@@ -214,7 +266,8 @@ pub(crate) fn now_secs() -> u64 {
 /// fsync and make read-only: a blob is shared by every build that names its
 /// digest, so nothing may modify it in place.
 fn prepare_blob(file: &File, path: &Path) -> Result<(), SourceError> {
-    file.sync_all().map_err(|e| SourceError::io("syncing", path, e))?;
+    file.sync_all()
+        .map_err(|e| SourceError::io("syncing", path, e))?;
     file.set_permissions(fs::Permissions::from_mode(0o444))
         .map_err(|e| SourceError::io("setting permissions on", path, e))
 }
@@ -257,7 +310,7 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), SourceE
     text.push('\n');
     tmp.write_all(text.as_bytes())
         .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| SourceError::io("writing", tmp.path().to_path_buf(), e))?;
+        .map_err(|e| SourceError::io("writing", tmp.path(), e))?;
     tmp.persist(path)
         .map_err(|e| SourceError::io("writing", path, e.error))?;
     sync_parent(path)
@@ -316,6 +369,42 @@ mod tests {
     }
 
     #[test]
+    fn stale_temps_are_removed_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path());
+        assert_eq!(
+            cache.remove_stale_temps(Duration::from_secs(60)).unwrap(),
+            0
+        );
+        let fresh = cache.temp_file("fresh-").unwrap();
+        let old_file = cache.tmp_dir().unwrap().join("download-old.partial");
+        fs::write(&old_file, b"half").unwrap();
+        let old_dir = cache.tmp_dir().unwrap().join("bootstrap-old");
+        fs::create_dir(&old_dir).unwrap();
+        fs::write(old_dir.join("rootfs.tar"), b"x").unwrap();
+        let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86400);
+        File::options()
+            .write(true)
+            .open(&old_file)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        File::open(&old_dir)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+
+        assert_eq!(
+            cache
+                .remove_stale_temps(Duration::from_secs(86400))
+                .unwrap(),
+            2
+        );
+        assert!(!old_file.exists() && !old_dir.exists());
+        assert!(fresh.path().exists());
+    }
+
+    #[test]
     fn url_index_round_trips_and_detects_foreign_records() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
@@ -349,7 +438,10 @@ mod tests {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, "{ not json").unwrap();
         let err = cache.lookup_bootstrap(&key).unwrap_err();
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
         assert!(err.to_string().contains("delete it"), "{err}");
     }
 }

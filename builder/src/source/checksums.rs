@@ -44,7 +44,11 @@ fn parse_line(line: &str) -> Option<(String, Sha256Hex)> {
     let name = rest
         .strip_prefix(" *")
         .or_else(|| rest.strip_prefix("  "))?;
-    let name = if escaped { unescape(name) } else { name.to_owned() };
+    let name = if escaped {
+        unescape(name)
+    } else {
+        name.to_owned()
+    };
     Some((normalize(&name), digest))
 }
 
@@ -73,14 +77,19 @@ fn normalize(name: &str) -> String {
 /// The digest for `name` (the artifact URL's last path segment). A file with a
 /// single nameless entry (a bare digest) applies to whatever it was fetched
 /// for. `Err` carries the names that were available, for the error message.
-pub fn select_checksum(entries: &[(String, Sha256Hex)], name: &str) -> Result<Sha256Hex, Vec<String>> {
+pub fn select_checksum(
+    entries: &[(String, Sha256Hex)],
+    name: &str,
+) -> Result<Sha256Hex, Vec<String>> {
     let mut matches = entries.iter().filter(|(n, _)| n == name).map(|(_, d)| d);
     if let Some(first) = matches.next() {
         // The same name twice with different digests is ambiguous, not "the first".
         if matches.all(|d| d == first) {
             return Ok(first.clone());
         }
-        return Err(vec![format!("{name} (listed twice with different digests)")]);
+        return Err(vec![format!(
+            "{name} (listed twice with different digests)"
+        )]);
     }
     if let [(only, digest)] = entries {
         if only.is_empty() {
@@ -142,7 +151,10 @@ mod tests {
         assert_eq!(
             parse_checksums(&text),
             vec![
-                ("ubuntu-24.04-server-cloudimg-amd64-root.tar.xz".to_string(), d(A)),
+                (
+                    "ubuntu-24.04-server-cloudimg-amd64-root.tar.xz".to_string(),
+                    d(A)
+                ),
                 ("ubuntu-24.04-server-cloudimg-amd64.img".to_string(), d(B)),
             ]
         );
@@ -150,7 +162,9 @@ mod tests {
 
     #[test]
     fn gnu_text_mode_with_comments_blank_lines_and_crlf() {
-        let text = format!("# made by sha256sum\n\n{A}  debian-12-generic-amd64.qcow2\r\n{B}  ./rootfs.tar.zst\n");
+        let text = format!(
+            "# made by sha256sum\n\n{A}  debian-12-generic-amd64.qcow2\r\n{B}  ./rootfs.tar.zst\n"
+        );
         assert_eq!(
             parse_checksums(&text),
             vec![
@@ -171,8 +185,14 @@ mod tests {
         assert_eq!(
             parse_checksums(&text),
             vec![
-                ("Rocky-9-Container-Base.latest.x86_64.tar.xz".to_string(), d(A)),
-                ("Rocky-9-GenericCloud-Base.latest.x86_64.qcow2".to_string(), d(B)),
+                (
+                    "Rocky-9-Container-Base.latest.x86_64.tar.xz".to_string(),
+                    d(A)
+                ),
+                (
+                    "Rocky-9-GenericCloud-Base.latest.x86_64.qcow2".to_string(),
+                    d(B)
+                ),
             ]
         );
     }
@@ -191,8 +211,14 @@ mod tests {
     #[test]
     fn escaped_gnu_names_and_bare_digests() {
         let text = format!("\\{A}  odd\\\\name\\n.img\n");
-        assert_eq!(parse_checksums(&text), vec![("odd\\name\n.img".to_string(), d(A))]);
-        assert_eq!(parse_checksums(&format!("{B}\n")), vec![(String::new(), d(B))]);
+        assert_eq!(
+            parse_checksums(&text),
+            vec![("odd\\name\n.img".to_string(), d(A))]
+        );
+        assert_eq!(
+            parse_checksums(&format!("{B}\n")),
+            vec![(String::new(), d(B))]
+        );
     }
 
     #[test]
@@ -226,7 +252,10 @@ mod tests {
             url_file_name("https://h.invalid/r/9/Rocky-9-Container-Base.latest.x86_64.tar.xz"),
             "Rocky-9-Container-Base.latest.x86_64.tar.xz"
         );
-        assert_eq!(url_file_name("http://h.invalid/a%20b.img?x=1#frag"), "a b.img");
+        assert_eq!(
+            url_file_name("http://h.invalid/a%20b.img?x=1#frag"),
+            "a b.img"
+        );
         assert_eq!(url_file_name("http://h.invalid/bad%zz"), "bad%zz");
         assert_eq!(url_file_name("http://h.invalid/end%2"), "end%2");
         assert_eq!(url_file_name("http://h.invalid/%é.img"), "%é.img");

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 /// Lines of stderr kept for an error message.
 const STDERR_TAIL_LINES: usize = 20;
 /// How long a cancelled child gets to clean up after SIGTERM before SIGKILL.
-const TERM_GRACE: Duration = Duration::from_secs(10);
+const TERM_GRACE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,12 @@ pub enum CommandError {
 ///
 /// stdin is always `/dev/null`: the tools run here must never wait for input
 /// (mmdebstrap, for one, reads sources from a non-terminal stdin). When
-/// `cancel` becomes true the child gets SIGTERM, then SIGKILL after a grace
-/// period, and the result is [`CommandError::Interrupted`].
+/// `cancel` becomes true the child's process group gets SIGTERM, then SIGKILL
+/// after a grace period, and the result is [`CommandError::Interrupted`].
+///
+/// The child runs in its own process group, so a terminal's Ctrl-C does not
+/// reach it directly: the caller must install a handler that sets `cancel`
+/// (as `imgbuild` does), or an interrupted build leaves the child running.
 pub fn run_command(cmd: &mut Command, cancel: &AtomicBool) -> Result<Output, CommandError> {
     run_command_observed(cmd, cancel, |_| {})
 }
@@ -60,7 +65,11 @@ pub(crate) fn run_command_observed(
     tracing::debug!(%command, "running");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group, so a cancel reaches every process it
+        // starts (see `terminate`). A terminal's Ctrl-C then reaches only
+        // us: the caller's handler sets `cancel` and we pass it on.
+        .process_group(0);
     let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
         command: command.clone(),
         source,
@@ -108,18 +117,19 @@ pub(crate) fn run_command_observed(
         thread::sleep(POLL);
     };
 
-    let join = |h: thread::JoinHandle<io::Result<Vec<u8>>>, what: &str| -> Result<Vec<u8>, CommandError> {
-        match h.join() {
-            Ok(r) => r.map_err(|source| CommandError::Wait {
-                command: command.clone(),
-                source,
-            }),
-            Err(_) => Err(CommandError::Wait {
-                command: command.clone(),
-                source: io::Error::other(format!("the {what} reader thread panicked")),
-            }),
-        }
-    };
+    let join =
+        |h: thread::JoinHandle<io::Result<Vec<u8>>>, what: &str| -> Result<Vec<u8>, CommandError> {
+            match h.join() {
+                Ok(r) => r.map_err(|source| CommandError::Wait {
+                    command: command.clone(),
+                    source,
+                }),
+                Err(_) => Err(CommandError::Wait {
+                    command: command.clone(),
+                    source: io::Error::other(format!("the {what} reader thread panicked")),
+                }),
+            }
+        };
     let stdout = join(out_reader, "stdout")?;
     let stderr = join(err_reader, "stderr")?;
 
@@ -137,44 +147,61 @@ pub(crate) fn run_command_observed(
     })
 }
 
-/// SIGTERM first so tools like mmdebstrap remove their temp directories and
-/// stop their own children; SIGKILL if that does not end it in time.
-/// std only offers SIGKILL, and this crate allows no `unsafe`, so SIGTERM is
-/// sent with kill(1).
+/// SIGTERM to the child's whole process group first, so tools like
+/// mmdebstrap run their cleanup: its main process ignores signals and waits
+/// for a worker, which removes the chroot temp directory and exits — the
+/// worker only sees a signal sent to the group. SIGKILL to the group if that
+/// does not end it in time. std only offers SIGKILL to one pid and this crate
+/// allows no `unsafe`, so signals are sent with kill(1).
 fn terminate(child: &mut Child, command: &str) {
-    let pid = child.id().to_string();
+    // The child leads its own group (see `process_group(0)` above).
+    let group = format!("-{}", child.id());
+    if signal_group("-TERM", &group, command) {
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) => {
+                    // Stragglers the leader did not wait for, if any.
+                    signal_group("-KILL", &group, command);
+                    return;
+                }
+                Ok(None) => thread::sleep(POLL),
+                Err(e) => {
+                    tracing::warn!(%command, "waiting after SIGTERM: {e}");
+                    break;
+                }
+            }
+        }
+        tracing::warn!(%command, "still running {TERM_GRACE:?} after SIGTERM; killing it");
+    }
+    if !signal_group("-KILL", &group, command) {
+        if let Err(e) = child.kill() {
+            // InvalidInput means it already exited, which is what we wanted.
+            if e.kind() != io::ErrorKind::InvalidInput {
+                tracing::warn!(%command, "SIGKILL failed: {e}");
+            }
+        }
+    }
+    if let Err(e) = child.wait() {
+        tracing::warn!(%command, "reaping after SIGKILL: {e}");
+    }
+}
+
+/// `kill <signal> -- <-pgid>`; true when some process received it. False
+/// also when the group is already gone, which needs no report.
+fn signal_group(signal: &str, group: &str, command: &str) -> bool {
     match Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([signal, "--", group])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
     {
-        Ok(s) if s.success() => {
-            let deadline = Instant::now() + TERM_GRACE;
-            while Instant::now() < deadline {
-                match child.try_wait() {
-                    Ok(Some(_)) => return,
-                    Ok(None) => thread::sleep(POLL),
-                    Err(e) => {
-                        tracing::warn!(%command, "waiting after SIGTERM: {e}");
-                        break;
-                    }
-                }
-            }
+        Ok(s) => s.success(),
+        Err(e) => {
+            tracing::warn!(%command, "cannot run kill(1): {e}");
+            false
         }
-        // Most likely the child exited between our poll and kill(1).
-        Ok(s) => tracing::debug!(%command, "kill -TERM {pid} exited with {s}"),
-        Err(e) => tracing::warn!(%command, "cannot run kill(1), using SIGKILL: {e}"),
-    }
-    if let Err(e) = child.kill() {
-        // InvalidInput means it already exited, which is what we wanted.
-        if e.kind() != io::ErrorKind::InvalidInput {
-            tracing::warn!(%command, "SIGKILL failed: {e}");
-        }
-    }
-    if let Err(e) = child.wait() {
-        tracing::warn!(%command, "reaping after SIGKILL: {e}");
     }
 }
 
@@ -191,7 +218,10 @@ fn tail_lines(bytes: &[u8], n: usize) -> String {
     if tail.is_empty() {
         return "  (stderr was empty)".into();
     }
-    tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    tail.iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The command as a user could paste it into a shell.
@@ -222,7 +252,11 @@ mod tests {
     #[test]
     fn success_returns_output() {
         let cancel = AtomicBool::new(false);
-        let out = run_command(Command::new("sh").args(["-c", "echo out; echo err >&2"]), &cancel).unwrap();
+        let out = run_command(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            &cancel,
+        )
+        .unwrap();
         assert_eq!(out.stdout, b"out\n");
         assert_eq!(out.stderr, b"err\n");
     }
@@ -267,7 +301,51 @@ mod tests {
         let err = run_command(Command::new("sleep").arg("30"), &cancel).unwrap_err();
         setter.join().unwrap();
         assert!(matches!(err, CommandError::Interrupted { .. }), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// True once `pid` is gone or a zombie (its reaper may be slow).
+    fn dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            Ok(stat) => stat
+                .rsplit(") ")
+                .next()
+                .is_some_and(|rest| rest.starts_with('Z')),
+        }
+    }
+
+    #[test]
+    fn cancel_reaches_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!("sleep 30 & echo $! > '{}'; wait", pidfile.display());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let pid_path = pidfile.clone();
+        let setter = thread::spawn(move || {
+            // Cancel only once the grandchild exists.
+            while !pid_path.exists() {
+                thread::sleep(Duration::from_millis(20));
+            }
+            flag.store(true, Ordering::SeqCst);
+        });
+        let err = run_command(Command::new("sh").args(["-c", &script]), &cancel).unwrap_err();
+        setter.join().unwrap();
+        assert!(matches!(err, CommandError::Interrupted { .. }), "{err}");
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !dead(&pid) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(dead(&pid), "grandchild sleep {pid} survived the cancel");
     }
 
     #[test]

@@ -12,6 +12,9 @@ pub enum SourceError {
     #[error("{what}: {reason}")]
     InvalidArtifact { what: String, reason: String },
 
+    #[error("bootstrap {what}: {reason}")]
+    InvalidBootstrap { what: String, reason: String },
+
     #[error("{url}: pin a sha256 or give sha256-url, so the download can be verified")]
     Unpinned { url: String },
 

@@ -107,7 +107,13 @@ pub(super) fn fetch_url(
     })
 }
 
-fn record(cache: &Cache, url: &str, digest: &Sha256Hex, size: u64, sha256_url: Option<&str>) -> Result<(), SourceError> {
+fn record(
+    cache: &Cache,
+    url: &str,
+    digest: &Sha256Hex,
+    size: u64,
+    sha256_url: Option<&str>,
+) -> Result<(), SourceError> {
     cache.record_url(&UrlRecord {
         url: url.into(),
         sha256: digest.clone(),
@@ -135,7 +141,12 @@ fn agent() -> ureq::Agent {
 }
 
 /// Fetch the checksum file and pick the entry for `artifact_url`'s file name.
-fn resolve_checksum(agent: &ureq::Agent, sums_url: &str, artifact_url: &str, opts: &FetchOptions) -> Result<Sha256Hex, SourceError> {
+fn resolve_checksum(
+    agent: &ureq::Agent,
+    sums_url: &str,
+    artifact_url: &str,
+    opts: &FetchOptions,
+) -> Result<Sha256Hex, SourceError> {
     let text = with_retries(sums_url, opts, |_| {
         let resp = request(agent, sums_url, None)?;
         let mut body = Vec::new();
@@ -146,7 +157,9 @@ fn resolve_checksum(agent: &ureq::Agent, sums_url: &str, artifact_url: &str, opt
         if body.len() > CHECKSUM_FILE_MAX {
             return Err(Attempt::Fatal(SourceError::BadChecksumFile {
                 checksum_url: sums_url.into(),
-                reason: format!("larger than {CHECKSUM_FILE_MAX} bytes; is this really a checksum file?"),
+                reason: format!(
+                    "larger than {CHECKSUM_FILE_MAX} bytes; is this really a checksum file?"
+                ),
             }));
         }
         String::from_utf8(body).map_err(|_| {
@@ -166,7 +179,11 @@ fn resolve_checksum(agent: &ureq::Agent, sums_url: &str, artifact_url: &str, opt
 }
 
 /// Run `attempt` up to `opts.retry.attempts` times, backing off between tries.
-fn with_retries<T>(url: &str, opts: &FetchOptions, mut attempt: impl FnMut(u32) -> Result<T, Attempt>) -> Result<T, SourceError> {
+fn with_retries<T>(
+    url: &str,
+    opts: &FetchOptions,
+    mut attempt: impl FnMut(u32) -> Result<T, Attempt>,
+) -> Result<T, SourceError> {
     let attempts = opts.retry.attempts.max(1);
     let mut backoff = opts.retry.initial_backoff;
     let mut n = 1;
@@ -208,7 +225,11 @@ fn sleep_unless_cancelled(d: Duration, opts: &FetchOptions) {
 }
 
 /// One GET; classifies failures as retryable or not.
-fn request(agent: &ureq::Agent, url: &str, range_from: Option<u64>) -> Result<ureq::Response, Attempt> {
+fn request(
+    agent: &ureq::Agent,
+    url: &str,
+    range_from: Option<u64>,
+) -> Result<ureq::Response, Attempt> {
     let mut req = agent.get(url);
     if let Some(from) = range_from {
         req = req.set("Range", &format!("bytes={from}-"));
@@ -223,13 +244,13 @@ fn request(agent: &ureq::Agent, url: &str, range_from: Option<u64>) -> Result<ur
             status,
         })),
         Err(ureq::Error::Transport(t)) => match t.kind() {
-            ureq::ErrorKind::InvalidUrl | ureq::ErrorKind::UnknownScheme | ureq::ErrorKind::InvalidProxyUrl => {
-                Err(Attempt::Fatal(SourceError::Network {
-                    url: url.into(),
-                    attempts: 1,
-                    message: t.to_string(),
-                }))
-            }
+            ureq::ErrorKind::InvalidUrl
+            | ureq::ErrorKind::UnknownScheme
+            | ureq::ErrorKind::InvalidProxyUrl => Err(Attempt::Fatal(SourceError::Network {
+                url: url.into(),
+                attempts: 1,
+                message: t.to_string(),
+            })),
             _ => Err(Attempt::Retry(t.to_string())),
         },
     }
@@ -255,7 +276,12 @@ impl Partial {
 }
 
 /// Download `url` into a cache temp file, returning it with its digest and size.
-fn download(agent: &ureq::Agent, url: &str, cache: &Cache, opts: &FetchOptions) -> Result<(NamedTempFile, Sha256Hex, u64), SourceError> {
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<(NamedTempFile, Sha256Hex, u64), SourceError> {
     let mut part = Partial {
         tmp: cache.temp_file("download-")?,
         hasher: Sha256::new(),
@@ -263,17 +289,27 @@ fn download(agent: &ureq::Agent, url: &str, cache: &Cache, opts: &FetchOptions) 
     };
     let bar = progress_bar(opts, &url_file_name(url));
     tracing::info!(%url, "downloading");
-    let result = with_retries(url, opts, |_| attempt_download(agent, url, &mut part, &bar, opts));
+    let result = with_retries(url, opts, |_| {
+        attempt_download(agent, url, &mut part, &bar, opts)
+    });
     bar.finish_and_clear();
     result?;
     let digest = Sha256Hex::from_digest(&part.hasher.finalize());
     Ok((part.tmp, digest, part.written))
 }
 
-fn attempt_download(agent: &ureq::Agent, url: &str, part: &mut Partial, bar: &ProgressBar, opts: &FetchOptions) -> Result<(), Attempt> {
+fn attempt_download(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &mut Partial,
+    bar: &ProgressBar,
+    opts: &FetchOptions,
+) -> Result<(), Attempt> {
     let resume_from = (part.written > 0).then_some(part.written);
     let resp = request(agent, url, resume_from)?;
-    let content_length: Option<u64> = resp.header("Content-Length").and_then(|v| v.trim().parse().ok());
+    let content_length: Option<u64> = resp
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse().ok());
 
     let total = match (resume_from, resp.status()) {
         (Some(from), 206) => match content_range_start(resp.header("Content-Range")) {
@@ -284,7 +320,9 @@ fn attempt_download(agent: &ureq::Agent, url: &str, part: &mut Partial, bar: &Pr
             _ => {
                 // A 206 for another offset would splice wrong bytes in.
                 part.restart()?;
-                return Err(Attempt::Retry("server answered the resume request with another range".into()));
+                return Err(Attempt::Retry(
+                    "server answered the resume request with another range".into(),
+                ));
             }
         },
         (Some(_), _) => {
@@ -294,7 +332,9 @@ fn attempt_download(agent: &ureq::Agent, url: &str, part: &mut Partial, bar: &Pr
         }
         (None, 200) => content_length,
         (None, status) => {
-            return Err(Attempt::Retry(format!("unexpected HTTP {status} for a plain GET")));
+            return Err(Attempt::Retry(format!(
+                "unexpected HTTP {status} for a plain GET"
+            )));
         }
     };
     if let Some(t) = total {
@@ -314,7 +354,12 @@ fn attempt_download(agent: &ureq::Agent, url: &str, part: &mut Partial, bar: &Pr
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Attempt::Retry(format!("connection lost after {} bytes: {e}", part.written))),
+            Err(e) => {
+                return Err(Attempt::Retry(format!(
+                    "connection lost after {} bytes: {e}",
+                    part.written
+                )))
+            }
         };
         part.tmp
             .write_all(&buf[..n])
@@ -418,7 +463,10 @@ mod tests {
         for dir in ["sha256", "tmp"] {
             if let Ok(rd) = std::fs::read_dir(cache.root().join(dir)) {
                 for e in rd {
-                    out.push(format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()));
+                    out.push(format!(
+                        "{dir}/{}",
+                        e.unwrap().file_name().to_string_lossy()
+                    ));
                 }
             }
         }
@@ -445,13 +493,20 @@ mod tests {
         let second = fetch(&art, &cache, &opts()).unwrap();
         assert!(second.from_cache);
         assert_eq!(second.path, first.path);
-        assert_eq!(server.requests().len(), 1, "cache hit must not touch the network");
+        assert_eq!(
+            server.requests().len(),
+            1,
+            "cache hit must not touch the network"
+        );
 
         // Pinned + cached also works offline.
         let third = fetch(&art, &cache, &offline()).unwrap();
         assert!(third.from_cache);
         assert_eq!(server.requests().len(), 1);
-        assert_eq!(blobs_and_temps(&cache), vec![format!("sha256/{}", sha(&data))]);
+        assert_eq!(
+            blobs_and_temps(&cache),
+            vec![format!("sha256/{}", sha(&data))]
+        );
     }
 
     #[test]
@@ -462,7 +517,12 @@ mod tests {
         let cache = Cache::new(dir.path());
         let wrong = sha(b"not it");
 
-        let err = fetch(&pinned(server.url("/a.img"), wrong.clone()), &cache, &opts()).unwrap_err();
+        let err = fetch(
+            &pinned(server.url("/a.img"), wrong.clone()),
+            &cache,
+            &opts(),
+        )
+        .unwrap_err();
 
         let msg = err.to_string();
         assert!(matches!(err, SourceError::Mismatch { .. }), "{msg}");
@@ -484,7 +544,10 @@ mod tests {
         let err = fetch(&pinned(server.url("/a.img"), sha(&data)), &cache, &opts()).unwrap_err();
 
         let msg = err.to_string();
-        assert!(matches!(err, SourceError::Network { attempts: 3, .. }), "{msg}");
+        assert!(
+            matches!(err, SourceError::Network { attempts: 3, .. }),
+            "{msg}"
+        );
         assert!(msg.contains(&server.url("/a.img")), "{msg}");
         assert_eq!(blobs_and_temps(&cache), Vec::<String>::new());
         assert_eq!(server.requests().len(), 3);
@@ -514,7 +577,10 @@ mod tests {
         let data = body(50_000);
         let server = TestServer::start(vec![(
             "/a.img",
-            vec![Reply::cut_off(&data, 20_000), Reply::ok(&data).without_ranges()],
+            vec![
+                Reply::cut_off(&data, 20_000),
+                Reply::ok(&data).without_ranges(),
+            ],
         )]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
@@ -527,7 +593,8 @@ mod tests {
     #[test]
     fn server_error_is_retried() {
         let data = body(1000);
-        let server = TestServer::start(vec![("/a.img", vec![Reply::status(500), Reply::ok(&data)])]);
+        let server =
+            TestServer::start(vec![("/a.img", vec![Reply::status(500), Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
 
@@ -543,7 +610,10 @@ mod tests {
         let cache = Cache::new(dir.path());
 
         let err = fetch(&pinned(server.url("/gone.img"), sha(b"x")), &cache, &opts()).unwrap_err();
-        assert!(matches!(err, SourceError::HttpStatus { status: 404, .. }), "{err}");
+        assert!(
+            matches!(err, SourceError::HttpStatus { status: 404, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(&server.url("/gone.img")), "{err}");
         assert_eq!(server.requests().len(), 1);
         assert_eq!(blobs_and_temps(&cache), Vec::<String>::new());
@@ -552,13 +622,20 @@ mod tests {
     #[test]
     fn connection_refused_gives_up_after_bounded_attempts() {
         // Bind then drop to get a port with nothing listening.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let url = format!("http://127.0.0.1:{port}/a.img");
 
         let err = fetch(&pinned(url.clone(), sha(b"x")), &cache, &opts()).unwrap_err();
-        assert!(matches!(err, SourceError::Network { attempts: 3, .. }), "{err}");
+        assert!(
+            matches!(err, SourceError::Network { attempts: 3, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains(&url), "{err}");
     }
 
@@ -571,7 +648,10 @@ mod tests {
             sha(&data)
         );
         let server = TestServer::start(vec![
-            ("/r/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz", vec![Reply::ok(&data)]),
+            (
+                "/r/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz",
+                vec![Reply::ok(&data)],
+            ),
             ("/r/SHA256SUMS", vec![Reply::ok(sums.as_bytes())]),
         ]);
         let dir = tempfile::tempdir().unwrap();
@@ -597,7 +677,10 @@ mod tests {
         let online = fetch(&art, &cache, &opts()).unwrap();
         assert!(online.from_cache);
         let paths: Vec<_> = server.requests().into_iter().map(|r| r.path).collect();
-        assert_eq!(paths.iter().filter(|p| p.ends_with("SHA256SUMS")).count(), 2);
+        assert_eq!(
+            paths.iter().filter(|p| p.ends_with("SHA256SUMS")).count(),
+            2
+        );
         assert_eq!(paths.iter().filter(|p| p.ends_with(".tar.xz")).count(), 1);
     }
 
@@ -610,8 +693,14 @@ mod tests {
             sha(&data)
         );
         let server = TestServer::start(vec![
-            ("/Rocky-9-Container-Base.latest.x86_64.tar.xz", vec![Reply::ok(&data)]),
-            ("/Rocky-9-Container-Base.latest.x86_64.tar.xz.CHECKSUM", vec![Reply::ok(sums.as_bytes())]),
+            (
+                "/Rocky-9-Container-Base.latest.x86_64.tar.xz",
+                vec![Reply::ok(&data)],
+            ),
+            (
+                "/Rocky-9-Container-Base.latest.x86_64.tar.xz.CHECKSUM",
+                vec![Reply::ok(sums.as_bytes())],
+            ),
         ]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
@@ -634,10 +723,20 @@ mod tests {
 
         let err = fetch(&art, &cache, &opts()).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, SourceError::ChecksumEntryMissing { .. }), "{msg}");
-        assert!(msg.contains("\"c.img\"") && msg.contains("a.img, b.img"), "{msg}");
+        assert!(
+            matches!(err, SourceError::ChecksumEntryMissing { .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("\"c.img\"") && msg.contains("a.img, b.img"),
+            "{msg}"
+        );
         assert!(msg.contains(&server.url("/SHA256SUMS")), "{msg}");
-        assert_eq!(server.requests().len(), 1, "the artifact itself is not fetched");
+        assert_eq!(
+            server.requests().len(),
+            1,
+            "the artifact itself is not fetched"
+        );
     }
 
     #[test]
@@ -653,7 +752,10 @@ mod tests {
             let err = fetch(&art, &cache, &offline()).unwrap_err();
             let msg = err.to_string();
             assert!(matches!(err, SourceError::NotCached { .. }), "{msg}");
-            assert!(msg.contains("not in cache; run once without --offline"), "{msg}");
+            assert!(
+                msg.contains("not in cache; run once without --offline"),
+                "{msg}"
+            );
             assert!(msg.contains(&server.url("/a.img")), "{msg}");
         }
         assert_eq!(server.requests().len(), 0);
@@ -673,7 +775,12 @@ mod tests {
                 recorded_at: 0,
             })
             .unwrap();
-        let err = fetch(&by_sums(url, "http://127.0.0.1:9/SUMS".into()), &cache, &offline()).unwrap_err();
+        let err = fetch(
+            &by_sums(url, "http://127.0.0.1:9/SUMS".into()),
+            &cache,
+            &offline(),
+        )
+        .unwrap_err();
         assert!(matches!(err, SourceError::NotCached { .. }), "{err}");
     }
 
@@ -688,8 +795,14 @@ mod tests {
             sha256_url: None,
         };
         let err = fetch(&unpinned, &cache, &opts()).unwrap_err();
-        assert!(err.to_string().contains("pin a sha256 or give sha256-url"), "{err}");
-        assert!(err.to_string().contains("https://example.invalid/a.img"), "{err}");
+        assert!(
+            err.to_string().contains("pin a sha256 or give sha256-url"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("https://example.invalid/a.img"),
+            "{err}"
+        );
 
         let ftp = pinned("ftp://example.invalid/a.img".into(), sha(b"a"));
         let err = fetch(&ftp, &cache, &opts()).unwrap_err();
@@ -716,7 +829,12 @@ mod tests {
         let data = body(10);
         let server = TestServer::start(vec![("/a", vec![Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
-        fetch(&pinned(server.url("/a"), sha(&data)), &Cache::new(dir.path()), &opts()).unwrap();
+        fetch(
+            &pinned(server.url("/a"), sha(&data)),
+            &Cache::new(dir.path()),
+            &opts(),
+        )
+        .unwrap();
         assert_eq!(
             server.requests()[0].user_agent.as_deref(),
             Some(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
@@ -725,7 +843,10 @@ mod tests {
 
     #[test]
     fn content_range_parsing() {
-        assert_eq!(content_range_start(Some("bytes 100-199/200")), Some((100, Some(200))));
+        assert_eq!(
+            content_range_start(Some("bytes 100-199/200")),
+            Some((100, Some(200)))
+        );
         assert_eq!(content_range_start(Some("bytes 5-9/*")), Some((5, None)));
         assert_eq!(content_range_start(Some("items 1-2/3")), None);
         assert_eq!(content_range_start(None), None);

@@ -41,7 +41,10 @@ impl Reply {
 
     pub fn without_ranges(self) -> Self {
         match self {
-            Reply::Body { data, .. } => Reply::Body { data, ranges: false },
+            Reply::Body { data, .. } => Reply::Body {
+                data,
+                ranges: false,
+            },
             other => other,
         }
     }
@@ -68,7 +71,10 @@ impl TestServer {
     pub fn start(routes: Vec<(&str, Vec<Reply>)>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
-        let routes: HashMap<String, Vec<Reply>> = routes.into_iter().map(|(p, r)| (p.to_string(), r)).collect();
+        let routes: HashMap<String, Vec<Reply>> = routes
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (log2, stop2) = (log.clone(), stop.clone());
@@ -122,7 +128,11 @@ fn serve(
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
     let mut range = None;
     let mut user_agent = None;
     loop {
@@ -155,7 +165,10 @@ fn serve(
     };
     match reply {
         Reply::Status(code) => {
-            write!(stream, "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            write!(
+                stream,
+                "HTTP/1.1 {code} Status\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
         }
         Reply::Body { data, ranges } => {
             let from = range
@@ -176,13 +189,21 @@ fn serve(
                     stream.write_all(&data[from..])?;
                 }
                 None => {
-                    write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())?;
+                    write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        data.len()
+                    )?;
                     stream.write_all(&data)?;
                 }
             }
         }
         Reply::CutOff { data, send } => {
-            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())?;
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                data.len()
+            )?;
             stream.write_all(&data[..send.min(data.len())])?;
         }
     }

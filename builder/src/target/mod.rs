@@ -1,1 +1,28 @@
-//! (being written)
+//! Targets apply one [`crate::layer::Layer`] to one kind of base and write
+//! the artifact.
+//!
+//! - [`rewrite_tar`]: the tar-stream target. It reads a rootfs tarball member
+//!   by member and writes a new one — base members byte for byte (owners,
+//!   modes, device nodes, hard links, sparse maps, xattrs, ACLs and long names
+//!   untouched), minus what the layer removes or replaces, plus the layer's
+//!   entries. Nothing is extracted, so no root is needed.
+//! - [`write_template`]: that stream, zstd-compressed, written atomically as a
+//!   Proxmox/LXC container template (`.tar.zst`).
+//! - [`pct_listing_check`]: the archive check `pct create` applies.
+
+mod base;
+mod error;
+mod lxc;
+mod proxmox;
+mod rewrite;
+mod tar_reader;
+mod tar_writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use base::{detect_compression, open_base, open_base_with_progress, Compression};
+pub use error::TargetError;
+pub use lxc::{write_template, write_template_with_progress, LxcOptions, TemplateOutput};
+pub use proxmox::{pct_listing_check, PCT_MIN_MEMBERS};
+pub use rewrite::{rewrite_tar, NameStyle, RewriteStats};

@@ -211,7 +211,9 @@ impl<R: Read> TarReader<R> {
     /// Reads the current member's data (including the zero padding to the
     /// block size) into `buf`; `Ok(0)` once all of it was read.
     pub fn read_data(&mut self, buf: &mut [u8]) -> Result<usize, ReadFailure> {
-        let want = buf.len().min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.data_left).unwrap_or(usize::MAX));
         if want == 0 {
             return Ok(0);
         }
@@ -220,17 +222,14 @@ impl<R: Read> TarReader<R> {
         Ok(want)
     }
 
-    /// Padded data bytes of the current member not read yet.
-    pub fn data_left(&self) -> u64 {
-        self.data_left
-    }
-
     /// After the first zero block: check the second one and read the input to
     /// its end, so a decompressor reaches (and verifies) its trailer.
     /// Returns the number of non-zero bytes found after the marker.
     pub fn finish(&mut self) -> Result<u64, ReadFailure> {
         if !self.ended {
-            return Err(failure("internal: finish() before the end-of-archive marker"));
+            return Err(failure(
+                "internal: finish() before the end-of-archive marker",
+            ));
         }
         let mut block = [0u8; BLOCK];
         if self.read_block(&mut block)? && block.iter().any(|&b| b != 0) {
@@ -376,10 +375,13 @@ impl PaxFields {
     }
 }
 
+/// A PAX record as `(key, value)`.
+pub(super) type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits PAX extended header data into `(key, value)` records. Each record is
 /// `"<len> <key>=<value>\n"` where `<len>` counts the whole record, so values
 /// may contain any byte, newlines included.
-pub(super) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<(&[u8], &[u8])>, ReadFailure> {
+pub(super) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, ReadFailure> {
     let mut records = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {

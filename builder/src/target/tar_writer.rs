@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(h.mode().unwrap(), 0o4755);
         assert_eq!(h.gid().unwrap(), 100_000);
         assert_eq!(h.username().unwrap(), Some("root"));
-        assert_eq!(h.groupname().unwrap(), None);
+        assert_eq!(h.groupname().unwrap(), Some(""));
         assert_eq!(h.mtime().unwrap(), 1_700_000_000);
         let gnu = h.as_gnu().unwrap();
         assert!(gnu.atime.iter().all(|&b| b == 0) && gnu.ctime.iter().all(|&b| b == 0));

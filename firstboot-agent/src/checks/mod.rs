@@ -47,7 +47,11 @@ impl Finding {
         }
     }
 
-    pub fn warn(what: impl Into<String>, detail: impl Into<String>, advice: impl Into<String>) -> Self {
+    pub fn warn(
+        what: impl Into<String>,
+        detail: impl Into<String>,
+        advice: impl Into<String>,
+    ) -> Self {
         Self {
             level: Level::Warn,
             what: what.into(),
@@ -56,7 +60,11 @@ impl Finding {
         }
     }
 
-    pub fn fail(what: impl Into<String>, detail: impl Into<String>, advice: impl Into<String>) -> Self {
+    pub fn fail(
+        what: impl Into<String>,
+        detail: impl Into<String>,
+        advice: impl Into<String>,
+    ) -> Self {
         Self {
             level: Level::Fail,
             what: what.into(),
@@ -91,7 +99,12 @@ pub fn render_table(findings: &[Finding]) -> String {
     let width = findings.iter().map(|f| f.what.len()).max().unwrap_or(0);
     let mut out = String::new();
     for f in findings {
-        out.push_str(&format!("{:<4}  {:<width$}  {}", f.level.as_str(), f.what, f.detail));
+        out.push_str(&format!(
+            "{:<4}  {:<width$}  {}",
+            f.level.as_str(),
+            f.what,
+            f.detail
+        ));
         if let Some(a) = &f.advice {
             out.push_str(&format!("\n      {:<width$}  -> {a}", ""));
         }
@@ -108,11 +121,21 @@ mod tests {
     fn table_and_failures() {
         let f = vec![
             Finding::pass("cgroup", "v2, memory controller on"),
-            Finding::fail("dns", "github.com does not resolve", "check /etc/resolv.conf"),
+            Finding::fail(
+                "dns",
+                "github.com does not resolve",
+                "check /etc/resolv.conf",
+            ),
         ];
         let t = render_table(&f);
-        assert!(t.contains("pass  cgroup") && t.contains("FAIL  dns   ") && t.contains("-> check"), "{t}");
-        assert_eq!(failures(&f).unwrap(), "dns: github.com does not resolve — check /etc/resolv.conf");
+        assert!(
+            t.contains("pass  cgroup") && t.contains("FAIL  dns   ") && t.contains("-> check"),
+            "{t}"
+        );
+        assert_eq!(
+            failures(&f).unwrap(),
+            "dns: github.com does not resolve — check /etc/resolv.conf"
+        );
         assert!(failures(&f[..1]).is_none());
     }
 }

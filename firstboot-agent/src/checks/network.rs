@@ -217,15 +217,20 @@ fn probe(root: &Root, system: &dyn System, targets: &Targets) -> Result<Vec<Find
             },
         };
         let mut last_err = None;
-        let ok = addrs.iter().any(|a| match system.tcp_connect(*a, Duration::from_secs(5)) {
-            Ok(()) => true,
-            Err(e) => {
-                last_err = Some(e.to_string());
-                false
-            }
-        });
+        let ok = addrs
+            .iter()
+            .any(|a| match system.tcp_connect(*a, Duration::from_secs(5)) {
+                Ok(()) => true,
+                Err(e) => {
+                    last_err = Some(e.to_string());
+                    false
+                }
+            });
         if ok {
-            out.push(Finding::pass(format!("tcp {host}:{port}"), format!("reachable ({why})")));
+            out.push(Finding::pass(
+                format!("tcp {host}:{port}"),
+                format!("reachable ({why})"),
+            ));
         } else {
             out.push(Finding::fail(
                 format!("tcp {host}:{port}"),
@@ -274,7 +279,10 @@ pub fn resolv_conf_finding(root: &Root) -> Result<Finding, FileError> {
     }
     Ok(Finding::pass(
         "resolv.conf",
-        main.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        main.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
     ))
 }
 
@@ -298,11 +306,18 @@ pub fn preflight(
         if failed.is_none() || elapsed + delay > timeout {
             findings.push(resolv_conf_finding(root)?);
             if let Some(msg) = &failed {
-                tracing::warn!(attempts, "network preflight gave up after {elapsed:?}: {msg}");
+                tracing::warn!(
+                    attempts,
+                    "network preflight gave up after {elapsed:?}: {msg}"
+                );
             }
             return Ok((findings, attempts));
         }
-        tracing::info!(attempts, "network not ready yet, retrying in {delay:?}: {}", failed.unwrap_or_default());
+        tracing::info!(
+            attempts,
+            "network not ready yet, retrying in {delay:?}: {}",
+            failed.unwrap_or_default()
+        );
         system.sleep(delay);
         delay = (delay * 2).min(Duration::from_secs(15));
     }
@@ -334,7 +349,8 @@ Local:
            |-- 10.0.0.15
               /32 host LOCAL
 ";
-    pub(crate) const ROUTE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+    pub(crate) const ROUTE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
 eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0
 eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 ";
@@ -359,10 +375,13 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         assert_eq!(v6[2].0, "2001:db8::15".parse::<Ipv6Addr>().unwrap());
         assert_eq!(v6.iter().filter(|(ip, s, _)| global_v6(ip, *s)).count(), 1);
         assert_eq!(parse_ipv6_route_defaults(IPV6_ROUTE), vec!["eth0"]);
-        assert!(parse_ipv6_route_defaults(&IPV6_ROUTE.lines().nth(1).unwrap().to_owned()).is_empty());
+        assert!(parse_ipv6_route_defaults(IPV6_ROUTE.lines().nth(1).unwrap()).is_empty());
         assert_eq!(
             parse_resolv_conf("# x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch lan\n"),
-            vec!["127.0.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]
+            vec![
+                "127.0.0.53".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
         );
     }
 
@@ -395,7 +414,8 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         let root = Root::new(dir.path());
         net_root(&root);
         let sys = FakeSystem::new();
-        let (f, attempts) = preflight(&root, &sys, &targets_for(true), Duration::from_secs(30)).unwrap();
+        let (f, attempts) =
+            preflight(&root, &sys, &targets_for(true), Duration::from_secs(30)).unwrap();
         assert_eq!(attempts, 1);
         assert!(f.iter().all(|f| f.level == Level::Pass), "{f:?}");
     }
@@ -407,11 +427,15 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         net_root(&root);
         let mut sys = FakeSystem::new();
         sys.unresolvable.insert("server.lan".into());
-        let (f, attempts) = preflight(&root, &sys, &targets_for(true), Duration::from_secs(30)).unwrap();
+        let (f, attempts) =
+            preflight(&root, &sys, &targets_for(true), Duration::from_secs(30)).unwrap();
         assert!(attempts > 2, "{attempts}");
         assert!(sys.slept() <= Duration::from_secs(30), "{:?}", sys.slept());
         let msg = crate::checks::failures(&f).unwrap();
-        assert!(msg.contains("server.lan does not resolve") && msg.contains("resolv.conf"), "{msg}");
+        assert!(
+            msg.contains("server.lan does not resolve") && msg.contains("resolv.conf"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -424,7 +448,10 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         let msg = crate::checks::failures(&f).unwrap();
         assert!(msg.contains("no global IPv4 or IPv6 address"), "{msg}");
         assert!(msg.contains("no IPv4 or IPv6 default route"), "{msg}");
-        assert!(msg.contains("tcp server.lan:6443") && msg.contains("6443/tcp"), "{msg}");
+        assert!(
+            msg.contains("tcp server.lan:6443") && msg.contains("6443/tcp"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -437,7 +464,11 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         assert_eq!(f.level, Level::Warn);
         assert!(f.detail.contains("8.8.8.8"));
         std::fs::create_dir_all(root.path("/run/systemd/resolve")).unwrap();
-        std::fs::write(root.path("/run/systemd/resolve/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+        std::fs::write(
+            root.path("/run/systemd/resolve/resolv.conf"),
+            "nameserver 10.0.0.1\n",
+        )
+        .unwrap();
         assert_eq!(resolv_conf_finding(&root).unwrap().level, Level::Pass);
     }
 }

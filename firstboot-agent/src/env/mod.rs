@@ -124,9 +124,9 @@ pub fn cpuinfo_count(cpuinfo: &str) -> Option<u32> {
 
 /// Whether `/proc/cpuinfo` flags show a hypervisor.
 pub fn cpuinfo_hypervisor(cpuinfo: &str) -> bool {
-    cpuinfo.lines().any(|l| {
-        l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor")
-    })
+    cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "hypervisor"))
 }
 
 fn free_bytes(path: &std::path::Path) -> Option<u64> {
@@ -142,9 +142,7 @@ fn free_bytes(path: &std::path::Path) -> Option<u64> {
 pub fn detect(root: &Root) -> Result<Environment, FileError> {
     let read = |p: &str| root.read_optional(p).map(Option::unwrap_or_default);
     let environ = std::fs::read(root.path("/proc/1/environ")).unwrap_or_default();
-    let container = read("/run/systemd/container")?
-        .trim()
-        .to_owned();
+    let container = read("/run/systemd/container")?.trim().to_owned();
     let container = Some(container)
         .filter(|c| !c.is_empty())
         .or_else(|| container_from_environ(&environ))
@@ -160,10 +158,14 @@ pub fn detect(root: &Root) -> Result<Environment, FileError> {
         Virtualization::BareMetal
     };
     let unprivileged = uid_map_is_unprivileged(&read("/proc/self/uid_map")?);
-    let (cgroup, memory_controller) = match root.read_optional("/sys/fs/cgroup/cgroup.controllers")? {
-        Some(c) => (CgroupVersion::V2, memory_controller_v2(&c)),
-        None => (CgroupVersion::V1, memory_controller_v1(&read("/proc/cgroups")?)),
-    };
+    let (cgroup, memory_controller) =
+        match root.read_optional("/sys/fs/cgroup/cgroup.controllers")? {
+            Some(c) => (CgroupVersion::V2, memory_controller_v2(&c)),
+            None => (
+                CgroupVersion::V1,
+                memory_controller_v1(&read("/proc/cgroups")?),
+            ),
+        };
     let mut memory_bytes = mem_total(&read("/proc/meminfo")?);
     if let Some(limit) = cgroup_memory_max(&read("/sys/fs/cgroup/memory.max")?) {
         memory_bytes = Some(memory_bytes.map_or(limit, |m| m.min(limit)));
@@ -198,7 +200,11 @@ pub fn assess(env: &Environment, role: Role) -> Vec<Finding> {
     let kind = match (env.virtualization, &env.container) {
         (Virtualization::Container, Some(c)) => format!(
             "{c} container, {}",
-            if env.unprivileged { "unprivileged" } else { "privileged" }
+            if env.unprivileged {
+                "unprivileged"
+            } else {
+                "privileged"
+            }
         ),
         (Virtualization::Vm, _) => "virtual machine".into(),
         _ => "bare metal (no hypervisor flag)".into(),
@@ -217,7 +223,10 @@ pub fn assess(env: &Environment, role: Role) -> Vec<Finding> {
         CgroupVersion::V1 => "cgroup v1",
     };
     if env.memory_controller {
-        out.push(Finding::pass("cgroup", format!("{cg}, memory controller available")));
+        out.push(Finding::pass(
+            "cgroup",
+            format!("{cg}, memory controller available"),
+        ));
     } else {
         out.push(Finding::fail(
             "cgroup",
@@ -233,15 +242,30 @@ pub fn assess(env: &Environment, role: Role) -> Vec<Finding> {
         Role::Server => (2 * GIB, 2, 4 * GIB),
         Role::Agent => (512 * MIB, 1, 2 * GIB),
     };
-    let resize = if env.in_container() { "pct set ID" } else { "qm set ID" };
+    let resize = if env.in_container() {
+        "pct set ID"
+    } else {
+        "qm set ID"
+    };
     match env.memory_bytes {
         Some(m) if m < min_mem * 95 / 100 => out.push(Finding::warn(
             "memory",
-            format!("{} (a K3s {role} wants at least {})", human(m), human(min_mem)),
-            format!("raise the memory (Proxmox: {resize} --memory {})", min_mem / MIB),
+            format!(
+                "{} (a K3s {role} wants at least {})",
+                human(m),
+                human(min_mem)
+            ),
+            format!(
+                "raise the memory (Proxmox: {resize} --memory {})",
+                min_mem / MIB
+            ),
         )),
         Some(m) => out.push(Finding::pass("memory", human(m))),
-        None => out.push(Finding::warn("memory", "unknown (no /proc/meminfo)", "check that /proc is mounted")),
+        None => out.push(Finding::warn(
+            "memory",
+            "unknown (no /proc/meminfo)",
+            "check that /proc is mounted",
+        )),
     }
     match env.cpus {
         Some(c) if c < min_cpu => out.push(Finding::warn(
@@ -250,21 +274,36 @@ pub fn assess(env: &Environment, role: Role) -> Vec<Finding> {
             format!("add CPUs (Proxmox: {resize} --cores {min_cpu})"),
         )),
         Some(c) => out.push(Finding::pass("cpu", format!("{c} CPU"))),
-        None => out.push(Finding::warn("cpu", "unknown (no /proc/cpuinfo)", "check that /proc is mounted")),
+        None => out.push(Finding::warn(
+            "cpu",
+            "unknown (no /proc/cpuinfo)",
+            "check that /proc is mounted",
+        )),
     }
     match env.disk_free_bytes {
         Some(d) if d < 300 * MIB => out.push(Finding::fail(
             "disk",
-            format!("{} free under /var/lib/rancher; K3s and its images do not fit", human(d)),
+            format!(
+                "{} free under /var/lib/rancher; K3s and its images do not fit",
+                human(d)
+            ),
             "grow the root disk (Proxmox: pct resize / qm disk resize) and the filesystem",
         )),
         Some(d) if d < min_disk => out.push(Finding::warn(
             "disk",
-            format!("{} free under /var/lib/rancher (recommended: {})", human(d), human(min_disk)),
+            format!(
+                "{} free under /var/lib/rancher (recommended: {})",
+                human(d),
+                human(min_disk)
+            ),
             "grow the root disk (Proxmox: pct resize / qm disk resize)",
         )),
         Some(d) => out.push(Finding::pass("disk", format!("{} free", human(d)))),
-        None => out.push(Finding::warn("disk", "free space unknown", "check the root filesystem")),
+        None => out.push(Finding::warn(
+            "disk",
+            "free space unknown",
+            "check the root filesystem",
+        )),
     }
     out
 }
@@ -281,20 +320,33 @@ mod tests {
             Some("lxc".into())
         );
         assert_eq!(container_from_environ(b"PATH=/bin\0"), None);
-        assert!(!uid_map_is_unprivileged("         0          0 4294967295\n"));
-        assert!(uid_map_is_unprivileged("         0     100000      65536\n"));
+        assert!(!uid_map_is_unprivileged(
+            "         0          0 4294967295\n"
+        ));
+        assert!(uid_map_is_unprivileged(
+            "         0     100000      65536\n"
+        ));
         assert!(!uid_map_is_unprivileged(""));
-        assert!(memory_controller_v2("cpuset cpu io memory hugetlb pids rdma misc\n"));
+        assert!(memory_controller_v2(
+            "cpuset cpu io memory hugetlb pids rdma misc\n"
+        ));
         assert!(!memory_controller_v2("cpuset cpu io pids\n"));
-        let v1 = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t1\t1\nmemory\t0\t1\t0\n";
+        let v1 =
+            "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t1\t1\nmemory\t0\t1\t0\n";
         assert!(!memory_controller_v1(v1));
-        assert!(memory_controller_v1(&v1.replace("memory\t0\t1\t0", "memory\t4\t90\t1")));
-        assert_eq!(mem_total("MemTotal:        2048000 kB\nMemFree: 1 kB\n"), Some(2_097_152_000));
+        assert!(memory_controller_v1(
+            &v1.replace("memory\t0\t1\t0", "memory\t4\t90\t1")
+        ));
+        assert_eq!(
+            mem_total("MemTotal:        2048000 kB\nMemFree: 1 kB\n"),
+            Some(2_097_152_000)
+        );
         assert_eq!(cgroup_memory_max("max\n"), None);
         assert_eq!(cgroup_memory_max("1073741824\n"), Some(GIB));
         assert_eq!(cgroup_cpu_max("max 100000\n"), None);
         assert_eq!(cgroup_cpu_max("150000 100000\n"), Some(2));
-        let cpuinfo = "processor\t: 0\nflags\t\t: fpu vme hypervisor\n\nprocessor\t: 1\nflags\t\t: fpu\n";
+        let cpuinfo =
+            "processor\t: 0\nflags\t\t: fpu vme hypervisor\n\nprocessor\t: 1\nflags\t\t: fpu\n";
         assert_eq!(cpuinfo_count(cpuinfo), Some(2));
         assert!(cpuinfo_hypervisor(cpuinfo));
         assert!(!cpuinfo_hypervisor("flags\t: fpu vme\n"));
@@ -312,11 +364,19 @@ mod tests {
         let root = Root::new(dir.path());
         write(&root, "/run/systemd/container", "lxc\n");
         write(&root, "/proc/self/uid_map", "0 100000 65536\n");
-        write(&root, "/sys/fs/cgroup/cgroup.controllers", "cpu memory pids\n");
+        write(
+            &root,
+            "/sys/fs/cgroup/cgroup.controllers",
+            "cpu memory pids\n",
+        );
         write(&root, "/sys/fs/cgroup/memory.max", "1073741824\n");
         write(&root, "/sys/fs/cgroup/cpu.max", "100000 100000\n");
         write(&root, "/proc/meminfo", "MemTotal: 16000000 kB\n");
-        write(&root, "/proc/cpuinfo", "processor : 0\nprocessor : 1\nprocessor : 2\n");
+        write(
+            &root,
+            "/proc/cpuinfo",
+            "processor : 0\nprocessor : 1\nprocessor : 2\n",
+        );
         let env = detect(&root).unwrap();
         assert!(env.in_lxc() && env.unprivileged);
         assert_eq!(env.cgroup, CgroupVersion::V2);
@@ -324,20 +384,40 @@ mod tests {
         assert_eq!(env.cpus, Some(1));
         let f = assess(&env, Role::Server);
         let text: Vec<String> = f.iter().map(ToString::to_string).collect();
-        assert!(text.iter().any(|t| t.contains("nesting=1,keyctl=1")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("pct set ID --memory 2048")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("pct set ID --cores 2")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("nesting=1,keyctl=1")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("pct set ID --memory 2048")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("pct set ID --cores 2")),
+            "{text:?}"
+        );
         // An agent is fine with 1 GiB and one CPU.
         let agent = assess(&env, Role::Agent);
-        assert!(agent.iter().filter(|f| f.what == "memory" || f.what == "cpu").all(|f| f.level == Level::Pass));
+        assert!(agent
+            .iter()
+            .filter(|f| f.what == "memory" || f.what == "cpu")
+            .all(|f| f.level == Level::Pass));
     }
 
     #[test]
     fn vm_without_memory_controller_fails() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
-        write(&root, "/proc/cpuinfo", "processor : 0\nflags : hypervisor\nprocessor : 1\n");
-        write(&root, "/proc/cgroups", "#subsys_name hierarchy num_cgroups enabled\nmemory 0 1 0\n");
+        write(
+            &root,
+            "/proc/cpuinfo",
+            "processor : 0\nflags : hypervisor\nprocessor : 1\n",
+        );
+        write(
+            &root,
+            "/proc/cgroups",
+            "#subsys_name hierarchy num_cgroups enabled\nmemory 0 1 0\n",
+        );
         write(&root, "/proc/meminfo", "MemTotal: 4000000 kB\n");
         let env = detect(&root).unwrap();
         assert_eq!(env.virtualization, Virtualization::Vm);

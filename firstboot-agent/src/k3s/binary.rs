@@ -103,7 +103,10 @@ pub fn parse_sums(text: &str, name: &str) -> Option<Sha256Hex> {
 }
 
 /// The baked binary's path when its digest is the one we want.
-fn valid_baked(root: &Root, cfg: &NodeConfig) -> Result<Option<(std::path::PathBuf, Sha256Hex)>, FileError> {
+fn valid_baked(
+    root: &Root,
+    cfg: &NodeConfig,
+) -> Result<Option<(std::path::PathBuf, Sha256Hex)>, FileError> {
     let Some(b) = &cfg.baked_binary else {
         return Ok(None);
     };
@@ -187,7 +190,9 @@ fn with_retries<T>(
         match f() {
             Ok(v) => return Ok(v),
             Err(e) if e.transient() && attempt < ATTEMPTS => {
-                tracing::warn!("{what} failed (attempt {attempt}/{ATTEMPTS}), retrying in {delay:?}: {e}");
+                tracing::warn!(
+                    "{what} failed (attempt {attempt}/{ATTEMPTS}), retrying in {delay:?}: {e}"
+                );
                 system.sleep(delay);
                 delay *= 2;
                 attempt += 1;
@@ -271,22 +276,40 @@ fn stream_install(
 }
 
 /// Put the pinned K3s at /usr/local/bin/k3s (see the module docs).
-pub fn install(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<Installed, DownloadError> {
+pub fn install(
+    root: &Root,
+    system: &dyn System,
+    cfg: &NodeConfig,
+) -> Result<Installed, DownloadError> {
     let dest = root.path(K3S_BIN);
     let version = cfg.version.as_str();
     let installed = if let Some((baked, digest)) = valid_baked(root, cfg)? {
         if file_sha256(&dest)?.as_ref() == Some(&digest) {
-            Installed { origin: Origin::AlreadyInstalled, sha256: digest }
+            Installed {
+                origin: Origin::AlreadyInstalled,
+                sha256: digest,
+            }
         } else {
             let f = File::open(&baked).map_err(|e| FileError::new("reading", &baked, e))?;
             let from = format!("baked {}", baked.display());
             let sha256 = stream_install(f, &from, &dest, &digest, "baked defaults")?;
-            Installed { origin: Origin::Baked, sha256 }
+            Installed {
+                origin: Origin::Baked,
+                sha256,
+            }
         }
     } else {
         let sums_url = release_url(cfg, "sha256sum-amd64.txt");
-        let listed = match with_retries(system, "fetching the checksum list", || fetch_text(&sums_url, version)) {
-            Ok(text) => Some(parse_sums(&text, "k3s").ok_or_else(|| DownloadError::NoSumEntry { url: sums_url.clone() })?),
+        let listed = match with_retries(system, "fetching the checksum list", || {
+            fetch_text(&sums_url, version)
+        }) {
+            Ok(text) => {
+                Some(
+                    parse_sums(&text, "k3s").ok_or_else(|| DownloadError::NoSumEntry {
+                        url: sums_url.clone(),
+                    })?,
+                )
+            }
             // With a pinned digest the checksum list is only a cross-check.
             Err(e) if cfg.pinned_sha256.is_some() => {
                 tracing::warn!("could not cross-check against {sums_url}: {e}");
@@ -296,21 +319,31 @@ pub fn install(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<Ins
         };
         let (expected, expected_from) = match (&cfg.pinned_sha256, listed) {
             (Some(p), Some(l)) if p != &l => {
-                return Err(DownloadError::PinMismatch { url: sums_url, pinned: p.clone(), listed: l })
+                return Err(DownloadError::PinMismatch {
+                    url: sums_url,
+                    pinned: p.clone(),
+                    listed: l,
+                })
             }
             (Some(p), _) => (p.clone(), "pinned in the image defaults".to_owned()),
             (None, Some(l)) => (l, sums_url.clone()),
             (None, None) => unreachable_none(&sums_url)?,
         };
         if file_sha256(&dest)?.as_ref() == Some(&expected) {
-            Installed { origin: Origin::AlreadyInstalled, sha256: expected }
+            Installed {
+                origin: Origin::AlreadyInstalled,
+                sha256: expected,
+            }
         } else {
             let url = release_url(cfg, "k3s");
             let sha256 = with_retries(system, "downloading K3s", || {
                 let r = open_url(&url, version)?;
                 stream_install(r, &url, &dest, &expected, &expected_from)
             })?;
-            Installed { origin: Origin::Downloaded(url), sha256 }
+            Installed {
+                origin: Origin::Downloaded(url),
+                sha256,
+            }
         }
     };
     link_tools(root)?;
@@ -320,7 +353,9 @@ pub fn install(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<Ins
 /// Both sources missing cannot happen (a failed fetch without a pin returns
 /// early); kept as an error rather than a panic.
 fn unreachable_none(url: &str) -> Result<(Sha256Hex, String), DownloadError> {
-    Err(DownloadError::NoSumEntry { url: url.to_owned() })
+    Err(DownloadError::NoSumEntry {
+        url: url.to_owned(),
+    })
 }
 
 /// kubectl/crictl/ctr → k3s, unless a real tool of that name is there.
@@ -347,15 +382,24 @@ mod tests {
         let b = "b".repeat(64);
         let text = format!("{a}  k3s-airgap-images-amd64.tar.zst\n{b}  k3s\n");
         assert_eq!(parse_sums(&text, "k3s").unwrap().as_str(), b);
-        assert_eq!(parse_sums(&format!("{b} *k3s\n"), "k3s").unwrap().as_str(), b);
+        assert_eq!(
+            parse_sums(&format!("{b} *k3s\n"), "k3s").unwrap().as_str(),
+            b
+        );
         assert!(parse_sums("junk\n", "k3s").is_none());
     }
 
     #[test]
     fn transient_errors() {
-        let t = DownloadError::Status { url: "u".into(), code: 503 };
+        let t = DownloadError::Status {
+            url: "u".into(),
+            code: 503,
+        };
         assert!(t.transient());
-        let p = DownloadError::NotFound { url: "u".into(), version: "v".into() };
+        let p = DownloadError::NotFound {
+            url: "u".into(),
+            version: "v".into(),
+        };
         assert!(!p.transient());
     }
 }

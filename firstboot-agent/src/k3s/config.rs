@@ -21,7 +21,9 @@ pub fn unit_path(role: Role) -> String {
 }
 
 fn push_unique(map: &mut BTreeMap<String, Value>, key: &str, item: &str) {
-    let entry = map.entry(key.to_owned()).or_insert(Value::Sequence(Vec::new()));
+    let entry = map
+        .entry(key.to_owned())
+        .or_insert(Value::Sequence(Vec::new()));
     if let Value::String(s) = entry {
         *entry = Value::Sequence(vec![Value::String(s.clone())]);
     }
@@ -66,7 +68,10 @@ pub fn render_config(cfg: &NodeConfig, extra_args: &[(&str, &str)]) -> String {
         serde_yaml::to_string(&map).unwrap_or_default()
     };
     let token_note = if cfg.token.is_some() {
-        format!("# The cluster token is in {} (mode 0600).\n", env_file_path(cfg.role))
+        format!(
+            "# The cluster token is in {} (mode 0600).\n",
+            env_file_path(cfg.role)
+        )
     } else {
         String::new()
     };

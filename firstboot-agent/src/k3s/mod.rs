@@ -60,13 +60,22 @@ fn write_if_changed(root: &Root, path: &str, content: &str, mode: u32) -> Result
 
 /// Env file (token, 0600) first, then config.yaml (0600: extra keys may hold
 /// secrets), each written atomically — K3s never sees half a config.
-pub fn write_config(root: &Root, cfg: &NodeConfig, extra_args: &[(&str, &str)]) -> Result<Vec<String>, FileError> {
+pub fn write_config(
+    root: &Root,
+    cfg: &NodeConfig,
+    extra_args: &[(&str, &str)],
+) -> Result<Vec<String>, FileError> {
     let mut written = Vec::new();
     let env_path = config::env_file_path(cfg.role);
     if write_if_changed(root, &env_path, &config::render_env_file(cfg), 0o600)? {
         written.push(env_path);
     }
-    if write_if_changed(root, config::CONFIG_PATH, &config::render_config(cfg, extra_args), 0o600)? {
+    if write_if_changed(
+        root,
+        config::CONFIG_PATH,
+        &config::render_config(cfg, extra_args),
+        0o600,
+    )? {
         written.push(config::CONFIG_PATH.to_owned());
     }
     Ok(written)
@@ -74,7 +83,12 @@ pub fn write_config(root: &Root, cfg: &NodeConfig, extra_args: &[(&str, &str)]) 
 
 /// The unit file for the role.
 pub fn write_unit(root: &Root, role: Role) -> Result<bool, FileError> {
-    write_if_changed(root, &config::unit_path(role), &config::render_unit(role), 0o644)
+    write_if_changed(
+        root,
+        &config::unit_path(role),
+        &config::render_unit(role),
+        0o644,
+    )
 }
 
 /// Verify the baked air-gap archives and make sure they sit in the
@@ -83,7 +97,9 @@ pub fn place_airgap_images(root: &Root, cfg: &NodeConfig) -> Result<Vec<String>,
     let mut placed = Vec::new();
     for img in &cfg.airgap_images {
         let src = root.path(&img.path);
-        let actual = binary::file_sha256(&src)?.ok_or_else(|| K3sError::AirgapMissing { path: img.path.clone() })?;
+        let actual = binary::file_sha256(&src)?.ok_or_else(|| K3sError::AirgapMissing {
+            path: img.path.clone(),
+        })?;
         if actual != img.sha256 {
             return Err(K3sError::AirgapDigest {
                 path: img.path.clone(),
@@ -91,7 +107,10 @@ pub fn place_airgap_images(root: &Root, cfg: &NodeConfig) -> Result<Vec<String>,
                 actual: actual.to_string(),
             });
         }
-        let name = Path::new(&img.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = Path::new(&img.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let dest_abs = format!("{AIRGAP_IMAGES_DIR}/{name}");
         if Path::new(&img.path).parent() != Some(Path::new(AIRGAP_IMAGES_DIR))
             && binary::file_sha256(&root.path(&dest_abs))?.as_ref() != Some(&img.sha256)
@@ -107,7 +126,10 @@ pub fn place_airgap_images(root: &Root, cfg: &NodeConfig) -> Result<Vec<String>,
 fn systemctl(system: &dyn System, args: &[&str]) -> Result<String, K3sError> {
     let out = system.systemctl(args)?;
     if !out.success {
-        return Err(K3sError::Systemctl { args: args.join(" "), stderr: out.stderr.trim().to_owned() });
+        return Err(K3sError::Systemctl {
+            args: args.join(" "),
+            stderr: out.stderr.trim().to_owned(),
+        });
     }
     Ok(out.stdout)
 }
@@ -124,23 +146,38 @@ pub fn enable_and_start(system: &dyn System, role: Role) -> Result<(), K3sError>
 
 /// Poll until K3s is ready, it fails, or `timeout` passes. Server: the node
 /// token exists and the API port accepts TCP. Agent: the unit is active.
-pub fn wait_ready(root: &Root, system: &dyn System, role: Role, timeout: Duration) -> Result<(), K3sError> {
+pub fn wait_ready(
+    root: &Root,
+    system: &dyn System,
+    role: Role,
+    timeout: Duration,
+) -> Result<(), K3sError> {
     let unit = role.unit_name();
     let start = system.now();
     loop {
-        let state = system.systemctl(&["is-active", unit])?.stdout.trim().to_owned();
+        let state = system
+            .systemctl(&["is-active", unit])?
+            .stdout
+            .trim()
+            .to_owned();
         if state == "failed" {
-            return Err(K3sError::UnitFailed { unit: unit.to_owned() });
+            return Err(K3sError::UnitFailed {
+                unit: unit.to_owned(),
+            });
         }
         let mut missing = Vec::new();
         if state != "active" {
-            missing.push(format!("unit is {}", if state.is_empty() { "unknown" } else { &state }));
+            missing.push(format!(
+                "unit is {}",
+                if state.is_empty() { "unknown" } else { &state }
+            ));
         }
         if role == Role::Server {
             if !root.exists(NODE_TOKEN) {
                 missing.push(format!("no {NODE_TOKEN}"));
             }
-            let api = std::net::SocketAddr::from(([127, 0, 0, 1], crate::metadata::merge::K3S_API_PORT));
+            let api =
+                std::net::SocketAddr::from(([127, 0, 0, 1], crate::metadata::merge::K3S_API_PORT));
             if let Err(e) = system.tcp_connect(api, Duration::from_secs(2)) {
                 missing.push(format!("API port: {e}"));
             }
@@ -150,7 +187,11 @@ pub fn wait_ready(root: &Root, system: &dyn System, role: Role, timeout: Duratio
         }
         let elapsed = system.now().duration_since(start);
         if elapsed >= timeout {
-            return Err(K3sError::NotReady { unit: unit.to_owned(), secs: timeout.as_secs(), missing: missing.join(", ") });
+            return Err(K3sError::NotReady {
+                unit: unit.to_owned(),
+                secs: timeout.as_secs(),
+                missing: missing.join(", "),
+            });
         }
         tracing::debug!("waiting for {unit}: {}", missing.join(", "));
         system.sleep(Duration::from_secs(2).min(timeout - elapsed));

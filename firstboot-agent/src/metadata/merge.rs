@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use node_spec::{AirgapImage, BakedBinary, BakedDefaults, K3sVersion, Role, Sha256Hex, DEFAULTS_PATH};
+use node_spec::{
+    AirgapImage, BakedBinary, BakedDefaults, K3sVersion, Role, Sha256Hex, DEFAULTS_PATH,
+};
 use serde::Serialize;
 
 use super::{Metadata, MetadataError};
@@ -65,8 +67,12 @@ impl Token {
         if t.is_empty() {
             return Err("is empty".into());
         }
-        if t.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\') {
-            return Err("contains whitespace, quotes or backslashes; K3s tokens are a single word".into());
+        if t.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\')
+        {
+            return Err(
+                "contains whitespace, quotes or backslashes; K3s tokens are a single word".into(),
+            );
         }
         if let Some(rest) = t.strip_prefix("K10") {
             let (hash, creds) = rest.split_once("::").ok_or(
@@ -114,9 +120,9 @@ impl ServerUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let hint = "expected e.g. https://10.0.0.10:6443";
-        let rest = raw
-            .strip_prefix("https://")
-            .ok_or_else(|| format!("{raw:?} is not an https URL; K3s serves its API over https, {hint}"))?;
+        let rest = raw.strip_prefix("https://").ok_or_else(|| {
+            format!("{raw:?} is not an https URL; K3s serves its API over https, {hint}")
+        })?;
         let authority = rest.split('/').next().unwrap_or("");
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
@@ -220,7 +226,9 @@ fn valid_hostname(name: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -269,7 +277,9 @@ pub fn merge(
                 path: DEFAULTS_PATH.into(),
                 line: None,
                 key: format!("k3s.config.{key}"),
-                message: "a secret must not be baked into the image; pass it in user-data `k3s.token`".into(),
+                message:
+                    "a secret must not be baked into the image; pass it in user-data `k3s.token`"
+                        .into(),
             });
         }
     }
@@ -277,7 +287,9 @@ pub fn merge(
         if k.config.contains_key(key) {
             return Err(invalid(
                 "config",
-                format!("`{key}` has its own field; write `k3s.{key}` instead of `k3s.config.{key}`"),
+                format!(
+                    "`{key}` has its own field; write `k3s.{key}` instead of `k3s.config.{key}`"
+                ),
             ));
         }
     }
@@ -288,7 +300,12 @@ pub fn merge(
         .user
         .hostname
         .clone()
-        .or_else(|| md.user.fqdn.as_ref().and_then(|f| f.split('.').next().map(str::to_owned)))
+        .or_else(|| {
+            md.user
+                .fqdn
+                .as_ref()
+                .and_then(|f| f.split('.').next().map(str::to_owned))
+        })
         .or_else(|| md.meta.local_hostname.clone());
     if let Some(h) = &hostname {
         if !valid_hostname(h) || h.len() > 64 {
@@ -307,18 +324,27 @@ pub fn merge(
 
     let mut config = defaults.k3s.config.clone();
     let default_server = config.remove("server");
-    let default_labels = string_list(config.remove("node-label").as_ref(), DEFAULTS_PATH, "node-label")?;
-    let default_taints = string_list(config.remove("node-taint").as_ref(), DEFAULTS_PATH, "node-taint")?;
+    let default_labels = string_list(
+        config.remove("node-label").as_ref(),
+        DEFAULTS_PATH,
+        "node-label",
+    )?;
+    let default_taints = string_list(
+        config.remove("node-taint").as_ref(),
+        DEFAULTS_PATH,
+        "node-taint",
+    )?;
     let default_cluster_init = config.remove("cluster-init");
     config.remove("node-name");
     for (key, value) in k.config {
         config.insert(key, value);
     }
 
-    let server_raw = k
-        .server
-        .clone()
-        .or_else(|| default_server.as_ref().and_then(|v| v.as_str().map(str::to_owned)));
+    let server_raw = k.server.clone().or_else(|| {
+        default_server
+            .as_ref()
+            .and_then(|v| v.as_str().map(str::to_owned))
+    });
     let server = server_raw
         .as_deref()
         .map(ServerUrl::parse)
@@ -332,18 +358,28 @@ pub fn merge(
         .transpose()
         .map_err(|m| invalid("token", format!("the token {m}")))?;
     if token.is_some() && k.token_file.is_some() {
-        return Err(invalid("token-file", "set either `token` or `token-file`, not both".into()));
+        return Err(invalid(
+            "token-file",
+            "set either `token` or `token-file`, not both".into(),
+        ));
     }
     if let Some(f) = &k.token_file {
         if !f.starts_with('/') {
-            return Err(invalid("token-file", format!("{f:?} must be an absolute path on the node")));
+            return Err(invalid(
+                "token-file",
+                format!("{f:?} must be an absolute path on the node"),
+            ));
         }
     }
     let has_token = token.is_some() || k.token_file.is_some();
 
     let cluster_init = k
         .cluster_init
-        .or_else(|| default_cluster_init.as_ref().and_then(serde_yaml::Value::as_bool))
+        .or_else(|| {
+            default_cluster_init
+                .as_ref()
+                .and_then(serde_yaml::Value::as_bool)
+        })
         .unwrap_or(defaults.k3s.ha && role == Role::Server && server.is_none());
 
     let topology = match (role, server.is_some(), cluster_init) {
@@ -385,12 +421,20 @@ pub fn merge(
     }
     for t in &node_taints {
         if !t.contains(':') {
-            return Err(invalid("node-taint", format!("{t:?} is not `key=value:Effect` (e.g. dedicated=gpu:NoSchedule)")));
+            return Err(invalid(
+                "node-taint",
+                format!("{t:?} is not `key=value:Effect` (e.g. dedicated=gpu:NoSchedule)"),
+            ));
         }
     }
-    let control_plane_taint = k.control_plane_taint.unwrap_or(defaults.k3s.control_plane_taint);
+    let control_plane_taint = k
+        .control_plane_taint
+        .unwrap_or(defaults.k3s.control_plane_taint);
     if control_plane_taint && role == Role::Agent && k.control_plane_taint == Some(true) {
-        return Err(invalid("control-plane-taint", "applies to servers only".into()));
+        return Err(invalid(
+            "control-plane-taint",
+            "applies to servers only".into(),
+        ));
     }
 
     let mut check_names = defaults.checks.dns_names.clone();
@@ -407,15 +451,27 @@ pub fn merge(
     let timeout = |meta: Option<u64>, default: u64, key: &str| -> Result<Duration, MetadataError> {
         let secs = meta.unwrap_or(default);
         if secs == 0 || secs > 24 * 3600 {
-            return Err(invalid(key, format!("{secs} is out of range; use 1..=86400 seconds")));
+            return Err(invalid(
+                key,
+                format!("{secs} is out of range; use 1..=86400 seconds"),
+            ));
         }
         Ok(Duration::from_secs(secs))
     };
 
-    let mirror = k.mirror.clone().unwrap_or_else(|| defaults.k3s.mirror.clone());
+    let mirror = k
+        .mirror
+        .clone()
+        .unwrap_or_else(|| defaults.k3s.mirror.clone());
     let mirror = mirror.trim_end_matches('/').to_owned();
-    if !(mirror.starts_with("https://") || mirror.starts_with("http://") || mirror.starts_with("file://")) {
-        return Err(invalid("mirror", format!("{mirror:?} must be an http(s):// or file:// URL")));
+    if !(mirror.starts_with("https://")
+        || mirror.starts_with("http://")
+        || mirror.starts_with("file://"))
+    {
+        return Err(invalid(
+            "mirror",
+            format!("{mirror:?} must be an http(s):// or file:// URL"),
+        ));
     }
 
     Ok(NodeConfig {
@@ -441,8 +497,16 @@ pub fn merge(
         extra_config: config,
         check_names,
         check_endpoints,
-        network_timeout: timeout(k.network_timeout_secs, defaults.checks.network_timeout_secs, "network-timeout-secs")?,
-        ready_timeout: timeout(k.ready_timeout_secs, defaults.checks.ready_timeout_secs, "ready-timeout-secs")?,
+        network_timeout: timeout(
+            k.network_timeout_secs,
+            defaults.checks.network_timeout_secs,
+            "network-timeout-secs",
+        )?,
+        ready_timeout: timeout(
+            k.ready_timeout_secs,
+            defaults.checks.ready_timeout_secs,
+            "ready-timeout-secs",
+        )?,
         notes: md.user.ignored.clone(),
     })
 }
@@ -474,7 +538,8 @@ mod tests {
         merge(d, &md(user), "/ud").map_err(|e| e.to_string())
     }
 
-    const TOKEN: &str = "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:secret";
+    const TOKEN: &str =
+        "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:secret";
 
     #[test]
     fn topologies() {
@@ -482,14 +547,23 @@ mod tests {
         assert_eq!(merged(&d, "").unwrap().topology, Topology::Server);
         let ha = defaults("  ha: true\n");
         assert_eq!(merged(&ha, "").unwrap().topology, Topology::HaFirst);
-        let join = format!("#cloud-config\nk3s:\n  server: https://10.0.0.1:6443\n  token: {TOKEN}\n");
+        let join =
+            format!("#cloud-config\nk3s:\n  server: https://10.0.0.1:6443\n  token: {TOKEN}\n");
         assert_eq!(merged(&ha, &join).unwrap().topology, Topology::HaJoin);
-        let agent = format!("#cloud-config\nk3s:\n  role: agent\n  server: https://s.lan\n  token: pw\n");
+        let agent = "#cloud-config
+k3s:
+  role: agent
+  server: https://s.lan
+  token: pw
+"
+        .to_owned();
         let c = merged(&d, &agent).unwrap();
         assert_eq!(c.topology, Topology::Agent);
         assert_eq!(c.server.unwrap().port, 6443);
         assert_eq!(
-            merged(&d, "#cloud-config\nk3s:\n  cluster-init: true\n").unwrap().topology,
+            merged(&d, "#cloud-config\nk3s:\n  cluster-init: true\n")
+                .unwrap()
+                .topology,
             Topology::HaFirst
         );
     }
@@ -499,7 +573,11 @@ mod tests {
         let d = defaults("");
         let e = merged(&d, "#cloud-config\nk3s:\n  role: agent\n").unwrap_err();
         assert!(e.contains("needs `server:") && e.contains("/ud"), "{e}");
-        let e = merged(&d, "#cloud-config\nk3s:\n  role: agent\n  server: https://s:6443\n").unwrap_err();
+        let e = merged(
+            &d,
+            "#cloud-config\nk3s:\n  role: agent\n  server: https://s:6443\n",
+        )
+        .unwrap_err();
         assert!(e.contains("needs the token"), "{e}");
     }
 
@@ -507,13 +585,26 @@ mod tests {
     fn token_formats() {
         assert!(Token::parse(TOKEN).is_ok());
         assert!(Token::parse("simple-password").is_ok());
-        for bad in ["", "two words", "K10abc::server:x", "K10aaaa", &TOKEN.replace("::server:secret", "::server:")] {
+        for bad in [
+            "",
+            "two words",
+            "K10abc::server:x",
+            "K10aaaa",
+            &TOKEN.replace("::server:secret", "::server:"),
+        ] {
             assert!(Token::parse(bad).is_err(), "{bad}");
         }
-        let e = merged(&defaults(""), "#cloud-config\nk3s:\n  server: https://s:6443\n  token: K10zz::a:b\n").unwrap_err();
+        let e = merged(
+            &defaults(""),
+            "#cloud-config\nk3s:\n  server: https://s:6443\n  token: K10zz::a:b\n",
+        )
+        .unwrap_err();
         assert!(e.starts_with("/ud:4: k3s.token:"), "{e}");
         assert!(!e.contains("K10zz"), "token value leaked: {e}");
-        assert_eq!(format!("{:?}", Token::parse("pw").unwrap()), "Token(<redacted>)");
+        assert_eq!(
+            format!("{:?}", Token::parse("pw").unwrap()),
+            "Token(<redacted>)"
+        );
     }
 
     #[test]
@@ -521,7 +612,11 @@ mod tests {
         let d = defaults("");
         let e = merged(&d, &format!("#cloud-config\nk3s:\n  cluster-init: true\n  server: https://a:6443\n  token: {TOKEN}\n")).unwrap_err();
         assert!(e.contains("keep only one"), "{e}");
-        let e = merged(&d, "#cloud-config\nk3s:\n  server: http://a:6443\n  token: x\n").unwrap_err();
+        let e = merged(
+            &d,
+            "#cloud-config\nk3s:\n  server: http://a:6443\n  token: x\n",
+        )
+        .unwrap_err();
         assert!(e.contains("not an https URL"), "{e}");
         let e = merged(&d, "#cloud-config\nk3s:\n  config:\n    token: x\n").unwrap_err();
         assert!(e.contains("k3s.token"), "{e}");
@@ -549,18 +644,33 @@ mod tests {
         assert!(!c.control_plane_taint);
         assert_eq!(c.network_timeout, Duration::from_secs(20));
         assert_eq!(c.mirror, "http://127.0.0.1:8080/rel");
-        assert_eq!(c.extra_config["disable"], serde_yaml::from_str::<serde_yaml::Value>("[servicelb]").unwrap());
+        assert_eq!(
+            c.extra_config["disable"],
+            serde_yaml::from_str::<serde_yaml::Value>("[servicelb]").unwrap()
+        );
         assert!(c.extra_config.contains_key("write-kubeconfig-mode"));
         // meta-data local-hostname is the fallback.
-        assert_eq!(merged(&d, "").unwrap().hostname.as_deref(), Some("meta-host"));
+        assert_eq!(
+            merged(&d, "").unwrap().hostname.as_deref(),
+            Some("meta-host")
+        );
     }
 
     #[test]
     fn url_hosts() {
-        assert_eq!(url_host_port("https://github.com/k3s-io/k3s/releases/download"), Some(("github.com".into(), 443)));
-        assert_eq!(url_host_port("http://127.0.0.1:8080/x"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(
+            url_host_port("https://github.com/k3s-io/k3s/releases/download"),
+            Some(("github.com".into(), 443))
+        );
+        assert_eq!(
+            url_host_port("http://127.0.0.1:8080/x"),
+            Some(("127.0.0.1".into(), 8080))
+        );
         assert_eq!(url_host_port("http://[::1]:81/"), Some(("::1".into(), 81)));
         assert_eq!(url_host_port("file:///srv"), None);
-        assert_eq!(ServerUrl::parse("https://[fd00::1]:7443").unwrap().host, "fd00::1");
+        assert_eq!(
+            ServerUrl::parse("https://[fd00::1]:7443").unwrap().host,
+            "fd00::1"
+        );
     }
 }

@@ -77,7 +77,9 @@ fn read_capped(path: &Path, shown: &str) -> Result<Option<Vec<u8>>, MetadataErro
     if buf.len() as u64 > MAX_METADATA_BYTES {
         return Err(MetadataError::TooLarge {
             path: shown.to_owned(),
-            size: std::fs::metadata(path).map(|m| m.len()).unwrap_or(buf.len() as u64),
+            size: std::fs::metadata(path)
+                .map(|m| m.len())
+                .unwrap_or(buf.len() as u64),
             limit: MAX_METADATA_BYTES,
         });
     }
@@ -88,15 +90,15 @@ fn read_capped(path: &Path, shown: &str) -> Result<Option<Vec<u8>>, MetadataErro
 fn read_seed_dir(dir: &Path, shown: &str, source: String) -> Result<Metadata, MetadataError> {
     let md_shown = format!("{}/meta-data", shown.trim_end_matches('/'));
     let ud_shown = format!("{}/user-data", shown.trim_end_matches('/'));
-    let meta_bytes = read_capped(&dir.join("meta-data"), &md_shown)?.ok_or_else(|| {
-        MetadataError::Invalid {
+    let meta_bytes =
+        read_capped(&dir.join("meta-data"), &md_shown)?.ok_or_else(|| MetadataError::Invalid {
             path: md_shown.clone(),
             line: None,
             key: "meta-data".into(),
-            message: "file is missing; NoCloud needs meta-data with an instance-id next to user-data"
-                .into(),
-        }
-    })?;
+            message:
+                "file is missing; NoCloud needs meta-data with an instance-id next to user-data"
+                    .into(),
+        })?;
     let meta = userdata::parse_meta_data(&md_shown, &meta_bytes)?;
     let user = match read_capped(&dir.join("user-data"), &ud_shown)? {
         Some(bytes) => userdata::parse_user_data(&ud_shown, &bytes)?,
@@ -214,7 +216,11 @@ mod tests {
     #[test]
     fn seed_dir_is_read() {
         let (_d, r) = root();
-        write(&r, "/var/lib/cloud/seed/nocloud-net/meta-data", "instance-id: i-1\n");
+        write(
+            &r,
+            "/var/lib/cloud/seed/nocloud-net/meta-data",
+            "instance-id: i-1\n",
+        );
         write(
             &r,
             "/var/lib/cloud/seed/nocloud-net/user-data",
@@ -229,9 +235,17 @@ mod tests {
     #[test]
     fn cmdline_seed_wins_and_overrides_instance_id() {
         let (_d, r) = root();
-        write(&r, "/proc/cmdline", "ro ds=nocloud;s=file:///srv/seed/;i=cmd-id\n");
+        write(
+            &r,
+            "/proc/cmdline",
+            "ro ds=nocloud;s=file:///srv/seed/;i=cmd-id\n",
+        );
         write(&r, "/srv/seed/meta-data", "instance-id: file-id\n");
-        write(&r, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: other\n");
+        write(
+            &r,
+            "/var/lib/cloud/seed/nocloud/meta-data",
+            "instance-id: other\n",
+        );
         let md = load(&r, &FakeSystem::new()).unwrap();
         assert_eq!(md.meta.instance_id, "cmd-id");
         assert!(md.source.contains("/srv/seed/"), "{}", md.source);
@@ -242,23 +256,40 @@ mod tests {
         let (_d, r) = root();
         write(&r, "/proc/cmdline", "ds=nocloud-net;s=http://10.1.1.1/\n");
         let e = load(&r, &FakeSystem::new()).unwrap_err().to_string();
-        assert!(e.contains("/proc/cmdline") && e.contains("http://10.1.1.1/"), "{e}");
+        assert!(
+            e.contains("/proc/cmdline") && e.contains("http://10.1.1.1/"),
+            "{e}"
+        );
     }
 
     #[test]
     fn nothing_found_lists_places() {
         let (_d, r) = root();
         let e = load(&r, &FakeSystem::new()).unwrap_err().to_string();
-        assert!(e.contains("/var/lib/cloud/seed/nocloud,") && e.contains("cidata"), "{e}");
+        assert!(
+            e.contains("/var/lib/cloud/seed/nocloud,") && e.contains("cidata"),
+            "{e}"
+        );
     }
 
     #[test]
     fn user_data_error_names_seed_file() {
         let (_d, r) = root();
-        write(&r, "/var/lib/cloud/seed/nocloud/meta-data", "instance-id: i\n");
-        write(&r, "/var/lib/cloud/seed/nocloud/user-data", "#cloud-config\nk3s:\n  role: 3\n");
+        write(
+            &r,
+            "/var/lib/cloud/seed/nocloud/meta-data",
+            "instance-id: i\n",
+        );
+        write(
+            &r,
+            "/var/lib/cloud/seed/nocloud/user-data",
+            "#cloud-config\nk3s:\n  role: 3\n",
+        );
         let e = load(&r, &FakeSystem::new()).unwrap_err().to_string();
-        assert!(e.starts_with("/var/lib/cloud/seed/nocloud/user-data:3:"), "{e}");
+        assert!(
+            e.starts_with("/var/lib/cloud/seed/nocloud/user-data:3:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -296,7 +327,10 @@ mod tests {
         sys.volume_files
             .insert(dev, vec![("meta-data".into(), "nope: 1\n".into())]);
         let e = load(&r, &sys).unwrap_err().to_string();
-        assert!(e.contains("/dev/sr0:/meta-data") && e.contains("instance-id"), "{e}");
+        assert!(
+            e.contains("/dev/sr0:/meta-data") && e.contains("instance-id"),
+            "{e}"
+        );
         assert!(sys.calls().iter().any(|c| matches!(c, Call::Unmount(_))));
     }
 }

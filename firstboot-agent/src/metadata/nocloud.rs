@@ -10,7 +10,10 @@ use crate::rootfs::Root;
 use crate::system::FsType;
 
 /// Seed directories cloud-init's NoCloud datasource reads, in order.
-pub const SEED_DIRS: [&str; 2] = ["/var/lib/cloud/seed/nocloud", "/var/lib/cloud/seed/nocloud-net"];
+pub const SEED_DIRS: [&str; 2] = [
+    "/var/lib/cloud/seed/nocloud",
+    "/var/lib/cloud/seed/nocloud-net",
+];
 
 /// What `ds=nocloud…` on the kernel command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -27,9 +30,9 @@ pub struct CmdlineSeed {
 pub fn parse_cmdline(cmdline: &str) -> Option<CmdlineSeed> {
     let arg = cmdline
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("ds="))
-        .last()?;
-    let arg = arg.trim_matches(|c| c == '"' || c == '\'');
+        .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+        .rev()
+        .find_map(|w| w.strip_prefix("ds="))?;
     let mut fields = arg.split(';');
     let ds = fields.next().unwrap_or("");
     if !matches!(ds, "nocloud" | "nocloud-net") {

@@ -184,14 +184,15 @@ pub fn parse_meta_data(path: &str, bytes: &[u8]) -> Result<MetaData, MetadataErr
 
 /// 1-based line of the first `key:` with the given indentation or deeper.
 fn key_line(text: &str, key: &str, min_indent: usize) -> Option<usize> {
-    text.lines().position(|l| {
-        let trimmed = l.trim_start();
-        l.len() - trimmed.len() >= min_indent
-            && trimmed
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with(':'))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let trimmed = l.trim_start();
+            l.len() - trimmed.len() >= min_indent
+                && trimmed
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with(':'))
+        })
+        .map(|i| i + 1)
 }
 
 /// Lines of the keys directly under the top-level `k3s:` mapping.
@@ -236,8 +237,14 @@ fn parse_cloud_config(
     let cc: CloudConfig =
         serde_yaml::from_str(text).map_err(|e| yaml_error(path, line_offset, &e))?;
     Ok(UserData {
-        hostname: cc.hostname.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()),
-        fqdn: cc.fqdn.map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()),
+        hostname: cc
+            .hostname
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty()),
+        fqdn: cc
+            .fqdn
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty()),
         k3s_lines: if cc.k3s.is_some() {
             k3s_key_lines(text, line_offset)
         } else {
@@ -294,7 +301,9 @@ fn parse_user_data_text(
     }
     if first.starts_with("#!") {
         return Ok(UserData {
-            ignored: vec![format!("{path}: shell script (run by cloud-init, if present)")],
+            ignored: vec![format!(
+                "{path}: shell script (run by cloud-init, if present)"
+            )],
             ..UserData::default()
         });
     }
@@ -397,7 +406,13 @@ fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
         let (h, body_idx) = mime_headers(&part, 0);
         let ptype = h
             .get("content-type")
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_else(|| "text/plain".into());
         let encoding = h
             .get("content-transfer-encoding")
@@ -405,8 +420,10 @@ fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
             .unwrap_or_default();
         let body_line = first_line + body_idx; // 0-based index of body start
         if ptype != "text/cloud-config" {
-            out.ignored
-                .push(format!("{path}:{}: MIME part of type {ptype}", first_line + 1));
+            out.ignored.push(format!(
+                "{path}:{}: MIME part of type {ptype}",
+                first_line + 1
+            ));
             continue;
         }
         if !encoding.is_empty() && !matches!(encoding.as_str(), "7bit" | "8bit" | "binary") {
@@ -498,14 +515,22 @@ mod tests {
     #[test]
     fn unknown_k3s_key_is_refused_with_the_list() {
         let e = err("#cloud-config\nk3s:\n  rol: agent\n");
-        assert!(e.contains("unknown field `rol`") && e.contains("role"), "{e}");
+        assert!(
+            e.contains("unknown field `rol`") && e.contains("role"),
+            "{e}"
+        );
         assert!(e.starts_with("/seed/user-data:3:"), "{e}");
     }
 
     #[test]
     fn malformed_yaml_names_the_line() {
-        let e = err("#cloud-config\nk3s:\n  role: agent\n   server: x\n");
-        assert!(e.starts_with("/seed/user-data:4:"), "{e}");
+        let e = err("#cloud-config\nk3s:\n  role: agent\n  role: server\n");
+        assert!(
+            e.starts_with("/seed/user-data:3:") && e.contains("duplicate field `role`"),
+            "{e}"
+        );
+        let e = err("#cloud-config\nhostname: a\n\tk3s: {}\n");
+        assert!(e.starts_with("/seed/user-data:3:"), "{e}");
     }
 
     #[test]
@@ -550,9 +575,13 @@ mod tests {
 
     #[test]
     fn gzip_and_binary_are_refused() {
-        let e = parse_user_data(P, &[0x1f, 0x8b, 8, 0]).unwrap_err().to_string();
+        let e = parse_user_data(P, &[0x1f, 0x8b, 8, 0])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gzip"), "{e}");
-        let e = parse_user_data(P, b"#cloud-config\n\xff\xfe\n").unwrap_err().to_string();
+        let e = parse_user_data(P, b"#cloud-config\n\xff\xfe\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
     }
 
@@ -572,7 +601,10 @@ mod tests {
     #[test]
     fn multipart_error_lines_count_from_file_start() {
         let e = err(MULTIPART);
-        assert!(e.starts_with("/seed/user-data:18:") || e.starts_with("/seed/user-data:19:"), "{e}");
+        assert!(
+            e.starts_with("/seed/user-data:18:") || e.starts_with("/seed/user-data:19:"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -589,11 +621,15 @@ mod tests {
         assert_eq!(md.local_hostname.as_deref(), Some("h1"));
         let md = parse_meta_data("/m", b"{\"instance-id\": 42}").unwrap();
         assert_eq!(md.instance_id, "42");
-        let e = parse_meta_data("/m", b"local-hostname: x\n").unwrap_err().to_string();
+        let e = parse_meta_data("/m", b"local-hostname: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("instance-id") && e.contains("/m"), "{e}");
         let e = parse_meta_data("/m", b"").unwrap_err().to_string();
         assert!(e.contains("instance-id"), "{e}");
-        let e = parse_meta_data("/m", b"instance-id: [a\n").unwrap_err().to_string();
+        let e = parse_meta_data("/m", b"instance-id: [a\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/m:"), "{e}");
     }
 }

@@ -19,7 +19,12 @@ const SCHEMA: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("{path}:{line}:{column}: {message}; move the file away to start over (K3s, if installed, stays)")]
-    Parse { path: String, line: usize, column: usize, message: String },
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{0}")]
     File(#[from] FileError),
 }
@@ -69,7 +74,13 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        Self { schema: SCHEMA, instance_id: None, steps: BTreeMap::new(), k3s: None, finished: false }
+        Self {
+            schema: SCHEMA,
+            instance_id: None,
+            steps: BTreeMap::new(),
+            k3s: None,
+            finished: false,
+        }
     }
 }
 
@@ -93,7 +104,9 @@ impl State {
     }
 
     pub fn is_done(&self, step: &str) -> bool {
-        self.steps.get(step).is_some_and(|s| s.status == StepStatus::Done)
+        self.steps
+            .get(step)
+            .is_some_and(|s| s.status == StepStatus::Done)
     }
 }
 
@@ -161,14 +174,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
         assert_eq!(State::load(&root).unwrap(), State::default());
-        let mut s = State { instance_id: Some("i".into()), ..State::default() };
-        s.steps.insert("tweaks".into(), StepRecord { status: StepStatus::Done, duration_ms: 3, message: String::new(), attempts: 1 });
+        let mut s = State {
+            instance_id: Some("i".into()),
+            ..State::default()
+        };
+        s.steps.insert(
+            "tweaks".into(),
+            StepRecord {
+                status: StepStatus::Done,
+                duration_ms: 3,
+                message: String::new(),
+                attempts: 1,
+            },
+        );
         s.save(&root).unwrap();
         let loaded = State::load(&root).unwrap();
         assert!(loaded.is_done("tweaks") && !loaded.is_done("k3s-binary"));
         std::fs::write(root.path(STATE_FILE), "{\n  \"schema\": 1,\n  oops\n").unwrap();
         let e = State::load(&root).unwrap_err().to_string();
-        assert!(e.starts_with("/var/lib/firstboot-agent/state.json:3:"), "{e}");
+        assert!(
+            e.starts_with("/var/lib/firstboot-agent/state.json:3:"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -163,12 +163,7 @@ impl System for FakeSystem {
         Ok(())
     }
 
-    fn mount_readonly(
-        &self,
-        device: &Path,
-        target: &Path,
-        fs: FsType,
-    ) -> Result<(), SystemError> {
+    fn mount_readonly(&self, device: &Path, target: &Path, fs: FsType) -> Result<(), SystemError> {
         self.record(Call::Mount {
             device: device.to_owned(),
             target: target.to_owned(),

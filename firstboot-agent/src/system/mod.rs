@@ -74,8 +74,7 @@ pub trait System {
     /// Load a kernel module.
     fn modprobe(&self, module: &str) -> Result<(), SystemError>;
     /// Mount `device` read-only at `target`.
-    fn mount_readonly(&self, device: &Path, target: &Path, fs: FsType)
-        -> Result<(), SystemError>;
+    fn mount_readonly(&self, device: &Path, target: &Path, fs: FsType) -> Result<(), SystemError>;
     /// Unmount `target`.
     fn unmount(&self, target: &Path) -> Result<(), SystemError>;
     /// `mount --make-rshared /`.

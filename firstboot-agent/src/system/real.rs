@@ -67,12 +67,7 @@ impl System for RealSystem {
         run_checked("modprobe", &[module]).map(drop)
     }
 
-    fn mount_readonly(
-        &self,
-        device: &Path,
-        target: &Path,
-        fs: FsType,
-    ) -> Result<(), SystemError> {
+    fn mount_readonly(&self, device: &Path, target: &Path, fs: FsType) -> Result<(), SystemError> {
         mount(
             Some(device),
             target,

@@ -33,7 +33,8 @@ pub const MODULES_FILE: &str = "/etc/modules-load.d/k3s.conf";
 pub const KMSG_TMPFILES: &str = "/etc/tmpfiles.d/firstboot-agent-kmsg.conf";
 pub const KMSG_TMPFILES_TEXT: &str = "# Written by firstboot-agent: LXC rebuilds /dev on every start and has no\n# /dev/kmsg, which the kubelet reads. Point it at the console.\nL /dev/kmsg - - - - /dev/console\n";
 pub const RSHARED_UNIT: &str = "firstboot-agent-rshared.service";
-pub const RSHARED_UNIT_TEXT: &str = "# Written by firstboot-agent: K3s needs shared mount propagation on /.
+pub const RSHARED_UNIT_TEXT: &str =
+    "# Written by firstboot-agent: K3s needs shared mount propagation on /.
 [Unit]
 Description=Make / a shared mount for K3s
 DefaultDependencies=no
@@ -58,7 +59,10 @@ pub fn parse_sysctl_conf(text: &str) -> Vec<(String, String)> {
                 return None;
             }
             let (k, v) = l.split_once('=')?;
-            Some((k.trim().trim_start_matches('-').replace('/', "."), v.trim().to_owned()))
+            Some((
+                k.trim().trim_start_matches('-').replace('/', "."),
+                v.trim().to_owned(),
+            ))
         })
         .collect()
 }
@@ -112,7 +116,8 @@ pub fn fstab_without_swap(fstab: &str) -> Option<String> {
 
 /// The sysctl.d file the agent writes, leaving keys the builder's file sets.
 pub fn render_sysctl_conf(builder_keys: &[String]) -> String {
-    let mut out = String::from("# Written by firstboot-agent: settings K3s and the kubelet expect.\n");
+    let mut out =
+        String::from("# Written by firstboot-agent: settings K3s and the kubelet expect.\n");
     for (k, v) in SYSCTLS {
         if builder_keys.iter().any(|b| b == k) {
             out.push_str(&format!("# {k} is set in {BUILDER_SYSCTL_FILE}\n"));
@@ -128,7 +133,12 @@ fn read(root: &Root, p: &str) -> Result<String, FileError> {
 }
 
 /// Apply (or with `apply == false`, only inspect) every tweak.
-pub fn run(root: &Root, system: &dyn System, env: &Environment, apply: bool) -> Result<Vec<Finding>, FileError> {
+pub fn run(
+    root: &Root,
+    system: &dyn System,
+    env: &Environment,
+    apply: bool,
+) -> Result<Vec<Finding>, FileError> {
     let mut out = Vec::new();
     kmsg(root, env, apply, &mut out)?;
     rshared(root, system, apply, &mut out)?;
@@ -138,13 +148,22 @@ pub fn run(root: &Root, system: &dyn System, env: &Environment, apply: bool) -> 
     Ok(out)
 }
 
-fn kmsg(root: &Root, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> Result<(), FileError> {
+fn kmsg(
+    root: &Root,
+    env: &Environment,
+    apply: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), FileError> {
     let exists = root.path("/dev/kmsg").symlink_metadata().is_ok();
     if !env.in_lxc() {
         out.push(if exists {
             Finding::pass("/dev/kmsg", "present")
         } else {
-            Finding::warn("/dev/kmsg", "missing", "the kubelet reads /dev/kmsg; check the container runtime's /dev")
+            Finding::warn(
+                "/dev/kmsg",
+                "missing",
+                "the kubelet reads /dev/kmsg; check the container runtime's /dev",
+            )
         });
         return Ok(());
     }
@@ -153,7 +172,11 @@ fn kmsg(root: &Root, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> 
         out.push(if exists && persisted {
             Finding::pass("/dev/kmsg", "present, recreated each boot by tmpfiles.d")
         } else {
-            Finding::warn("/dev/kmsg", "missing or not persisted in LXC", "`run` links it to /dev/console and adds a tmpfiles.d rule")
+            Finding::warn(
+                "/dev/kmsg",
+                "missing or not persisted in LXC",
+                "`run` links it to /dev/console and adds a tmpfiles.d rule",
+            )
         });
         return Ok(());
     }
@@ -162,28 +185,54 @@ fn kmsg(root: &Root, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> 
     }
     if !exists {
         root.create_dir_all("/dev")?;
-        symlink_atomic(std::path::Path::new("/dev/console"), &root.path("/dev/kmsg"))?;
+        symlink_atomic(
+            std::path::Path::new("/dev/console"),
+            &root.path("/dev/kmsg"),
+        )?;
     }
     out.push(Finding::pass(
         "/dev/kmsg",
-        format!("{}; {KMSG_TMPFILES} recreates it each boot", if exists { "present" } else { "linked to /dev/console" }),
+        format!(
+            "{}; {KMSG_TMPFILES} recreates it each boot",
+            if exists {
+                "present"
+            } else {
+                "linked to /dev/console"
+            }
+        ),
     ));
     Ok(())
 }
 
 fn enable_unit_link(root: &Root, unit: &str) -> Result<(), FileError> {
     let dir = root.create_dir_all("/etc/systemd/system/multi-user.target.wants")?;
-    symlink_atomic(&std::path::Path::new("/etc/systemd/system").join(unit), &dir.join(unit))
+    symlink_atomic(
+        &std::path::Path::new("/etc/systemd/system").join(unit),
+        &dir.join(unit),
+    )
 }
 
-fn rshared(root: &Root, system: &dyn System, apply: bool, out: &mut Vec<Finding>) -> Result<(), FileError> {
+fn rshared(
+    root: &Root,
+    system: &dyn System,
+    apply: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), FileError> {
     let shared = root_is_shared(&read(root, "/proc/self/mountinfo")?);
     let unit_path = format!("/etc/systemd/system/{RSHARED_UNIT}");
     if !apply {
         out.push(match shared {
             Some(true) => Finding::pass("mount propagation", "/ is shared"),
-            Some(false) => Finding::warn("mount propagation", "/ is private", "`run` makes it rshared now and at every boot"),
-            None => Finding::warn("mount propagation", "/ not found in /proc/self/mountinfo", "check that /proc is mounted"),
+            Some(false) => Finding::warn(
+                "mount propagation",
+                "/ is private",
+                "`run` makes it rshared now and at every boot",
+            ),
+            None => Finding::warn(
+                "mount propagation",
+                "/ not found in /proc/self/mountinfo",
+                "check that /proc is mounted",
+            ),
         });
         return Ok(());
     }
@@ -192,7 +241,10 @@ fn rshared(root: &Root, system: &dyn System, apply: bool, out: &mut Vec<Finding>
         enable_unit_link(root, RSHARED_UNIT)?;
     }
     if shared == Some(true) {
-        out.push(Finding::pass("mount propagation", format!("/ is shared; {RSHARED_UNIT} keeps it so")));
+        out.push(Finding::pass(
+            "mount propagation",
+            format!("/ is shared; {RSHARED_UNIT} keeps it so"),
+        ));
         return Ok(());
     }
     match system.make_root_rshared() {
@@ -206,7 +258,13 @@ fn rshared(root: &Root, system: &dyn System, apply: bool, out: &mut Vec<Finding>
     Ok(())
 }
 
-fn modules(root: &Root, system: &dyn System, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> Result<(), FileError> {
+fn modules(
+    root: &Root,
+    system: &dyn System,
+    env: &Environment,
+    apply: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), FileError> {
     let proc_modules = read(root, "/proc/modules")?;
     let filesystems = read(root, "/proc/filesystems")?;
     let mut wanted_file = String::from("# Written by firstboot-agent: modules K3s needs.\n");
@@ -219,7 +277,10 @@ fn modules(root: &Root, system: &dyn System, env: &Environment, apply: bool, out
     }
     for m in MODULES {
         let present = module_present(&proc_modules, root.path("/sys/module").join(m).exists(), m)
-            || (m == "overlay" && filesystems.lines().any(|l| l.split_whitespace().last() == Some("overlay")));
+            || (m == "overlay"
+                && filesystems
+                    .lines()
+                    .any(|l| l.split_whitespace().last() == Some("overlay")));
         let what = format!("module {m}");
         if present {
             out.push(Finding::pass(what, "loaded"));
@@ -230,7 +291,11 @@ fn modules(root: &Root, system: &dyn System, env: &Environment, apply: bool, out
                 format!("on the host: modprobe {m} && echo {m} >> /etc/modules-load.d/k3s.conf"),
             ));
         } else if !apply {
-            out.push(Finding::warn(what, "not loaded", "`run` loads it and adds it to /etc/modules-load.d/k3s.conf"));
+            out.push(Finding::warn(
+                what,
+                "not loaded",
+                "`run` loads it and adds it to /etc/modules-load.d/k3s.conf",
+            ));
         } else {
             match system.modprobe(m) {
                 Ok(()) => out.push(Finding::pass(what, format!("loaded now; persisted in {MODULES_FILE}"))),
@@ -241,7 +306,13 @@ fn modules(root: &Root, system: &dyn System, env: &Environment, apply: bool, out
     Ok(())
 }
 
-fn sysctls(root: &Root, system: &dyn System, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> Result<(), FileError> {
+fn sysctls(
+    root: &Root,
+    system: &dyn System,
+    env: &Environment,
+    apply: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), FileError> {
     let builder: Vec<(String, String)> = parse_sysctl_conf(&read(root, BUILDER_SYSCTL_FILE)?);
     let builder_keys: Vec<String> = builder.iter().map(|(k, _)| k.clone()).collect();
     let conf = render_sysctl_conf(&builder_keys);
@@ -275,11 +346,19 @@ fn sysctls(root: &Root, system: &dyn System, env: &Environment, apply: bool, out
         }
     }
     if !pending.is_empty() {
-        out.push(Finding::warn("sysctl", format!("not yet set: {}", pending.join(" ")), format!("`run` sets them and writes {SYSCTL_FILE}")));
+        out.push(Finding::warn(
+            "sysctl",
+            format!("not yet set: {}", pending.join(" ")),
+            format!("`run` sets them and writes {SYSCTL_FILE}"),
+        ));
     } else if readonly.is_empty() {
         out.push(Finding::pass(
             "sysctl",
-            if changed.is_empty() { "all as K3s expects".to_owned() } else { format!("set {}", changed.join(" ")) },
+            if changed.is_empty() {
+                "all as K3s expects".to_owned()
+            } else {
+                format!("set {}", changed.join(" "))
+            },
         ));
     }
     if !readonly.is_empty() {
@@ -288,12 +367,22 @@ fn sysctls(root: &Root, system: &dyn System, env: &Environment, apply: bool, out
         } else {
             "load br_netfilter for net.bridge.*; check the kernel for the others".to_owned()
         };
-        out.push(Finding::warn("sysctl", format!("could not set {}", readonly.join(" ")), advice));
+        out.push(Finding::warn(
+            "sysctl",
+            format!("could not set {}", readonly.join(" ")),
+            advice,
+        ));
     }
     Ok(())
 }
 
-fn swap(root: &Root, system: &dyn System, env: &Environment, apply: bool, out: &mut Vec<Finding>) -> Result<(), FileError> {
+fn swap(
+    root: &Root,
+    system: &dyn System,
+    env: &Environment,
+    apply: bool,
+    out: &mut Vec<Finding>,
+) -> Result<(), FileError> {
     let active = parse_swaps(&read(root, "/proc/swaps")?);
     if apply {
         if let Some(fstab) = fstab_without_swap(&read(root, "/etc/fstab")?) {
@@ -305,17 +394,28 @@ fn swap(root: &Root, system: &dyn System, env: &Environment, apply: bool, out: &
         return Ok(());
     }
     if !apply {
-        out.push(Finding::warn("swap", format!("on: {}", active.join(", ")), "`run` turns it off and comments it out of /etc/fstab"));
+        out.push(Finding::warn(
+            "swap",
+            format!("on: {}", active.join(", ")),
+            "`run` turns it off and comments it out of /etc/fstab",
+        ));
         return Ok(());
     }
     match system.swapoff_all() {
-        Ok(()) => out.push(Finding::pass("swap", format!("turned off {}", active.join(", ")))),
+        Ok(()) => out.push(Finding::pass(
+            "swap",
+            format!("turned off {}", active.join(", ")),
+        )),
         Err(e) if env.in_container() => out.push(Finding::warn(
             "swap",
             format!("container sees swap and cannot turn it off: {e}"),
             "limit the container's swap on the host (Proxmox: pct set ID --swap 0)",
         )),
-        Err(e) => out.push(Finding::warn("swap", format!("could not turn swap off: {e}"), "run `swapoff -a` and remove swap from /etc/fstab")),
+        Err(e) => out.push(Finding::warn(
+            "swap",
+            format!("could not turn swap off: {e}"),
+            "run `swapoff -a` and remove swap from /etc/fstab",
+        )),
     }
     Ok(())
 }
@@ -355,7 +455,12 @@ mod tests {
     }
 
     fn vm_env() -> Environment {
-        Environment { virtualization: Virtualization::Vm, container: None, unprivileged: false, ..lxc_env(false) }
+        Environment {
+            virtualization: Virtualization::Vm,
+            container: None,
+            unprivileged: false,
+            ..lxc_env(false)
+        }
     }
 
     fn write(root: &Root, p: &str, t: &str) {
@@ -366,17 +471,38 @@ mod tests {
 
     #[test]
     fn parsers() {
-        assert_eq!(parse_swaps("Filename\tType\tSize\tUsed\tPriority\n/swap.img file 1 0 -2\n"), vec!["/swap.img"]);
+        assert_eq!(
+            parse_swaps("Filename\tType\tSize\tUsed\tPriority\n/swap.img file 1 0 -2\n"),
+            vec!["/swap.img"]
+        );
         assert!(parse_swaps("Filename\tType\tSize\tUsed\tPriority\n").is_empty());
         let mi = "22 1 0:21 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n23 22 0:5 / /dev rw - devtmpfs udev rw\n";
         assert_eq!(root_is_shared(mi), Some(true));
         assert_eq!(root_is_shared(&mi.replace("shared:1 ", "")), Some(false));
         assert_eq!(root_is_shared(""), None);
-        assert!(module_present("overlay 151552 0 - Live 0x0\n", false, "overlay"));
-        assert!(!module_present("overlayfs 1 0 - Live 0x0\n", false, "overlay"));
-        assert_eq!(parse_sysctl_conf("# c\nvm.overcommit_memory=1\n-net/ipv4/ip_forward = 0\n"), vec![("vm.overcommit_memory".into(), "1".into()), ("net.ipv4.ip_forward".into(), "0".into())]);
-        let f = fstab_without_swap("UUID=1 / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n").unwrap();
-        assert!(f.contains("# disabled by firstboot-agent (K3s): /swap.img"), "{f}");
+        assert!(module_present(
+            "overlay 151552 0 - Live 0x0\n",
+            false,
+            "overlay"
+        ));
+        assert!(!module_present(
+            "overlayfs 1 0 - Live 0x0\n",
+            false,
+            "overlay"
+        ));
+        assert_eq!(
+            parse_sysctl_conf("# c\nvm.overcommit_memory=1\n-net/ipv4/ip_forward = 0\n"),
+            vec![
+                ("vm.overcommit_memory".into(), "1".into()),
+                ("net.ipv4.ip_forward".into(), "0".into())
+            ]
+        );
+        let f =
+            fstab_without_swap("UUID=1 / ext4 defaults 0 1\n/swap.img none swap sw 0 0\n").unwrap();
+        assert!(
+            f.contains("# disabled by firstboot-agent (K3s): /swap.img"),
+            "{f}"
+        );
         assert!(fstab_without_swap("UUID=1 / ext4 defaults 0 1\n").is_none());
     }
 
@@ -386,28 +512,61 @@ mod tests {
         let root = Root::new(dir.path());
         write(&root, "/proc/sys/net/ipv4/ip_forward", "0\n");
         write(&root, "/proc/sys/vm/overcommit_memory", "1\n");
-        write(&root, "/proc/swaps", "Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n");
+        write(
+            &root,
+            "/proc/swaps",
+            "Filename Type Size Used Priority\n/dev/sda2 partition 1 0 -2\n",
+        );
         write(&root, BUILDER_SYSCTL_FILE, "kernel.panic = 30\n");
         let mut sys = FakeSystem::new();
         sys.readonly_sysctls.insert("kernel.panic".into());
-        sys.readonly_sysctls.insert("net.bridge.bridge-nf-call-iptables".into());
+        sys.readonly_sysctls
+            .insert("net.bridge.bridge-nf-call-iptables".into());
         sys.fail_swapoff = true;
         let env = lxc_env(true);
         let f = run(&root, &sys, &env, true).unwrap();
-        let text = f.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        let text = f
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
         // kmsg: linked now, and persisted.
-        assert_eq!(std::fs::read_link(root.path("/dev/kmsg")).unwrap(), std::path::Path::new("/dev/console"));
-        assert_eq!(std::fs::read_to_string(root.path(KMSG_TMPFILES)).unwrap(), KMSG_TMPFILES_TEXT);
-        assert!(root.path("/etc/systemd/system/multi-user.target.wants").join(RSHARED_UNIT).is_symlink());
+        assert_eq!(
+            std::fs::read_link(root.path("/dev/kmsg")).unwrap(),
+            std::path::Path::new("/dev/console")
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.path(KMSG_TMPFILES)).unwrap(),
+            KMSG_TMPFILES_TEXT
+        );
+        assert!(root
+            .path("/etc/systemd/system/multi-user.target.wants")
+            .join(RSHARED_UNIT)
+            .is_symlink());
         // Modules are reported for the host, never modprobed in a container.
-        assert!(text.contains("on the host: modprobe br_netfilter"), "{text}");
+        assert!(
+            text.contains("on the host: modprobe br_netfilter"),
+            "{text}"
+        );
         assert!(!sys.calls().iter().any(|c| matches!(c, Call::Modprobe(_))));
         // The builder's kernel.panic=30 wins and is what gets applied.
         let conf = std::fs::read_to_string(root.path(SYSCTL_FILE)).unwrap();
-        assert!(conf.contains("# kernel.panic is set in") && !conf.contains("kernel.panic = 10"), "{conf}");
-        assert!(sys.calls().contains(&Call::WriteSysctl("kernel.panic".into(), "30".into())));
-        assert!(!sys.calls().contains(&Call::WriteSysctl("vm.overcommit_memory".into(), "1".into())));
-        assert!(text.contains("read-only in a container; set them on the host: sysctl -w") && text.contains("kernel.panic=30"), "{text}");
+        assert!(
+            conf.contains("# kernel.panic is set in") && !conf.contains("kernel.panic = 10"),
+            "{conf}"
+        );
+        assert!(sys
+            .calls()
+            .contains(&Call::WriteSysctl("kernel.panic".into(), "30".into())));
+        assert!(!sys.calls().contains(&Call::WriteSysctl(
+            "vm.overcommit_memory".into(),
+            "1".into()
+        )));
+        assert!(
+            text.contains("read-only in a container; set them on the host: sysctl -w")
+                && text.contains("kernel.panic=30"),
+            "{text}"
+        );
         assert!(text.contains("pct set ID --swap 0"), "{text}");
         assert_eq!(extra_k3s_args(&env).len(), 2);
     }
@@ -416,7 +575,11 @@ mod tests {
     fn vm_loads_modules_and_turns_swap_off() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
-        write(&root, "/proc/swaps", "Filename Type Size Used Priority\n/swap.img file 1 0 -2\n");
+        write(
+            &root,
+            "/proc/swaps",
+            "Filename Type Size Used Priority\n/swap.img file 1 0 -2\n",
+        );
         write(&root, "/etc/fstab", "/swap.img none swap sw 0 0\n");
         write(&root, "/proc/modules", "overlay 1 0 - Live 0x0\n");
         let sys = FakeSystem::new();
@@ -426,9 +589,16 @@ mod tests {
         assert!(calls.contains(&Call::Modprobe("br_netfilter".into())));
         assert!(!calls.contains(&Call::Modprobe("overlay".into())));
         assert!(calls.contains(&Call::SwapoffAll) && calls.contains(&Call::MakeRootRshared));
-        assert!(std::fs::read_to_string(root.path("/etc/fstab")).unwrap().starts_with("# disabled"));
-        assert!(std::fs::read_to_string(root.path(MODULES_FILE)).unwrap().contains("br_netfilter"));
-        assert!(!root.path("/dev/kmsg").exists(), "kmsg is only linked in LXC");
+        assert!(std::fs::read_to_string(root.path("/etc/fstab"))
+            .unwrap()
+            .starts_with("# disabled"));
+        assert!(std::fs::read_to_string(root.path(MODULES_FILE))
+            .unwrap()
+            .contains("br_netfilter"));
+        assert!(
+            !root.path("/dev/kmsg").exists(),
+            "kmsg is only linked in LXC"
+        );
         assert!(extra_k3s_args(&vm_env()).is_empty());
     }
 
@@ -437,11 +607,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path());
         write(&root, "/proc/sys/net/ipv4/ip_forward", "0\n");
-        write(&root, "/proc/swaps", "Filename Type Size Used Priority\n/swap.img file 1 0 -2\n");
+        write(
+            &root,
+            "/proc/swaps",
+            "Filename Type Size Used Priority\n/swap.img file 1 0 -2\n",
+        );
         let sys = FakeSystem::new();
         let f = run(&root, &sys, &lxc_env(false), false).unwrap();
         assert!(sys.calls().is_empty(), "{:?}", sys.calls());
         assert!(!root.path("/etc").exists() && !root.path("/dev").exists());
-        assert!(f.iter().any(|f| f.what == "sysctl" && f.level == Level::Warn));
+        assert!(f
+            .iter()
+            .any(|f| f.what == "sysctl" && f.level == Level::Warn));
     }
 }

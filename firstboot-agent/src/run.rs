@@ -1,0 +1,538 @@
+//! The first-boot pipeline, top to bottom. Each named step records its
+//! outcome in state.json before the next starts, so a crash or reboot
+//! resumes; every step is idempotent, and steps with lasting side effects
+//! that already succeeded for this instance are skipped.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use node_spec::{BakedDefaults, DEFAULTS_PATH};
+
+use crate::checks::{self, network, Finding, Level};
+use crate::env::{self, Environment};
+use crate::k3s::{self, binary};
+use crate::metadata::{self, NodeConfig};
+use crate::rootfs::Root;
+use crate::state::{self, K3sRecord, RunResult, State, StepRecord, StepResult, StepStatus};
+use crate::system::System;
+use crate::tweaks;
+
+/// Options of `firstboot-agent run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Start K3s but do not wait for it here; readiness is then confirmed by
+    /// [`READY_UNIT`], which runs `firstboot-agent run` again once K3s has
+    /// started (the agent's own unit is ordered before K3s, so it cannot wait).
+    pub no_wait: bool,
+}
+
+pub const READY_UNIT: &str = "firstboot-agent-ready.service";
+pub const READY_UNIT_TEXT: &str =
+    "# Written by firstboot-agent: confirms K3s readiness after the first-boot
+# unit (which is ordered before K3s and so cannot wait for it) has finished.
+[Unit]
+Description=Confirm K3s is ready (firstboot-agent)
+After=firstboot-agent.service k3s.service k3s-agent.service
+ConditionPathExists=!/var/lib/firstboot-agent/done
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/firstboot-agent run
+StandardOutput=journal+console
+";
+
+/// What a step reports besides success.
+#[derive(Debug, Default)]
+struct Outcome {
+    message: String,
+    findings: Vec<Finding>,
+    attempts: u32,
+    status: Option<StepStatus>,
+}
+
+impl Outcome {
+    fn msg(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ..Self::default()
+        }
+    }
+}
+
+struct Runner<'a> {
+    root: &'a Root,
+    system: &'a dyn System,
+    state: State,
+    result: RunResult,
+}
+
+impl Runner<'_> {
+    fn save(&mut self) -> Result<()> {
+        self.state
+            .save(self.root)
+            .context("recording the agent state")?;
+        if let Some(up) = self
+            .root
+            .read_optional("/proc/uptime")?
+            .as_deref()
+            .and_then(state::parse_uptime)
+        {
+            self.result.boot_to_done_secs = Some(up);
+        }
+        self.result.save(self.root).context("writing result.json")
+    }
+
+    fn record(
+        &mut self,
+        name: &str,
+        status: StepStatus,
+        duration_ms: u64,
+        message: String,
+        attempts: u32,
+    ) {
+        self.state.steps.insert(
+            name.to_owned(),
+            StepRecord {
+                status,
+                duration_ms,
+                message: message.clone(),
+                attempts,
+            },
+        );
+        self.result.steps.retain(|s| s.name != name);
+        self.result.steps.push(StepResult {
+            name: name.to_owned(),
+            status,
+            duration_ms,
+            message,
+        });
+    }
+
+    /// Run one step: time it, record it, save state; a failure is recorded
+    /// and returned (the node stays retryable).
+    fn step(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<Outcome>) -> Result<()> {
+        tracing::info!(step = name, "starting");
+        let started = Instant::now();
+        let outcome = f(self).and_then(|o| match checks::failures(&o.findings) {
+            Some(fail) => Err(anyhow!(fail)),
+            None => Ok(o),
+        });
+        let ms = started.elapsed().as_millis() as u64;
+        match outcome {
+            Ok(o) => {
+                for w in o.findings.iter().filter(|f| f.level == Level::Warn) {
+                    tracing::warn!(step = name, "{w}");
+                    self.result.warnings.push(format!("{name}: {w}"));
+                }
+                tracing::info!(step = name, "{}", o.message);
+                self.record(
+                    name,
+                    o.status.unwrap_or(StepStatus::Done),
+                    ms,
+                    o.message,
+                    o.attempts.max(1),
+                );
+                self.save()
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(step = name, "{msg}");
+                self.record(name, StepStatus::Failed, ms, msg.clone(), 1);
+                self.result.errors.push(format!("{name}: {msg}"));
+                self.result.finished = false;
+                self.save()?;
+                Err(e.context(format!("step {name} failed; fix the cause and run `firstboot-agent run` again (or reboot)")))
+            }
+        }
+    }
+
+    fn skip_done(&mut self, name: &str) -> bool {
+        if self.state.is_done(name) {
+            tracing::info!(step = name, "already done for this instance; skipping");
+            if let Some(r) = self.state.steps.get(name).cloned() {
+                self.result.steps.push(StepResult {
+                    name: name.to_owned(),
+                    status: StepStatus::Skipped,
+                    duration_ms: 0,
+                    message: format!("done earlier: {}", r.message),
+                });
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Read the defaults the builder baked into the image.
+pub fn load_defaults(root: &Root) -> Result<BakedDefaults> {
+    let text = root
+        .read_optional(DEFAULTS_PATH)?
+        .ok_or_else(|| anyhow!("{DEFAULTS_PATH} is missing; this image was not built by imgbuild, or the file was removed"))?;
+    BakedDefaults::from_yaml(&text).map_err(|e| anyhow!("{DEFAULTS_PATH}: {e}"))
+}
+
+/// Metadata, merged over the defaults.
+pub fn load_node_config(root: &Root, system: &dyn System) -> Result<NodeConfig> {
+    let defaults = load_defaults(root)?;
+    let md = metadata::load(root, system)?;
+    let ud_path = if md.source.starts_with('/') {
+        format!(
+            "{}/user-data",
+            md.source
+                .split(' ')
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('/')
+        )
+    } else {
+        format!("user-data from {}", md.source)
+    };
+    Ok(metadata::merge::merge(&defaults, &md, &ud_path)?)
+}
+
+/// `firstboot-agent run`.
+pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunResult> {
+    let state = State::load(root)?;
+    let mut r = Runner {
+        root,
+        system,
+        state,
+        result: RunResult::default(),
+    };
+
+    // 1. Metadata (read every run: it carries the instance-id).
+    let mut cfg = None;
+    r.step("metadata", |r| {
+        let c = load_node_config(r.root, r.system)?;
+        let msg = format!(
+            "instance {} from {}: {} ({})",
+            c.instance_id,
+            c.metadata_source,
+            c.role,
+            c.topology.as_str()
+        );
+        for n in &c.notes {
+            tracing::info!("ignored: {n}");
+        }
+        cfg = Some(c);
+        Ok(Outcome::msg(msg))
+    })?;
+    let cfg = cfg.ok_or_else(|| anyhow!("metadata step produced no configuration"))?;
+    r.result.instance_id = Some(cfg.instance_id.clone());
+    r.result.profile = Some(cfg.profile.clone());
+    r.result.role = Some(cfg.role.to_string());
+    r.result.topology = Some(cfg.topology.as_str().to_owned());
+    r.result.k3s_version = Some(cfg.version.to_string());
+    r.result.unit = Some(cfg.unit_name().to_owned());
+    r.result.metadata_source = Some(cfg.metadata_source.clone());
+
+    // First boot is decided by instance-id; an installed K3s is never
+    // reinstalled or renamed because the instance-id changed.
+    if r.state.instance_id.as_deref() != Some(&cfg.instance_id) {
+        if let Some(k) = r.state.k3s.clone() {
+            let msg = format!(
+                "instance-id changed from {} to {}, but this node already runs K3s {} as {} ({}); leaving it alone. \
+                 To provision it again, uninstall K3s and remove {}",
+                k.instance_id, cfg.instance_id, k.version, k.topology, k.unit, state::STATE_FILE
+            );
+            tracing::warn!("{msg}");
+            r.result.warnings.push(msg.clone());
+            r.state.instance_id = Some(cfg.instance_id.clone());
+            r.record("k3s", StepStatus::Skipped, 0, msg, 0);
+            r.result.finished = true;
+            r.state.finished = true;
+            r.save()?;
+            root.write_atomic(state::DONE_FILE, b"", 0o644)?;
+            return Ok(r.result);
+        }
+        r.state = State {
+            instance_id: Some(cfg.instance_id.clone()),
+            ..State::default()
+        };
+        let meta = r.result.steps.pop();
+        if let Some(m) = meta {
+            r.record(&m.name, m.status, m.duration_ms, m.message, 1);
+        }
+    } else if r.state.finished {
+        let msg = format!("already finished for instance {}", cfg.instance_id);
+        println!("firstboot-agent: {msg}; nothing to do");
+        r.result.finished = true;
+        r.result.warnings.push(msg);
+        r.save()?;
+        return Ok(r.result);
+    }
+
+    // 2. Host name.
+    r.step("hostname", |r| {
+        set_hostname(r.root, r.system, cfg.hostname.as_deref())
+    })?;
+
+    // 3. Environment.
+    let mut environment: Option<Environment> = None;
+    r.step("environment", |r| {
+        let e = env::detect(r.root)?;
+        let findings = env::assess(&e, cfg.role);
+        let msg = findings
+            .iter()
+            .filter(|f| f.level == Level::Pass)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        environment = Some(e);
+        Ok(Outcome {
+            message: msg,
+            findings,
+            ..Outcome::default()
+        })
+    })?;
+    let environment = environment.ok_or_else(|| anyhow!("environment step produced nothing"))?;
+
+    // 4. Network and DNS (not needed any more once K3s has been started).
+    if !r.state.is_done("k3s-start") {
+        r.step("network", |r| {
+            let download = binary::needs_download(r.root, &cfg)?;
+            let targets = network::targets(&cfg, download);
+            let (findings, attempts) =
+                network::preflight(r.root, r.system, &targets, cfg.network_timeout)?;
+            Ok(Outcome {
+                message: format!(
+                    "{} checks passed",
+                    findings.iter().filter(|f| f.level == Level::Pass).count()
+                ),
+                findings,
+                attempts,
+                status: None,
+            })
+        })?;
+    }
+
+    // 5. Tweaks.
+    if !r.skip_done("tweaks") {
+        r.step("tweaks", |r| {
+            let findings = tweaks::run(r.root, r.system, &environment, true)?;
+            Ok(Outcome {
+                message: "kernel and container settings applied".into(),
+                findings,
+                ..Outcome::default()
+            })
+        })?;
+    }
+
+    // 6. K3s binary, air-gap images, config, unit.
+    let mut sha256 = String::new();
+    r.step("k3s-binary", |r| {
+        let installed = binary::install(r.root, r.system, &cfg)?;
+        sha256 = installed.sha256.to_string();
+        let how = match &installed.origin {
+            binary::Origin::AlreadyInstalled => "already installed".to_owned(),
+            binary::Origin::Baked => "installed from the image".to_owned(),
+            binary::Origin::Downloaded(url) => format!("downloaded from {url}"),
+        };
+        Ok(Outcome::msg(format!(
+            "K3s {} {how} (sha256 {})",
+            cfg.version, installed.sha256
+        )))
+    })?;
+    if !cfg.airgap_images.is_empty() {
+        r.step("airgap-images", |r| {
+            let placed = k3s::place_airgap_images(r.root, &cfg)?;
+            Ok(Outcome::msg(format!("verified {}", placed.join(", "))))
+        })?;
+    }
+    let extra_args = tweaks::extra_k3s_args(&environment);
+    r.step("k3s-config", |r| {
+        let written = k3s::write_config(r.root, &cfg, &extra_args)?;
+        Ok(Outcome::msg(if written.is_empty() {
+            "unchanged".to_owned()
+        } else {
+            format!("wrote {}", written.join(", "))
+        }))
+    })?;
+    r.step("k3s-unit", |r| {
+        let changed = k3s::write_unit(r.root, cfg.role)?;
+        Ok(Outcome::msg(format!(
+            "{} {}",
+            k3s::config::unit_path(cfg.role),
+            if changed { "written" } else { "unchanged" }
+        )))
+    })?;
+
+    // 7. Start.
+    if !r.skip_done("k3s-start") {
+        r.step("k3s-start", |r| {
+            k3s::enable_and_start(r.system, cfg.role)?;
+            r.state.k3s = Some(K3sRecord {
+                instance_id: cfg.instance_id.clone(),
+                version: cfg.version.to_string(),
+                role: cfg.role.to_string(),
+                topology: cfg.topology.as_str().to_owned(),
+                unit: cfg.unit_name().to_owned(),
+                sha256: sha256.clone(),
+            });
+            Ok(Outcome::msg(format!(
+                "{} enabled and started",
+                cfg.unit_name()
+            )))
+        })?;
+    }
+
+    // 8. Ready.
+    if opts.no_wait {
+        r.step("k3s-ready", |r| {
+            r.root.write_atomic(
+                format!("/etc/systemd/system/{READY_UNIT}"),
+                READY_UNIT_TEXT.as_bytes(),
+                0o644,
+            )?;
+            for args in [
+                &["daemon-reload"][..],
+                &["start", "--no-block", READY_UNIT][..],
+            ] {
+                let out = r.system.systemctl(args)?;
+                if !out.success {
+                    bail!(
+                        "`systemctl {}` failed: {}",
+                        args.join(" "),
+                        out.stderr.trim()
+                    );
+                }
+            }
+            Ok(Outcome {
+                message: format!("not waiting; {READY_UNIT} confirms readiness"),
+                status: Some(StepStatus::Pending),
+                ..Outcome::default()
+            })
+        })?;
+        println!(
+            "firstboot-agent: {} started ({}); readiness is confirmed by {READY_UNIT}",
+            cfg.unit_name(),
+            cfg.topology.as_str()
+        );
+        return Ok(r.result);
+    }
+    r.step("k3s-ready", |r| {
+        k3s::wait_ready(r.root, r.system, cfg.role, cfg.ready_timeout)?;
+        Ok(Outcome::msg(format!("{} is ready", cfg.unit_name())))
+    })?;
+
+    r.state.finished = true;
+    r.result.finished = true;
+    r.save()?;
+    root.write_atomic(state::DONE_FILE, b"", 0o644)?;
+    println!("{}", summary(&r.result));
+    Ok(r.result)
+}
+
+fn set_hostname(root: &Root, system: &dyn System, hostname: Option<&str>) -> Result<Outcome> {
+    let Some(name) = hostname else {
+        return Ok(Outcome::msg(
+            "no host name in metadata; kept the current one",
+        ));
+    };
+    let current = root.read_optional("/etc/hostname")?.unwrap_or_default();
+    if current.trim() != name {
+        root.write_atomic("/etc/hostname", format!("{name}\n").as_bytes(), 0o644)?;
+    }
+    let mut o = Outcome::msg(format!("host name {name}"));
+    if let Err(e) = system.set_hostname(name) {
+        o.findings.push(Finding::warn(
+            "hostname",
+            format!("/etc/hostname says {name}, but {e}"),
+            "the name applies from the next boot",
+        ));
+    }
+    Ok(o)
+}
+
+/// One-paragraph summary for the console.
+pub fn summary(res: &RunResult) -> String {
+    let total: u64 = res.steps.iter().map(|s| s.duration_ms).sum();
+    format!(
+        "firstboot-agent: {} — K3s {} {} ({}) via {}, instance {}, {} steps in {:.1} s{}{}",
+        if res.finished {
+            "finished"
+        } else {
+            "NOT finished"
+        },
+        res.k3s_version.as_deref().unwrap_or("?"),
+        res.role.as_deref().unwrap_or("?"),
+        res.topology.as_deref().unwrap_or("?"),
+        res.unit.as_deref().unwrap_or("?"),
+        res.instance_id.as_deref().unwrap_or("?"),
+        res.steps.len(),
+        total as f64 / 1000.0,
+        res.boot_to_done_secs
+            .map(|s| format!(", {s:.0} s after boot"))
+            .unwrap_or_default(),
+        if res.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", res.warnings.len())
+        },
+    )
+}
+
+/// `firstboot-agent check`: detection and preflight, changing nothing.
+/// Returns the findings; the caller turns any failure into an exit code.
+pub fn check(root: &Root, system: &dyn System, timeout: std::time::Duration) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cfg = match load_node_config(root, system) {
+        Ok(c) => {
+            out.push(Finding::pass(
+                "metadata",
+                format!(
+                    "instance {} from {}: {} ({})",
+                    c.instance_id,
+                    c.metadata_source,
+                    c.role,
+                    c.topology.as_str()
+                ),
+            ));
+            c
+        }
+        Err(e) => {
+            out.push(Finding::fail(
+                "metadata",
+                format!("{e:#}"),
+                "fix the file named above; nothing else can be checked without it",
+            ));
+            return out;
+        }
+    };
+    let push_err = |out: &mut Vec<Finding>, what: &str, e: &dyn std::fmt::Display| {
+        out.push(Finding::fail(what, e.to_string(), "see the message"));
+    };
+    match env::detect(root) {
+        Ok(e) => {
+            out.extend(env::assess(&e, cfg.role));
+            match tweaks::run(root, system, &e, false) {
+                Ok(f) => out.extend(f),
+                Err(err) => push_err(&mut out, "tweaks", &err),
+            }
+        }
+        Err(err) => push_err(&mut out, "environment", &err),
+    }
+    let download = match binary::needs_download(root, &cfg) {
+        Ok(d) => {
+            out.push(Finding::pass(
+                "k3s binary",
+                if d {
+                    format!("will download {} from {}", cfg.version, cfg.mirror)
+                } else {
+                    "baked or installed binary matches".to_owned()
+                },
+            ));
+            d
+        }
+        Err(e) => {
+            push_err(&mut out, "k3s binary", &e);
+            true
+        }
+    };
+    let timeout = timeout.min(cfg.network_timeout);
+    match network::preflight(root, system, &network::targets(&cfg, download), timeout) {
+        Ok((f, _)) => out.extend(f),
+        Err(e) => push_err(&mut out, "network", &e),
+    }
+    out
+}

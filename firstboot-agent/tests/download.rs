@@ -1,0 +1,224 @@
+//! Installing K3s from a mirror served on 127.0.0.1: success, checksum
+//! mismatch, a cut-off download, 404 — and that a failure installs nothing.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use firstboot_agent::k3s::binary::{self, Origin, K3S_BIN};
+use firstboot_agent::metadata::NodeConfig;
+use firstboot_agent::metadata::{merge::merge, MetaData, Metadata, UserData};
+use firstboot_agent::rootfs::Root;
+use firstboot_agent::system::{Call, FakeSystem};
+
+fn config(mirror: &str, pinned: Option<&str>) -> NodeConfig {
+    let pin = pinned
+        .map(|p| format!("  sha256: {p}\n"))
+        .unwrap_or_default();
+    let defaults = node_spec::BakedDefaults::from_yaml(&format!(
+        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {mirror}\n{pin}"
+    ))
+    .unwrap();
+    let md = Metadata {
+        source: "test".into(),
+        meta: MetaData {
+            instance_id: "i".into(),
+            local_hostname: None,
+        },
+        user: UserData::default(),
+    };
+    merge(&defaults, &md, "ud").unwrap()
+}
+
+fn installed_files(root: &Path) -> Vec<String> {
+    match std::fs::read_dir(root.join("usr/local/bin")) {
+        Ok(d) => {
+            let mut v: Vec<String> = d
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+        Err(_) => vec![],
+    }
+}
+
+#[test]
+fn downloads_verifies_and_installs_with_links() {
+    let sha = sha256_hex(FAKE_K3S);
+    let (base, hits) = serve(release_routes(FAKE_K3S, &sha));
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let cfg = config(&format!("{base}/rel"), None);
+    let sys = FakeSystem::new();
+    let got = binary::install(&root, &sys, &cfg).unwrap();
+    assert!(
+        matches!(got.origin, Origin::Downloaded(ref u) if u.ends_with("/rel/v1.34.3%2Bk3s1/k3s")),
+        "{got:?}"
+    );
+    assert_eq!(got.sha256.as_str(), sha);
+    let bin = root.path(K3S_BIN);
+    assert_eq!(std::fs::read(&bin).unwrap(), FAKE_K3S);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&bin).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    for tool in ["kubectl", "crictl", "ctr"] {
+        assert_eq!(
+            std::fs::read_link(root.path("/usr/local/bin").join(tool)).unwrap(),
+            Path::new("k3s")
+        );
+    }
+    assert_eq!(
+        installed_files(dir.path()),
+        vec!["crictl", "ctr", "k3s", "kubectl"]
+    );
+    // A second run finds it installed and downloads nothing.
+    let again = binary::install(&root, &sys, &cfg).unwrap();
+    assert_eq!(again.origin, Origin::AlreadyInstalled);
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/k3s"), 1);
+}
+
+#[test]
+fn checksum_mismatch_prints_both_digests_and_installs_nothing() {
+    let listed = sha256_hex(b"the real release");
+    let (base, _) = serve(release_routes(FAKE_K3S, &listed));
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let e = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("{base}/rel"), None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&listed) && e.contains(&sha256_hex(FAKE_K3S)),
+        "{e}"
+    );
+    assert!(
+        e.contains("checksum mismatch") && e.contains("nothing was installed"),
+        "{e}"
+    );
+    assert!(
+        installed_files(dir.path()).is_empty(),
+        "{:?}",
+        installed_files(dir.path())
+    );
+}
+
+#[test]
+fn pinned_digest_must_agree_with_the_list() {
+    let sha = sha256_hex(FAKE_K3S);
+    let (base, hits) = serve(release_routes(FAKE_K3S, &sha));
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let pinned = "1".repeat(64);
+    let e = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("{base}/rel"), Some(&pinned)),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&pinned) && e.contains(&sha) && e.contains("disagrees"),
+        "{e}"
+    );
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/k3s"), 0);
+    assert!(installed_files(dir.path()).is_empty());
+}
+
+#[test]
+fn cut_off_download_is_retried_and_leaves_nothing_half_written() {
+    let sha = sha256_hex(FAKE_K3S);
+    let mut routes = release_routes(FAKE_K3S, &sha);
+    routes.get_mut("/rel/v1.34.3%2Bk3s1/k3s").unwrap().cut_first = 2;
+    let (base, hits) = serve(routes);
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let sys = FakeSystem::new();
+    binary::install(&root, &sys, &config(&format!("{base}/rel"), None)).unwrap();
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/k3s"), 3);
+    let sleeps = sys
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Sleep(_)))
+        .count();
+    assert_eq!(sleeps, 2, "backoff between attempts");
+    assert_eq!(
+        installed_files(dir.path()),
+        vec!["crictl", "ctr", "k3s", "kubectl"]
+    );
+}
+
+#[test]
+fn cut_off_every_time_gives_up_bounded() {
+    let sha = sha256_hex(FAKE_K3S);
+    let mut routes = release_routes(FAKE_K3S, &sha);
+    routes.get_mut("/rel/v1.34.3%2Bk3s1/k3s").unwrap().cut_first = 100;
+    let (base, hits) = serve(routes);
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let e = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("{base}/rel"), None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cut off"), "{e}");
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/k3s"), 4);
+    assert!(
+        installed_files(dir.path()).is_empty(),
+        "{:?}",
+        installed_files(dir.path())
+    );
+}
+
+#[test]
+fn not_found_is_not_retried_and_names_the_url() {
+    let (base, hits) = serve(Default::default());
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let e = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("{base}/rel"), None),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("/rel/v1.34.3%2Bk3s1/sha256sum-amd64.txt") && e.contains("404"),
+        "{e}"
+    );
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/sha256sum-amd64.txt"), 1);
+    assert!(installed_files(dir.path()).is_empty());
+}
+
+#[test]
+fn file_mirror_works() {
+    let src = tempfile::tempdir().unwrap();
+    let rel = src.path().join(VERSION);
+    std::fs::create_dir_all(&rel).unwrap();
+    std::fs::write(rel.join("k3s"), FAKE_K3S).unwrap();
+    std::fs::write(
+        rel.join("sha256sum-amd64.txt"),
+        format!("{}  k3s\n", sha256_hex(FAKE_K3S)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let got = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("file://{}", src.path().display()), None),
+    )
+    .unwrap();
+    assert!(matches!(got.origin, Origin::Downloaded(_)));
+    assert_eq!(std::fs::read(root.path(K3S_BIN)).unwrap(), FAKE_K3S);
+}

@@ -80,8 +80,9 @@ pub struct RewriteStats {
     pub bytes_in: u64,
     /// Uncompressed tar bytes written.
     pub bytes_out: u64,
-    /// The output has a `sbin` directory, symlink or hard link, which
-    /// `pct create` requires.
+    /// The output has the `sbin` member `pct create` requires, as its check
+    /// sees it in `tar -tv` output: a directory stored as `sbin/` or `./sbin/`
+    /// (with the slash), or a symlink or hard link named `sbin`/`./sbin`.
     pub has_sbin: bool,
     /// How the base names its members.
     pub name_style: NameStyle,
@@ -142,6 +143,7 @@ struct PlannedOp<'a> {
 enum Kind {
     Dir,
     Symlink,
+    HardLink,
     Other,
 }
 
@@ -175,6 +177,7 @@ enum Captured {
 #[derive(Debug)]
 struct DeferredLink {
     raw: Vec<u8>,
+    name: Vec<u8>,
     path: String,
     target: String,
 }
@@ -349,7 +352,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
             self.write(&link.raw)?;
             self.stats.entries_out += 1;
             self.stats.entries_passed += 1;
-            self.record_output(&link.path, Kind::Other);
+            self.record_output(&link.path, Kind::HardLink, &link.name);
             if is_distro_file(&link.path) {
                 self.captured
                     .insert(link.path.clone(), Captured::HardLink(link.target.clone()));
@@ -411,7 +414,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 }
                 self.stats.entries_passed += 1;
                 self.stats.entries_out += 1;
-                self.record_output(&path, kind);
+                self.record_output(&path, kind, &member.path);
                 self.dropped.remove(&path);
                 if capture {
                     let link = member.link.as_deref().map(String::from_utf8_lossy);
@@ -474,7 +477,12 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 self.stats.hard_links_deferred += 1;
                 self.deferred_paths.insert(path.clone());
                 self.known.remove(&path);
-                self.deferred.push(DeferredLink { raw, path, target });
+                self.deferred.push(DeferredLink {
+                    raw,
+                    name: member.path,
+                    path,
+                    target,
+                });
             }
         }
         Ok(())
@@ -549,7 +557,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 Some(Kind::Dir) => {}
                 // Everything below a symlinked directory lives in its target.
                 Some(Kind::Symlink) => break,
-                Some(Kind::Other) => {
+                Some(Kind::Other | Kind::HardLink) => {
                     return Err(TargetError::Layer {
                         path: path.clone(),
                         reason: format!(
@@ -573,7 +581,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                         self.stats.entries_added += 1;
                         self.stats.parents_created += 1;
                         self.stats.entries_out += 1;
-                        self.record_output(&parent, Kind::Dir);
+                        self.record_output(&parent, Kind::Dir, &name);
                     }
                 },
             }
@@ -587,15 +595,14 @@ impl<'a, W: Write> Rewriter<'a, W> {
         let path = self.ops[i].path.clone();
         self.pending_mkdirs.remove(&path);
         let op = self.ops[i].op;
+        let name = self.render(&path, matches!(op, Op::Mkdir { .. }));
         let kind = match op {
             Op::Mkdir { meta, .. } => {
-                let name = self.render(&path, true);
                 let head = added_entry_head(&name, EntryType::Directory, meta, 0, None);
                 self.write(&head)?;
                 Kind::Dir
             }
             Op::Symlink { target, meta, .. } => {
-                let name = self.render(&path, false);
                 let head =
                     added_entry_head(&name, EntryType::Symlink, meta, 0, Some(target.as_bytes()));
                 self.write(&head)?;
@@ -611,7 +618,6 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 content: Content::Inline(bytes),
                 ..
             } => {
-                let name = self.render(&path, false);
                 let len = bytes.len() as u64;
                 let head = added_entry_head(&name, EntryType::Regular, meta, len, None);
                 self.write(&head)?;
@@ -633,7 +639,6 @@ impl<'a, W: Write> Rewriter<'a, W> {
                     },
                 ..
             } => {
-                let name = self.render(&path, false);
                 self.stream_host_file(&path, &name, meta, host, *size, sha256)?;
                 Kind::Other
             }
@@ -641,7 +646,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         };
         self.stats.entries_added += 1;
         self.stats.entries_out += 1;
-        self.record_output(&path, kind);
+        self.record_output(&path, kind, &name);
         Ok(())
     }
 
@@ -740,10 +745,17 @@ impl<'a, W: Write> Rewriter<'a, W> {
         }
     }
 
-    fn record_output(&mut self, path: &str, kind: Kind) {
-        if path == "/sbin" {
-            self.stats.has_sbin = true;
-        }
+    /// Notes an output member; `name` is the member name as written.
+    fn record_output(&mut self, path: &str, kind: Kind, name: &[u8]) {
+        // What pct's check looks for in `tar -tv` output, which prints names
+        // as stored: a directory `sbin/` (with the slash) or a link `sbin`.
+        let name = name.strip_prefix(b"/").unwrap_or(name);
+        let name = name.strip_prefix(b"./").unwrap_or(name);
+        self.stats.has_sbin |= match kind {
+            Kind::Dir => name == b"sbin/",
+            Kind::Symlink | Kind::HardLink => name == b"sbin",
+            Kind::Other => false,
+        };
         self.known.insert(path.to_owned(), kind);
     }
 
@@ -828,6 +840,7 @@ fn kind_of(et: EntryType) -> Kind {
     match et {
         EntryType::Directory => Kind::Dir,
         EntryType::Symlink => Kind::Symlink,
+        EntryType::Link => Kind::HardLink,
         _ => Kind::Other,
     }
 }

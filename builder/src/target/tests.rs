@@ -906,6 +906,25 @@ fn os_release_is_followed_through_its_symlink_and_lsb_release_captured() {
     let (_, stats) = rewrite(&no_sbin.finish(), &Layer::default());
     assert!(!stats.has_sbin);
     assert_eq!(stats.os_release, None);
+
+    // pct's check reads `tar -tv`, which shows names as stored: a directory
+    // stored without its slash, or a file, does not satisfy it.
+    for sbin in [
+        Entry::new("./sbin", EntryType::Directory),
+        Entry::new("./sbin", EntryType::Regular),
+    ] {
+        let mut t = RawTar::default();
+        t.dir("./").add(sbin);
+        let (_, stats) = rewrite(&t.finish(), &Layer::default());
+        assert!(!stats.has_sbin);
+    }
+    // A hard link named sbin does.
+    let mut t = RawTar::default();
+    t.dir("./")
+        .dir("./usr/")
+        .file("./usr/x", "")
+        .hardlink("./sbin", "./usr/x");
+    assert!(rewrite(&t.finish(), &Layer::default()).1.has_sbin);
 }
 
 // ---------------------------------------------------------------- templates

@@ -132,9 +132,11 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
     }
     for f in &plan.profile.files {
         inputs.file_sources.push(match &f.source {
-            Some(src) => Some(blob(hash_local(&dir.join(src)).with_context(|| {
-                format!("reading files[].source for {}", f.path)
-            })?)),
+            Some(src) => {
+                Some(blob(hash_local(&dir.join(src)).with_context(|| {
+                    format!("reading files[].source for {}", f.path)
+                })?))
+            }
             None => None,
         });
     }
@@ -213,7 +215,8 @@ pub fn find_agent_binary() -> Result<PathBuf> {
 /// Refuse an agent that would not run on every supported distro: it must be
 /// an x86_64 ELF without a program interpreter (statically linked).
 pub fn check_agent_binary(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading agent binary {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading agent binary {}", path.display()))?;
     match elf_interpreter(&bytes) {
         Err(why) => bail!("{} is not a usable firstboot-agent: {why}", path.display()),
         Ok(Some(interp)) => bail!(
@@ -254,7 +257,9 @@ pub fn elf_interpreter(b: &[u8]) -> std::result::Result<Option<String>, String> 
             let off = u64_at(ph + 8).ok_or_else(short)? as usize;
             let size = u64_at(ph + 32).ok_or_else(short)? as usize;
             let raw = b.get(off..off + size).ok_or_else(short)?;
-            let s = String::from_utf8_lossy(raw).trim_end_matches('\0').to_owned();
+            let s = String::from_utf8_lossy(raw)
+                .trim_end_matches('\0')
+                .to_owned();
             return Ok(Some(s));
         }
     }
@@ -274,8 +279,14 @@ fn build_lxc(
         .as_ref()
         .context("the recipe has no lxc source")?;
     let base = timings.time("fetch-base", || {
-        source::fetch_base(spec, &plan.recipe.arch, plan.recipe_dir(), &opts.cache, fetch)
-            .with_context(|| format!("fetching the LXC base of recipe {}", plan.recipe.name))
+        source::fetch_base(
+            spec,
+            &plan.recipe.arch,
+            plan.recipe_dir(),
+            &opts.cache,
+            fetch,
+        )
+        .with_context(|| format!("fetching the LXC base of recipe {}", plan.recipe.name))
     })?;
     let layer = timings.time("layer", || Ok(compute_layer(plan, inputs)))?;
 
@@ -335,7 +346,10 @@ fn emit_lxc_sidecars(
     let name = plan.template_name();
     let mut extra = Vec::new();
     let mut host_config = Vec::new();
-    for variant in [HostConfigVariant::Privileged, HostConfigVariant::Unprivileged] {
+    for variant in [
+        HostConfigVariant::Privileged,
+        HostConfigVariant::Unprivileged,
+    ] {
         let file = format!("{name}.pve-{}.conf", variant.as_str());
         let p = out_path.with_file_name(&file);
         emit::atomic_write(&p, emit::pve_config(&name, variant).as_bytes())?;
@@ -435,7 +449,10 @@ fn k3s_info(plan: &Plan, layer: &Layer) -> emit::K3sInfo {
             .filter_map(|op| match op {
                 Op::WriteFile {
                     path,
-                    content: Content::HostFile { sha256, path: host, .. },
+                    content:
+                        Content::HostFile {
+                            sha256, path: host, ..
+                        },
                     ..
                 } if path.starts_with(node_spec::AIRGAP_IMAGES_DIR) => Some(emit::InputFile {
                     name: path.rsplit('/').next().unwrap_or(path).to_owned(),
@@ -531,7 +548,9 @@ mod tests {
 
     #[test]
     fn elf_checks() {
-        assert!(elf_interpreter(b"#!/bin/sh\n").unwrap_err().contains("not an ELF"));
+        assert!(elf_interpreter(b"#!/bin/sh\n")
+            .unwrap_err()
+            .contains("not an ELF"));
         // The test binary itself is dynamically linked on this target.
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let interp = elf_interpreter(&me).unwrap();
@@ -549,6 +568,9 @@ mod tests {
             sha256: None,
             sha256_url: None,
         };
-        assert_eq!(artifact_file_name(&a).as_deref(), Some("k3s-airgap-images-amd64.tar.zst"));
+        assert_eq!(
+            artifact_file_name(&a).as_deref(),
+            Some("k3s-airgap-images-amd64.tar.zst")
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Integration: bad input gives one clear message and leaves no artifact.
 //! Uses a small generated base, so it needs neither network nor mmdebstrap.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -11,13 +13,23 @@ use common::*;
 /// A tiny rootfs tarball with the members `pct create` looks for.
 fn make_base(dir: &Path) -> PathBuf {
     let root = dir.join("root");
-    for d in ["sbin", "etc/ssh", "usr/lib", "var/log", "bin", "lib", "tmp", "root", "home", "srv"] {
+    for d in [
+        "sbin", "etc/ssh", "usr/lib", "var/log", "bin", "lib", "tmp", "root", "home", "srv",
+    ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    std::fs::write(root.join("usr/lib/os-release"), "ID=debian\nVERSION_ID=\"12\"\n").unwrap();
+    std::fs::write(
+        root.join("usr/lib/os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\n",
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
     std::fs::write(root.join("etc/ssh/ssh_host_rsa_key"), "secret").unwrap();
-    std::fs::write(root.join("etc/machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::write(
+        root.join("etc/machine-id"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
     std::fs::write(root.join("var/log/dpkg.log"), "log").unwrap();
     let tarball = dir.join("base.tar.gz");
     let o = Command::new("tar")
@@ -72,8 +84,14 @@ fn small_base_builds_and_strips_machine_state() {
     let t = out.join("debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst");
     let members = list(&t);
     assert!(members.contains(&"./sbin/".to_string()), "{members:?}");
-    assert!(!members.iter().any(|m| m.contains("ssh_host_")), "{members:?}");
-    assert!(!members.iter().any(|m| m.ends_with("dpkg.log")), "{members:?}");
+    assert!(
+        !members.iter().any(|m| m.contains("ssh_host_")),
+        "{members:?}"
+    );
+    assert!(
+        !members.iter().any(|m| m.ends_with("dpkg.log")),
+        "{members:?}"
+    );
     let root = dir.path().join("x");
     pct_extract(&t, &root);
     assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap(), b"");
@@ -118,7 +136,10 @@ fn truncated_base_fails_cleanly() {
     let o = build(dir.path(), &recipe, &out);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("corrupt"),
+        "{err}"
+    );
     let left: Vec<String> = files_in(&out);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
@@ -134,7 +155,11 @@ fn invalid_profile_is_reported_with_location_and_builds_nothing() {
     let o = imgbuild(&["validate", p.to_str().unwrap()], &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    let line = text_in.lines().position(|l| l.contains("\"1.34\"")).unwrap() + 1;
+    let line = text_in
+        .lines()
+        .position(|l| l.contains("\"1.34\""))
+        .unwrap()
+        + 1;
     assert!(
         err.contains(&format!("bad.yaml:{line}:12: k3s.version: \"1.34\" is not a K3s release tag; expected e.g. v1.34.3+k3s1")),
         "{err}"
@@ -153,10 +178,17 @@ fn shipped_profiles_validate_from_the_cli() {
     let root = repo_root();
     let mut args = vec!["validate".to_string()];
     for p in ["server", "worker", "ha-server"] {
-        args.push(root.join(format!("profiles/{p}.yaml")).display().to_string());
+        args.push(
+            root.join(format!("profiles/{p}.yaml"))
+                .display()
+                .to_string(),
+        );
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = imgbuild(&args, &[]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("ok  ").count(), 3);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).matches("ok  ").count(),
+        3
+    );
 }

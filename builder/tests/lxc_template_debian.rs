@@ -57,8 +57,14 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
     // What `pct create` checks before extracting.
     let members = list(&template);
     assert!(members.len() >= 10, "only {} members", members.len());
-    assert!(members.iter().any(|m| m == "./sbin" || m == "./sbin/"), "no ./sbin");
-    assert!(members.iter().all(|m| m.starts_with("./")), "mixed name styles");
+    assert!(
+        members.iter().any(|m| m == "./sbin" || m == "./sbin/"),
+        "no ./sbin"
+    );
+    assert!(
+        members.iter().all(|m| m.starts_with("./")),
+        "mixed name styles"
+    );
 
     let root = work.path().join("rootfs");
     pct_extract(&template, &root);
@@ -70,11 +76,18 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
     let meta = std::fs::metadata(&agent).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
-    assert_eq!(std::fs::read(&agent).unwrap(), std::fs::read(agent_binary()).unwrap());
+    assert_eq!(
+        std::fs::read(&agent).unwrap(),
+        std::fs::read(agent_binary()).unwrap()
+    );
     assert_eq!(meta.mtime(), 1_700_000_000);
 
-    let unit = std::fs::read_to_string(root.join("etc/systemd/system/firstboot-agent.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/sbin/firstboot-agent"), "{unit}");
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/firstboot-agent.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/sbin/firstboot-agent"),
+        "{unit}"
+    );
     let wants = root.join("etc/systemd/system/multi-user.target.wants/firstboot-agent.service");
     assert_eq!(
         std::fs::read_link(&wants).unwrap(),
@@ -102,9 +115,10 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
     assert!(sysctl.contains("fs.inotify.max_user_watches = 524288"));
 
     // Manifest and inspect agree with the file.
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out1.join(format!("{name}.manifest.json"))).unwrap())
-            .unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out1.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
     let o = imgbuild(&["inspect", template.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let shown = String::from_utf8_lossy(&o.stdout);

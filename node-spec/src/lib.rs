@@ -12,9 +12,8 @@ mod defaults;
 mod values;
 
 pub use defaults::{
-    DefaultsError,
-    AirgapImage, BakedBinary, BakedDefaults, ChecksDefaults, K3sDefaults, DEFAULTS_PATH,
-    DEFAULTS_SCHEMA,
+    AirgapImage, BakedBinary, BakedDefaults, ChecksDefaults, DefaultsError, K3sDefaults,
+    DEFAULTS_PATH, DEFAULTS_SCHEMA,
 };
 pub use values::{K3sVersion, Role, Sha256Hex, ValueError};
 

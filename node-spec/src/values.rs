@@ -213,7 +213,10 @@ mod tests {
             "",
         ] {
             let err = bad.parse::<K3sVersion>().unwrap_err();
-            assert!(err.to_string().contains("expected e.g. v1.34.3+k3s1"), "{bad}");
+            assert!(
+                err.to_string().contains("expected e.g. v1.34.3+k3s1"),
+                "{bad}"
+            );
         }
         let v: K3sVersion = "v1.34.3+k3s1".parse().unwrap();
         assert_eq!(v.url_encoded(), "v1.34.3%2Bk3s1");

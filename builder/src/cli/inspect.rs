@@ -130,10 +130,10 @@ pub fn read_template(path: &Path, manifest: &Manifest) -> Result<TemplateContent
         if name == DEFAULTS_PATH {
             let mut s = String::new();
             e.read_to_string(&mut s)?;
-            defaults = Some(
-                BakedDefaults::from_yaml(&s)
-                    .with_context(|| format!("parsing {DEFAULTS_PATH} inside {}", path.display()))?,
-            );
+            defaults =
+                Some(BakedDefaults::from_yaml(&s).with_context(|| {
+                    format!("parsing {DEFAULTS_PATH} inside {}", path.display())
+                })?);
         } else if name == BUILD_INFO_PATH {
             let mut s = String::new();
             e.read_to_string(&mut s)?;
@@ -168,12 +168,25 @@ fn print_text(
     println!("size       {} bytes", m.artifact.size);
     println!(
         "sha256     {actual} ({})",
-        if digest_ok { "matches manifest" } else { "DOES NOT MATCH manifest" }
+        if digest_ok {
+            "matches manifest"
+        } else {
+            "DOES NOT MATCH manifest"
+        }
     );
     println!("built by   imgbuild {}", m.imgbuild_version);
-    println!("profile    {} ({}, sha256 {})", m.profile.name, m.profile.path, m.profile.sha256);
-    println!("recipe     {} ({} {} {})", m.recipe.name, m.distro, m.release, m.arch);
-    println!("base       {} (sha256 {}, {} bytes)", m.base.origin, m.base.sha256, m.base.size);
+    println!(
+        "profile    {} ({}, sha256 {})",
+        m.profile.name, m.profile.path, m.profile.sha256
+    );
+    println!(
+        "recipe     {} ({} {} {})",
+        m.recipe.name, m.distro, m.release, m.arch
+    );
+    println!(
+        "base       {} (sha256 {}, {} bytes)",
+        m.base.origin, m.base.sha256, m.base.size
+    );
     if let Some(pretty) = m.os_release.get("PRETTY_NAME") {
         println!("os         {pretty}");
     }
@@ -185,10 +198,17 @@ fn print_text(
     );
     match &m.k3s.baked_binary_sha256 {
         Some(s) => println!("k3s binary baked (sha256 {s})"),
-        None => println!("k3s binary not baked; downloaded at first boot from {}", m.k3s.mirror),
+        None => println!(
+            "k3s binary not baked; downloaded at first boot from {}",
+            m.k3s.mirror
+        ),
     }
     println!("epoch      SOURCE_DATE_EPOCH={}", m.source_date_epoch);
-    let timings: Vec<String> = m.timings_ms.iter().map(|(k, v)| format!("{k} {v} ms")).collect();
+    let timings: Vec<String> = m
+        .timings_ms
+        .iter()
+        .map(|(k, v)| format!("{k} {v} ms"))
+        .collect();
     println!("timings    {}", timings.join(", "));
     println!("host conf  {}", m.host_config.join(", "));
     println!("added:");
@@ -208,10 +228,17 @@ fn print_text(
             "archive    {} entries, ./sbin {}, /etc/os-release {}",
             c.entries,
             if c.has_sbin { "present" } else { "MISSING" },
-            if c.has_os_release { "present" } else { "MISSING" }
+            if c.has_os_release {
+                "present"
+            } else {
+                "MISSING"
+            }
         );
         if !c.leftover_state.is_empty() {
-            println!("WARNING: per-machine state still present: {}", c.leftover_state.join(" "));
+            println!(
+                "WARNING: per-machine state still present: {}",
+                c.leftover_state.join(" ")
+            );
         }
         if let Some(d) = &c.defaults {
             println!("baked defaults ({DEFAULTS_PATH}):");

@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn pve_lines_cover_what_k3s_needs() {
-        for v in [HostConfigVariant::Privileged, HostConfigVariant::Unprivileged] {
+        for v in [
+            HostConfigVariant::Privileged,
+            HostConfigVariant::Unprivileged,
+        ] {
             let c = pve_config("t.tar.zst", v);
             for needle in [
                 "/etc/pve/lxc/<vmid>.conf",

@@ -200,7 +200,10 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs) -> Layer {
     }
 
     for (i, f) in plan.profile.files.iter().enumerate() {
-        let content = match (&f.content, inputs.file_sources.get(i).and_then(|b| b.as_ref())) {
+        let content = match (
+            &f.content,
+            inputs.file_sources.get(i).and_then(|b| b.as_ref()),
+        ) {
             (Some(text), _) => Content::Inline(text.as_bytes().to_vec()),
             (None, Some(blob)) => blob.content(),
             // Validation guarantees content or source, and the fetch step
@@ -367,8 +370,14 @@ mod tests {
         let a = compute_layer(&plan("ha-server.yaml"), &inputs);
         let b = compute_layer(&plan("ha-server.yaml"), &inputs);
         assert_eq!(a, b);
-        let first_write = a.ops.iter().position(|o| !matches!(o, Op::Remove { .. })).unwrap();
-        assert!(a.ops[first_write..].iter().all(|o| !matches!(o, Op::Remove { .. })));
+        let first_write = a
+            .ops
+            .iter()
+            .position(|o| !matches!(o, Op::Remove { .. }))
+            .unwrap();
+        assert!(a.ops[first_write..]
+            .iter()
+            .all(|o| !matches!(o, Op::Remove { .. })));
         let d = node_spec::BakedDefaults::from_yaml(&inline(&a, DEFAULTS_PATH)).unwrap();
         assert!(d.k3s.ha);
     }

@@ -4,7 +4,9 @@
 
 mod compute;
 
-pub use compute::{compute_layer, HostBlob, LayerInputs, AGENT_UNIT, BUILD_INFO_PATH, PER_MACHINE_STATE};
+pub use compute::{
+    compute_layer, HostBlob, LayerInputs, AGENT_UNIT, BUILD_INFO_PATH, PER_MACHINE_STATE,
+};
 
 use std::path::PathBuf;
 

@@ -96,57 +96,6 @@ pub fn locate(text: &str, path: &[Seg<'_>]) -> (usize, usize) {
     found
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DOC: &str = "\
-name: w
-k3s:
-  version: v1.34.3+k3s1
-  # comment
-  config:
-    token: abc
-files:
-  - path: /etc/a
-    mode: \"0644\"
-  - path: /etc/b
-    mode: \"999\"
-outputs:
-- lxc
-- qcow2
-";
-
-    #[test]
-    fn finds_nested_keys() {
-        assert_eq!(locate(DOC, &[Seg::Key("name")]), (1, 1));
-        assert_eq!(locate(DOC, &[Seg::Key("k3s"), Seg::Key("version")]), (3, 3));
-        assert_eq!(
-            locate(DOC, &[Seg::Key("k3s"), Seg::Key("config"), Seg::Key("token")]),
-            (6, 5)
-        );
-    }
-
-    #[test]
-    fn finds_sequence_items() {
-        assert_eq!(
-            locate(DOC, &[Seg::Key("files"), Seg::Index(1), Seg::Key("mode")]),
-            (11, 5)
-        );
-        assert_eq!(
-            locate(DOC, &[Seg::Key("files"), Seg::Index(0), Seg::Key("path")]),
-            (8, 5)
-        );
-        assert_eq!(locate(DOC, &[Seg::Key("outputs"), Seg::Index(1)]), (14, 1));
-    }
-
-    #[test]
-    fn falls_back_to_deepest_found() {
-        assert_eq!(locate(DOC, &[Seg::Key("k3s"), Seg::Key("missing")]), (2, 1));
-        assert_eq!(locate(DOC, &[Seg::Key("nope")]), (1, 1));
-    }
-}
-
 /// Parse serde_yaml's key path (`k3s`, `files[1]`, `lxc.tarball`) into segments.
 pub fn parse_key_path(path: &str) -> Vec<Seg<'_>> {
     let mut segs = Vec::new();
@@ -220,4 +169,58 @@ pub fn find_value(text: &str, parent: &str, value: &str) -> Option<(String, usiz
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+name: w
+k3s:
+  version: v1.34.3+k3s1
+  # comment
+  config:
+    token: abc
+files:
+  - path: /etc/a
+    mode: \"0644\"
+  - path: /etc/b
+    mode: \"999\"
+outputs:
+- lxc
+- qcow2
+";
+
+    #[test]
+    fn finds_nested_keys() {
+        assert_eq!(locate(DOC, &[Seg::Key("name")]), (1, 1));
+        assert_eq!(locate(DOC, &[Seg::Key("k3s"), Seg::Key("version")]), (3, 3));
+        assert_eq!(
+            locate(
+                DOC,
+                &[Seg::Key("k3s"), Seg::Key("config"), Seg::Key("token")]
+            ),
+            (6, 5)
+        );
+    }
+
+    #[test]
+    fn finds_sequence_items() {
+        assert_eq!(
+            locate(DOC, &[Seg::Key("files"), Seg::Index(1), Seg::Key("mode")]),
+            (11, 5)
+        );
+        assert_eq!(
+            locate(DOC, &[Seg::Key("files"), Seg::Index(0), Seg::Key("path")]),
+            (8, 5)
+        );
+        assert_eq!(locate(DOC, &[Seg::Key("outputs"), Seg::Index(1)]), (14, 1));
+    }
+
+    #[test]
+    fn falls_back_to_deepest_found() {
+        assert_eq!(locate(DOC, &[Seg::Key("k3s"), Seg::Key("missing")]), (2, 1));
+        assert_eq!(locate(DOC, &[Seg::Key("nope")]), (1, 1));
+    }
 }

@@ -236,7 +236,14 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
     } else {
         overrides.outputs.clone()
     };
-    validate::combination(profile_path, &text, &profile, &recipe_path, &recipe, &outputs)?;
+    validate::combination(
+        profile_path,
+        &text,
+        &profile,
+        &recipe_path,
+        &recipe,
+        &outputs,
+    )?;
 
     Ok(Plan {
         profile_path: profile_path.to_owned(),

@@ -116,7 +116,6 @@ pub struct Artifact {
     pub sha256_url: Option<String>,
 }
 
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum SysctlValue {
@@ -300,7 +299,9 @@ impl TryFrom<SourceSpecRepr> for SourceSpec {
             (Some(a), None, None) => Ok(SourceSpec::Tarball(a)),
             (None, Some(a), None) => Ok(SourceSpec::CloudImage(a)),
             (None, None, Some(b)) => Ok(SourceSpec::Bootstrap(b)),
-            _ => Err("a source needs exactly one of `tarball`, `cloud-image` or `bootstrap`".into()),
+            _ => {
+                Err("a source needs exactly one of `tarball`, `cloud-image` or `bootstrap`".into())
+            }
         }
     }
 }

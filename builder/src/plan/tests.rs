@@ -35,7 +35,10 @@ fn bad_version_tag_names_file_line_column_key_and_example() {
 #[test]
 fn unknown_key_is_an_error() {
     let e = err(&GOOD.replace("  role: agent", "  role: agent\n  verison: x"));
-    assert!(e.starts_with("profiles/p.yaml:6:3: k3s: unknown field `verison`"), "{e}");
+    assert!(
+        e.starts_with("profiles/p.yaml:6:3: k3s: unknown field `verison`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -67,13 +70,19 @@ fn bad_sha256_is_located() {
 #[test]
 fn tokens_are_never_baked() {
     let e = err(&format!("{GOOD}  config:\n    token: hunter2\n"));
-    assert!(e.starts_with("profiles/p.yaml:7:5: k3s.config.token: secrets are never baked"), "{e}");
+    assert!(
+        e.starts_with("profiles/p.yaml:7:5: k3s.config.token: secrets are never baked"),
+        "{e}"
+    );
 }
 
 #[test]
 fn cross_field_rules_are_located() {
     let e = err(&GOOD.replace("  role: agent", "  role: agent\n  ha: true"));
-    assert!(e.starts_with("profiles/p.yaml:6:3: k3s.ha: ha: true needs role: server"), "{e}");
+    assert!(
+        e.starts_with("profiles/p.yaml:6:3: k3s.ha: ha: true needs role: server"),
+        "{e}"
+    );
 
     let text = format!(
         "{GOOD}files:\n  - path: /etc/a\n    content: x\n  - path: etc/b\n    content: y\n    mode: \"999\"\n"
@@ -81,14 +90,25 @@ fn cross_field_rules_are_located() {
     let e = err(&text);
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 2, "{e}");
-    assert!(lines[0].starts_with("profiles/p.yaml:9:5: files[1].path: "), "{e}");
-    assert!(lines[1].starts_with("profiles/p.yaml:11:5: files[1].mode: "), "{e}");
+    assert!(
+        lines[0].starts_with("profiles/p.yaml:9:5: files[1].path: "),
+        "{e}"
+    );
+    assert!(
+        lines[1].starts_with("profiles/p.yaml:11:5: files[1].mode: "),
+        "{e}"
+    );
 }
 
 #[test]
 fn download_without_digest_is_refused() {
-    let e = err(&format!("{GOOD}bake:\n  k3s-binary:\n    url: https://example.invalid/k3s\n"));
-    assert!(e.contains("bake.k3s-binary: a download needs a pinned sha256"), "{e}");
+    let e = err(&format!(
+        "{GOOD}bake:\n  k3s-binary:\n    url: https://example.invalid/k3s\n"
+    ));
+    assert!(
+        e.contains("bake.k3s-binary: a download needs a pinned sha256"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -100,15 +120,24 @@ fn bom_and_crlf_are_accepted() {
 #[test]
 fn recipe_rules() {
     let rc = "name: r\ndistro: rocky\nrelease: \"9\"\nlxc:\n  bootstrap:\n    tool: mmdebstrap\n    suite: bookworm\n";
-    let e = parse_recipe(Path::new("r.yaml"), rc).unwrap_err().to_string();
-    assert!(e.starts_with("r.yaml:6:5: lxc.bootstrap.tool: mmdebstrap bootstraps Debian"), "{e}");
+    let e = parse_recipe(Path::new("r.yaml"), rc)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("r.yaml:6:5: lxc.bootstrap.tool: mmdebstrap bootstraps Debian"),
+        "{e}"
+    );
 
     let rc = "name: r\ndistro: debian\nrelease: \"12\"\narch: arm64\nlxc:\n  tarball:\n    path: x.tar\n";
-    let e = parse_recipe(Path::new("r.yaml"), rc).unwrap_err().to_string();
+    let e = parse_recipe(Path::new("r.yaml"), rc)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("r.yaml:4:1: arch: "), "{e}");
 
     let rc = "name: r\ndistro: debian\nrelease: \"12\"\nlxc:\n  tarball:\n    url: https://h/x.tar\n    sha256: abc\n";
-    let e = parse_recipe(Path::new("r.yaml"), rc).unwrap_err().to_string();
+    let e = parse_recipe(Path::new("r.yaml"), rc)
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("r.yaml:7:13: lxc.tarball.sha256: "), "{e}");
 }
 
@@ -128,7 +157,10 @@ fn every_shipped_profile_and_recipe_validates() {
             profiles += 1;
         }
     }
-    assert!(profiles >= 3, "expected server, worker and ha-server profiles");
+    assert!(
+        profiles >= 3,
+        "expected server, worker and ha-server profiles"
+    );
     let mut recipes = 0;
     for entry in std::fs::read_dir(repo_root().join("image-recipes")).unwrap() {
         let path = entry.unwrap().path();
@@ -145,18 +177,32 @@ fn missing_recipe_is_reported_at_the_recipe_key() {
     let p = dir.path().join("p.yaml");
     std::fs::write(&p, GOOD.replace("debian-12", "nosuch")).unwrap();
     let e = load(&p, &Overrides::default()).unwrap_err().to_string();
-    assert!(e.contains("p.yaml:2:1: recipe: recipe \"nosuch\" not found"), "{e}");
+    assert!(
+        e.contains("p.yaml:2:1: recipe: recipe \"nosuch\" not found"),
+        "{e}"
+    );
 }
 
 #[test]
 fn template_name_follows_pveam_convention() {
-    let plan = load(&repo_root().join("profiles/worker.yaml"), &Overrides::default()).unwrap();
-    assert_eq!(plan.template_name(), "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst");
+    let plan = load(
+        &repo_root().join("profiles/worker.yaml"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.template_name(),
+        "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst"
+    );
 }
 
 #[test]
 fn baked_defaults_hold_no_token() {
-    let plan = load(&repo_root().join("profiles/server.yaml"), &Overrides::default()).unwrap();
+    let plan = load(
+        &repo_root().join("profiles/server.yaml"),
+        &Overrides::default(),
+    )
+    .unwrap();
     let yaml = plan.baked_defaults().to_yaml();
     assert!(!yaml.contains("token"), "{yaml}");
     assert!(yaml.contains("write-kubeconfig-mode: '0644'"), "{yaml}");

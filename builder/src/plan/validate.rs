@@ -4,9 +4,7 @@
 use std::path::Path;
 
 use super::locate::{locate, Seg};
-use super::schema::{
-    Artifact, BootstrapTool, Distro, OutputKind, Profile, Recipe, SourceSpec,
-};
+use super::schema::{Artifact, BootstrapTool, Distro, OutputKind, Profile, Recipe, SourceSpec};
 use super::{PlanError, PlanErrors};
 
 /// Collects located errors for one file.
@@ -82,7 +80,9 @@ fn clean_abs_path(p: &str) -> bool {
     p.starts_with('/')
         && p.len() > 1
         && !p.ends_with('/')
-        && p.split('/').skip(1).all(|c| !c.is_empty() && c != "." && c != "..")
+        && p.split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanErrors> {
@@ -97,7 +97,10 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         );
     }
     if p.recipe.trim().is_empty() {
-        r.error(&[Seg::Key("recipe")], "empty; expected a recipe name such as debian-12");
+        r.error(
+            &[Seg::Key("recipe")],
+            "empty; expected a recipe name such as debian-12",
+        );
     }
 
     let k = &p.k3s;
@@ -131,7 +134,10 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         } else if key.starts_with('-') {
             r.error(
                 &at,
-                format!("write K3s flags without dashes, e.g. {:?}", key.trim_start_matches('-')),
+                format!(
+                    "write K3s flags without dashes, e.g. {:?}",
+                    key.trim_start_matches('-')
+                ),
             );
         } else if matches!(key.as_str(), "server" | "cluster-init") {
             r.error(
@@ -153,7 +159,11 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         }
     }
     for (i, a) in p.bake.airgap_images.iter().enumerate() {
-        artifact(&mut r, &[Seg::Key("bake"), Seg::Key("airgap-images"), Seg::Index(i)], a);
+        artifact(
+            &mut r,
+            &[Seg::Key("bake"), Seg::Key("airgap-images"), Seg::Index(i)],
+            a,
+        );
     }
 
     for (key, value) in &p.sysctls {
@@ -175,7 +185,11 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         }
     }
     for (i, m) in p.modules.iter().enumerate() {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             r.error(
                 &[Seg::Key("modules"), Seg::Index(i)],
                 format!("{m:?} is not a kernel module name; expected e.g. br_netfilter"),
@@ -188,10 +202,16 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         if !clean_abs_path(&f.path) {
             r.error(
                 &at("path"),
-                format!("{:?} must be an absolute path without '.', '..' or a trailing '/'", f.path),
+                format!(
+                    "{:?} must be an absolute path without '.', '..' or a trailing '/'",
+                    f.path
+                ),
             );
         } else if RESERVED_PATHS.contains(&f.path.as_str()) {
-            r.error(&at("path"), format!("{} is written by imgbuild itself", f.path));
+            r.error(
+                &at("path"),
+                format!("{} is written by imgbuild itself", f.path),
+            );
         }
         match (&f.content, &f.source) {
             (Some(_), Some(_)) => r.error(&at("source"), "give either content or source, not both"),
@@ -204,17 +224,26 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         if parse_mode(&f.mode).is_none() {
             r.error(
                 &at("mode"),
-                format!("{:?} is not a file mode; expected octal digits in quotes, e.g. \"0644\"", f.mode),
+                format!(
+                    "{:?} is not a file mode; expected octal digits in quotes, e.g. \"0644\"",
+                    f.mode
+                ),
             );
         }
     }
 
     if p.outputs.is_empty() {
-        r.error(&[Seg::Key("outputs")], "empty; expected at least one of lxc, qcow2");
+        r.error(
+            &[Seg::Key("outputs")],
+            "empty; expected at least one of lxc, qcow2",
+        );
     }
     for (i, o) in p.outputs.iter().enumerate() {
         if p.outputs[..i].contains(o) {
-            r.error(&[Seg::Key("outputs"), Seg::Index(i)], format!("{} listed twice", o.as_str()));
+            r.error(
+                &[Seg::Key("outputs"), Seg::Index(i)],
+                format!("{} listed twice", o.as_str()),
+            );
         }
     }
     if !(1..=19).contains(&p.lxc.zstd_level) {
@@ -230,7 +259,10 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         );
     }
     if p.checks.ready_timeout_secs == 0 {
-        r.error(&[Seg::Key("checks"), Seg::Key("ready-timeout-secs")], "must be at least 1");
+        r.error(
+            &[Seg::Key("checks"), Seg::Key("ready-timeout-secs")],
+            "must be at least 1",
+        );
     }
     r.finish()
 }
@@ -278,20 +310,32 @@ pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<(), PlanErr
     if !is_name(&rc.name.replace('.', "-")) {
         r.error(
             &[Seg::Key("name")],
-            format!("{:?} is not a usable name; expected e.g. debian-12", rc.name),
+            format!(
+                "{:?} is not a usable name; expected e.g. debian-12",
+                rc.name
+            ),
         );
     }
     if rc.release.is_empty() || rc.release.contains(['/', '_', ' ']) {
-        r.error(&[Seg::Key("release")], "expected a release such as \"12\" or \"24.04\"");
+        r.error(
+            &[Seg::Key("release")],
+            "expected a release such as \"12\" or \"24.04\"",
+        );
     }
     if rc.arch != "amd64" {
         r.error(
             &[Seg::Key("arch")],
-            format!("{:?} is not supported; firstboot-agent is built for amd64 (x86_64) only", rc.arch),
+            format!(
+                "{:?} is not supported; firstboot-agent is built for amd64 (x86_64) only",
+                rc.arch
+            ),
         );
     }
     if rc.lxc.is_none() && rc.qcow2.is_none() {
-        r.error(&[Seg::Key("lxc")], "a recipe needs at least one source: lxc or qcow2");
+        r.error(
+            &[Seg::Key("lxc")],
+            "a recipe needs at least one source: lxc or qcow2",
+        );
     }
     if let Some(s) = &rc.lxc {
         match s {
@@ -318,24 +362,39 @@ pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<(), PlanErr
     r.finish()
 }
 
-fn bootstrap(r: &mut Report<'_>, distro: Distro, output: &'static str, b: &super::schema::BootstrapSpec) {
+fn bootstrap(
+    r: &mut Report<'_>,
+    distro: Distro,
+    output: &'static str,
+    b: &super::schema::BootstrapSpec,
+) {
     let at = [Seg::Key(output), Seg::Key("bootstrap"), Seg::Key("tool")];
     match (b.tool, distro) {
-        (BootstrapTool::Mmdebstrap, Distro::Rocky) => {
-            r.error(&at, "mmdebstrap bootstraps Debian and Ubuntu; use dnf for Rocky")
-        }
-        (BootstrapTool::Dnf, Distro::Debian | Distro::Ubuntu) => {
-            r.error(&at, "dnf bootstraps Rocky; use mmdebstrap for Debian and Ubuntu")
-        }
+        (BootstrapTool::Mmdebstrap, Distro::Rocky) => r.error(
+            &at,
+            "mmdebstrap bootstraps Debian and Ubuntu; use dnf for Rocky",
+        ),
+        (BootstrapTool::Dnf, Distro::Debian | Distro::Ubuntu) => r.error(
+            &at,
+            "dnf bootstraps Rocky; use mmdebstrap for Debian and Ubuntu",
+        ),
         _ => {}
     }
     if b.suite.is_empty() {
-        r.error(&[Seg::Key(output), Seg::Key("bootstrap"), Seg::Key("suite")], "empty; expected e.g. bookworm");
+        r.error(
+            &[Seg::Key(output), Seg::Key("bootstrap"), Seg::Key("suite")],
+            "empty; expected e.g. bookworm",
+        );
     }
     for (i, p) in b.packages.iter().enumerate() {
         if p.is_empty() || p.contains([',', ' ']) {
             r.error(
-                &[Seg::Key(output), Seg::Key("bootstrap"), Seg::Key("packages"), Seg::Index(i)],
+                &[
+                    Seg::Key(output),
+                    Seg::Key("bootstrap"),
+                    Seg::Key("packages"),
+                    Seg::Index(i),
+                ],
                 format!("{p:?} is not a package name"),
             );
         }
@@ -371,7 +430,10 @@ pub(super) fn combination(
         if !p.outputs.contains(o) {
             r.error(
                 &[Seg::Key("outputs")],
-                format!("--output {} is not among this profile's outputs", o.as_str()),
+                format!(
+                    "--output {} is not among this profile's outputs",
+                    o.as_str()
+                ),
             );
         }
     }

@@ -1,5 +1,5 @@
 //! Helpers shared by the builder's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -29,7 +29,10 @@ pub fn require_tool(cmd: &str, package: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{cmd} not found; install it with: apt-get install -y {package}");
+    assert!(
+        found,
+        "{cmd} not found; install it with: apt-get install -y {package}"
+    );
 }
 
 /// Run `imgbuild` with the given arguments.
@@ -73,7 +76,11 @@ pub fn pct_extract(template: &Path, dest: &Path) {
         .arg(dest)
         .output()
         .unwrap();
-    assert!(o.status.success(), "pct-style extraction failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "pct-style extraction failed: {}",
+        text(&o)
+    );
 }
 
 /// `tar tf` of a template, as `pct create` lists it first.

@@ -14,6 +14,12 @@ use crate::plan::Plan;
 /// The agent's systemd unit, shipped with the agent crate.
 pub const AGENT_UNIT: &str = include_str!("../../../firstboot-agent/dist/firstboot-agent.service");
 
+/// The agent's manual, which its unit's `Documentation=` points at.
+pub const AGENT_DOC: &str = include_str!("../../../docs/agent.md");
+
+/// Where [`AGENT_DOC`] goes in the image.
+pub const AGENT_DOC_PATH: &str = "/usr/share/doc/imgbuild/agent.md";
+
 /// Marker describing what built the image, for `cat` on a running node.
 pub const BUILD_INFO_PATH: &str = "/etc/imgbuild-release";
 
@@ -140,6 +146,11 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs) -> Layer {
             path: format!("/etc/systemd/system/multi-user.target.wants/{AGENT_UNIT_NAME}"),
             target: unit_path,
             meta: meta(0o777),
+        });
+        ops.push(Op::WriteFile {
+            path: AGENT_DOC_PATH.into(),
+            meta: meta(0o644),
+            content: Content::Inline(AGENT_DOC.as_bytes().to_vec()),
         });
     }
 
@@ -301,6 +312,7 @@ mod tests {
             "/etc/sysctl.d/90-imgbuild.conf",
             "/etc/modules-load.d/imgbuild.conf",
             BUILD_INFO_PATH,
+            AGENT_DOC_PATH,
         ] {
             assert!(written.contains(&p), "{p} missing from {written:?}");
         }

@@ -22,20 +22,8 @@ use crate::paths::Root;
 
 pub const DEFAULT_CONFIG: &str = "/etc/rancher/k3s/config.yaml";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Server,
-    Agent,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Server => "server",
-            Role::Agent => "agent",
-        }
-    }
-}
+/// The same roles the agent installs; shared so the two cannot drift apart.
+pub use node_spec::Role;
 
 /// Env vars K3s binds to flags: (var, flag, only for this role).
 const ENV_FLAGS: &[(&str, &str, Option<Role>)] = &[

@@ -108,6 +108,13 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
         .collect();
     assert!(host_keys.is_empty(), "host keys left: {host_keys:?}");
     assert!(!root.join("etc/rancher/node").exists());
+    // The build host's identity is not copied into the node.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "localhost\n"
+    );
+    let resolv = std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap();
+    assert!(!resolv.contains("nameserver"), "{resolv}");
     // The base's own files pass through (sshd installed its config).
     assert!(root.join("etc/ssh/sshd_config").is_file());
     assert!(root.join("usr/bin/systemctl").exists());

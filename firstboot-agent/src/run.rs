@@ -71,11 +71,12 @@ impl Runner<'_> {
         self.state
             .save(self.root)
             .context("recording the agent state")?;
+        let pid1 = self.root.read_optional("/proc/1/stat")?;
         if let Some(up) = self
             .root
             .read_optional("/proc/uptime")?
             .as_deref()
-            .and_then(state::parse_uptime)
+            .and_then(|u| state::boot_to_now(u, pid1.as_deref()))
         {
             self.result.boot_to_done_secs = Some(up);
         }
@@ -97,6 +98,7 @@ impl Runner<'_> {
                 duration_ms,
                 message: message.clone(),
                 attempts,
+                warnings: Vec::new(),
             },
         );
         self.result.steps.retain(|s| s.name != name);
@@ -120,10 +122,12 @@ impl Runner<'_> {
         let ms = started.elapsed().as_millis() as u64;
         match outcome {
             Ok(o) => {
+                let mut warnings = Vec::new();
                 for w in o.findings.iter().filter(|f| f.level == Level::Warn) {
                     tracing::warn!(step = name, "{w}");
-                    self.result.warnings.push(format!("{name}: {w}"));
+                    warnings.push(format!("{name}: {w}"));
                 }
+                self.result.warnings.extend(warnings.iter().cloned());
                 tracing::info!(step = name, "{}", o.message);
                 self.record(
                     name,
@@ -132,6 +136,9 @@ impl Runner<'_> {
                     o.message,
                     o.attempts.max(1),
                 );
+                if let Some(rec) = self.state.steps.get_mut(name) {
+                    rec.warnings = warnings;
+                }
                 self.save()
             }
             Err(e) => {
@@ -150,6 +157,7 @@ impl Runner<'_> {
         if self.state.is_done(name) {
             tracing::info!(step = name, "already done for this instance; skipping");
             if let Some(r) = self.state.steps.get(name).cloned() {
+                self.result.warnings.extend(r.warnings.iter().cloned());
                 self.result.steps.push(StepResult {
                     name: name.to_owned(),
                     status: StepStatus::Skipped,

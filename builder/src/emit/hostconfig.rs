@@ -63,10 +63,14 @@ pub fn lxc_config(template_name: &str) -> String {
          # a privileged container started with lxc-start.\n\
          lxc.apparmor.profile = unconfined\n\
          lxc.cgroup2.devices.allow = a\n\
+         # The same for hosts still on the cgroup v1 device controller.\n\
+         lxc.cgroup.devices.allow = a\n\
          lxc.cap.drop =\n\
          lxc.mount.auto = proc:rw sys:rw cgroup:rw\n\
          lxc.mount.entry = /dev/kmsg dev/kmsg none defaults,bind,create=file\n\
-         lxc.init.cmd = /sbin/init\n"
+         lxc.init.cmd = /sbin/init\n\
+         # A devpts instance with room for containerd's exec TTYs.\n\
+         lxc.pty.max = 1024\n"
     )
 }
 

@@ -128,6 +128,31 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs) -> Layer {
         meta: meta(0o777),
     });
 
+    // A bootstrap copies the build host's name and resolvers into the rootfs.
+    // Proxmox and cloud-init rewrite both, but a node must never start life
+    // with the build host's identity; the agent sets the name from metadata.
+    ops.push(Op::WriteFile {
+        path: "/etc/hostname".into(),
+        meta: meta(0o644),
+        content: Content::Inline(b"localhost\n".to_vec()),
+    });
+    // Only a bootstrapped rootfs carries the host's resolv.conf; a vendor
+    // base may have a symlink here (systemd-resolved) that must stay.
+    let bootstrapped = [&plan.recipe.lxc, &plan.recipe.qcow2]
+        .into_iter()
+        .flatten()
+        .any(|s| matches!(s, crate::plan::schema::SourceSpec::Bootstrap(_)));
+    if bootstrapped {
+        ops.push(Op::WriteFile {
+            path: "/etc/resolv.conf".into(),
+            meta: meta(0o644),
+            content: Content::Inline(
+                b"# Written at build time; replaced by DHCP, cloud-init or Proxmox at boot.\n"
+                    .to_vec(),
+            ),
+        });
+    }
+
     let mut defaults = plan.baked_defaults();
 
     if let Some(agent) = &inputs.agent {

@@ -47,6 +47,10 @@ pub struct StepRecord {
     pub message: String,
     #[serde(default)]
     pub attempts: u32,
+    /// Warnings the step raised, carried into later runs' results when the
+    /// step is skipped as done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The agent's own record that it installed and started K3s.
@@ -135,7 +139,8 @@ pub struct RunResult {
     pub steps: Vec<StepResult>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
-    /// Seconds since boot when the run ended (from /proc/uptime).
+    /// Seconds from the start of PID 1 (the VM's or the container's boot) to
+    /// the end of the run.
     pub boot_to_done_secs: Option<f64>,
 }
 
@@ -158,6 +163,30 @@ impl RunResult {
         text.push('\n');
         root.write_atomic(RESULT_FILE, text.as_bytes(), 0o644)
     }
+}
+
+/// Start time of a process in clock ticks since the kernel booted: field 22
+/// of `/proc/<pid>/stat`, counted after the `(comm)` field, which may hold
+/// spaces and parentheses.
+pub fn parse_stat_starttime(text: &str) -> Option<u64> {
+    let after = &text[text.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Clock ticks per second in `/proc` (USER_HZ), fixed at 100 by the Linux
+/// ABI on x86_64.
+pub const USER_HZ: f64 = 100.0;
+
+/// Seconds from PID 1's start to now, from `/proc/uptime` and `/proc/1/stat`.
+/// In a container PID 1 is the container's init, so this is the container's
+/// boot time rather than the host's uptime.
+pub fn boot_to_now(uptime: &str, pid1_stat: Option<&str>) -> Option<f64> {
+    let up = parse_uptime(uptime)?;
+    let started = pid1_stat
+        .and_then(parse_stat_starttime)
+        .map(|t| t as f64 / USER_HZ)
+        .unwrap_or(0.0);
+    Some((up - started).max(0.0))
 }
 
 /// First field of /proc/uptime.
@@ -185,17 +214,28 @@ mod tests {
                 duration_ms: 3,
                 message: String::new(),
                 attempts: 1,
+                warnings: vec!["tweaks: module br_netfilter: not loaded".into()],
             },
         );
         s.save(&root).unwrap();
         let loaded = State::load(&root).unwrap();
         assert!(loaded.is_done("tweaks") && !loaded.is_done("k3s-binary"));
+        assert_eq!(loaded.steps["tweaks"].warnings.len(), 1);
         std::fs::write(root.path(STATE_FILE), "{\n  \"schema\": 1,\n  oops\n").unwrap();
         let e = State::load(&root).unwrap_err().to_string();
         assert!(
             e.starts_with("/var/lib/firstboot-agent/state.json:3:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn boot_time_is_relative_to_pid1() {
+        let stat = "1 (systemd (x)) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 400000 1 2";
+        assert_eq!(parse_stat_starttime(stat), Some(400000));
+        assert_eq!(boot_to_now("4012.5 1.0\n", Some(stat)), Some(12.5));
+        assert_eq!(boot_to_now("12.5 1.0\n", None), Some(12.5));
+        assert_eq!(parse_stat_starttime("garbage"), None);
     }
 
     #[test]

@@ -1,0 +1,659 @@
+//! The real end-to-end test: build the server and worker templates from a
+//! Debian 12 rootfs (mmdebstrap, cached), create two privileged LXC
+//! containers from them exactly as `pct create` extracts a template, push
+//! NoCloud seeds the way a Proxmox user does, boot them with `lxc-start` on
+//! a private bridge and check what firstboot-agent did — with the stand-in
+//! K3s release served from the host's bridge address.
+//!
+//! Scenario: the worker boots first, while its server is down, and must
+//! fail its network preflight with a clear message after retrying within
+//! its bound; a new run succeeds once the server is up (retrying until the
+//! server answers); restarting both containers neither reinstalls K3s nor
+//! loses `/dev/kmsg`.
+//!
+//! Needs root, `lxc`, `mmdebstrap`, `iproute2`, `zstd`, the static agent and
+//! the static stand-in (see `tests/k3s-standin/README.md`, "End-to-end
+//! tests"). Everything it creates on the host (bridge, containers, mirror)
+//! is removed when it ends, also on failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod e2e;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use common::*;
+use e2e::*;
+
+/// Shared with `lxc_template_debian.rs`, so the Debian rootfs is bootstrapped once.
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-cache")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Build one shipped profile into `out`; returns the template's path.
+fn build_template(profile: &str, out: &Path) -> PathBuf {
+    let t = Instant::now();
+    let cache = cache_dir();
+    let profile_path = repo_root().join(format!("profiles/{profile}.yaml"));
+    let o = imgbuild(
+        &[
+            "build",
+            profile_path.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "imgbuild build {profile}: {}", text(&o));
+    let name = format!("debian-12-k3s-{profile}_1.34.3-k3s1-1_amd64.tar.zst");
+    let template = out.join(&name);
+    assert!(template.is_file(), "{name} not built: {}", text(&o));
+    eprintln!("built {name} in {:.1} s", t.elapsed().as_secs_f64());
+    template
+}
+
+/// The template carries no cluster secret: no seed, no K3s config or env
+/// file, no node token, no `token` key in the baked defaults, and not the
+/// token this run uses anywhere in its bytes.
+fn assert_template_holds_no_token(template: &Path, token: &str) {
+    let members = list(template);
+    for m in &members {
+        let p = m.trim_start_matches("./");
+        assert!(
+            !(p.starts_with("var/lib/cloud/seed/")
+                && (p.ends_with("/meta-data") || p.ends_with("/user-data"))),
+            "{}: a NoCloud seed is baked in: {m}",
+            template.display()
+        );
+        for bad in [
+            "etc/rancher/k3s/config.yaml",
+            "etc/systemd/system/k3s.service.env",
+            "etc/systemd/system/k3s-agent.service.env",
+            "var/lib/rancher/k3s/server/node-token",
+            "var/lib/rancher/k3s/server/token",
+            "var/lib/firstboot-agent/state.json",
+            "var/lib/firstboot-agent/done",
+        ] {
+            assert_ne!(p, bad, "{}: per-node file baked in", template.display());
+        }
+    }
+    let defaults = run_ok(
+        Command::new("tar")
+            .arg("xOf")
+            .arg(template)
+            .args(["--zstd", "./etc/firstboot-agent/defaults.yaml"]),
+    );
+    let v: serde_yaml::Value = serde_yaml::from_str(&defaults).unwrap();
+    fn keys_with_token(v: &serde_yaml::Value, path: &str, out: &mut Vec<String>) {
+        if let serde_yaml::Value::Mapping(m) = v {
+            for (k, v) in m {
+                let k = k.as_str().unwrap_or_default();
+                let p = format!("{path}.{k}");
+                if k.contains("token") {
+                    out.push(p.clone());
+                }
+                keys_with_token(v, &p, out);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    keys_with_token(&v, "", &mut found);
+    assert!(
+        found.is_empty(),
+        "{}: the baked defaults hold token keys {found:?}:\n{defaults}",
+        template.display()
+    );
+    // The whole decompressed template, byte for byte.
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg(r#"zstd -dc -- "$1" | grep -c -a -F -e "$2""#)
+        .arg("sh")
+        .arg(template)
+        .arg(token));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "0",
+        "{} contains this run's token: {}",
+        template.display(),
+        text(&o)
+    );
+}
+
+fn seed(node: &Node, instance_id: &str, hostname: &str, k3s: &str) {
+    node.push(
+        "/var/lib/cloud/seed/nocloud/meta-data",
+        &format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n"),
+        0o600,
+    );
+    node.push(
+        "/var/lib/cloud/seed/nocloud/user-data",
+        &format!("#cloud-config\nhostname: {hostname}\nk3s:\n{k3s}"),
+        0o600,
+    );
+}
+
+fn finished_or_failed(v: &Value) -> bool {
+    v["finished"] == Value::Bool(true) || v["errors"].as_array().is_some_and(|e| !e.is_empty())
+}
+
+fn step<'a>(result: &'a Value, name: &str) -> &'a Value {
+    result["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name} in {result:#}"))
+}
+
+/// Journal lines of `unit` containing `needle`, logged since `since` (unix
+/// seconds; 0: all). The boot id inside a container is the host's, so `-b`
+/// cannot tell the container's boots apart.
+fn journal_count(node: &Node, unit: &str, needle: &str, since: u64) -> usize {
+    let since = format!("@{since}");
+    node.attach_out(&[
+        "journalctl",
+        "--since",
+        &since,
+        "--no-pager",
+        "-o",
+        "cat",
+        "-u",
+        unit,
+    ])
+    .lines()
+    .filter(|l| l.contains(needle))
+    .count()
+}
+
+fn yaml_file(node: &Node, guest: &str) -> serde_yaml::Value {
+    let t = node
+        .read(guest)
+        .unwrap_or_else(|| panic!("[{}] {guest} missing", node.name));
+    serde_yaml::from_str(&t).unwrap_or_else(|e| panic!("[{}] {guest}: {e}\n{t}", node.name))
+}
+
+fn mode(node: &Node, guest: &str) -> u32 {
+    std::fs::metadata(node.path(guest))
+        .unwrap_or_else(|e| panic!("[{}] {guest}: {e}", node.name))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn machine_id(node: &Node) -> String {
+    let id = node
+        .attach_ok(&["cat", "/etc/machine-id"])
+        .trim()
+        .to_owned();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "[{}] machine-id {id:?} is not 32 hex digits",
+        node.name
+    );
+    id
+}
+
+fn assert_kmsg(node: &Node) {
+    let o = node.attach(&["test", "-e", "/dev/kmsg"]);
+    assert!(
+        o.status.success(),
+        "[{}] /dev/kmsg is missing: {}\n{}",
+        node.name,
+        text(&o),
+        node.attach_out(&["ls", "-la", "/dev"])
+    );
+}
+
+fn assert_active(node: &Node, unit: &str) {
+    let s = node.attach_out(&["systemctl", "is-active", unit]);
+    assert_eq!(s, "active", "[{}] {unit} is {s}", node.name);
+}
+
+/// What identifies the installed K3s binary: inode, mtime and the agent's
+/// install record.
+fn install_fingerprint(node: &Node) -> (u64, i64, i64, Value) {
+    let m = std::fs::metadata(node.path("/usr/local/bin/k3s")).unwrap();
+    let state = node
+        .read_json("/var/lib/firstboot-agent/state.json")
+        .unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec(), state["k3s"].clone())
+}
+
+#[test]
+fn server_and_worker_from_templates_join_over_a_private_bridge() {
+    // 1. Tools and binaries: fail with the command that provides them.
+    require_root();
+    require_tool("lxc-start", "lxc");
+    require_tool("lxc-attach", "lxc");
+    require_tool("mmdebstrap", "mmdebstrap");
+    require_tool("ip", "iproute2");
+    require_tool("zstd", "zstd");
+    let agent = agent_binary();
+    assert!(
+        agent.is_file(),
+        "IMGBUILD_AGENT={} does not exist; build it with `bash firstboot-agent/build-static.sh`",
+        agent.display()
+    );
+    let standin = standin_binary();
+    let test_started = Instant::now();
+
+    let mut lab = Lab::new();
+    let pid = std::process::id();
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let token = format!("e2etok{pid:x}x{nanos:08x}sec");
+
+    // 2. Templates (the Debian rootfs comes from the shared cache).
+    let out = lab.dir.join("out");
+    let server_t = build_template("server", &out);
+    let worker_t = build_template("worker", &out);
+    assert_template_holds_no_token(&server_t, &token);
+    assert_template_holds_no_token(&worker_t, &token);
+
+    // 3. + 4. Bridge, mirror, containers.
+    lab.create_bridge();
+    lab.start_mirror(&standin);
+    let mirror = lab.mirror_url.clone();
+    let server = lab.create_node(&format!("ibt{pid}-srv"), &server_t, 10);
+    let worker = lab.create_node(&format!("ibt{pid}-wrk"), &worker_t, 20);
+    let server_url = format!("https://{}:6443", server.ip);
+
+    // 5. NoCloud seeds, as `pct push` would place them.
+    seed(
+        &server,
+        &format!("iid-e2e-server-{pid}"),
+        "k3s-e2e-server",
+        &format!("  role: server\n  token: {token}\n  mirror: {mirror}\n"),
+    );
+    // A short network budget so the failure is seen quickly.
+    let net_timeout = 30;
+    seed(
+        &worker,
+        &format!("iid-e2e-worker-{pid}"),
+        "k3s-e2e-worker",
+        &format!(
+            "  role: agent\n  server: {server_url}\n  token: {token}\n  mirror: {mirror}\n  network-timeout-secs: {net_timeout}\n"
+        ),
+    );
+
+    // 7a. The worker boots while its server is down: the preflight retries
+    // within its bound, then fails with a message that says what to fix.
+    let since = SystemTime::now();
+    let worker_started = worker.start();
+    let failed = worker.wait_result(
+        since,
+        Duration::from_secs(net_timeout + 120),
+        finished_or_failed,
+    );
+    assert_eq!(
+        failed["finished"], false,
+        "worker finished without its server: {failed:#}"
+    );
+    let errors: Vec<String> = failed["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap_or_default().to_owned())
+        .collect();
+    let net_err = errors
+        .iter()
+        .find(|e| e.starts_with("network:"))
+        .unwrap_or_else(|| panic!("no network error in {failed:#}"));
+    eprintln!("worker without server: {net_err}");
+    assert!(
+        net_err.contains(&format!("tcp {}:6443", server.ip)) && net_err.contains("cannot connect"),
+        "the preflight failure does not name the server endpoint: {net_err}"
+    );
+    assert!(
+        net_err.contains("6443/tcp") || net_err.contains("server runs"),
+        "the preflight failure gives no advice: {net_err}"
+    );
+    assert!(
+        !net_err.contains(&token),
+        "the failure message leaks the token: {net_err}"
+    );
+    let net_step = step(&failed, "network");
+    assert_eq!(net_step["status"], "failed", "{failed:#}");
+    let spent = net_step["duration-ms"].as_u64().unwrap();
+    assert!(
+        spent >= (net_timeout - 16) * 1000 && spent <= (net_timeout + 20) * 1000,
+        "the network step gave up after {spent} ms, not within its {net_timeout} s bound"
+    );
+    let retries = journal_count(
+        &worker,
+        "firstboot-agent.service",
+        "network not ready yet, retrying",
+        0,
+    );
+    assert!(retries >= 3, "only {retries} retries logged in the journal");
+    assert_eq!(
+        journal_count(
+            &worker,
+            "firstboot-agent.service",
+            "network preflight gave up",
+            0
+        ),
+        1
+    );
+    let status: Value =
+        serde_json::from_str(&worker.attach_ok(&["firstboot-agent", "status", "--json"])).unwrap();
+    assert_eq!(status["result"]["finished"], false);
+    assert_eq!(status["state"]["steps"]["network"]["status"], "failed");
+    assert!(
+        !worker.path("/usr/local/bin/k3s").exists(),
+        "K3s was installed although the preflight failed"
+    );
+    assert_ne!(
+        worker.attach_out(&["systemctl", "is-active", "k3s-agent"]),
+        "active"
+    );
+    // The unit retries a failed run by itself (Restart=on-failure).
+    assert_eq!(
+        worker.attach_out(&[
+            "systemctl",
+            "show",
+            "-p",
+            "SubState",
+            "--value",
+            "firstboot-agent.service"
+        ]),
+        "auto-restart",
+        "a failed first-boot run is not retried on its own"
+    );
+
+    // 7b. Without anyone touching the worker, its agent runs again while the
+    // server is still down, and keeps retrying until the server has booted.
+    let since = SystemTime::now();
+    let since_unix = unix_now();
+    poll(
+        "the worker's agent to retry the unreachable server on its own",
+        Duration::from_secs(90),
+        Duration::from_millis(300),
+        || {
+            (journal_count(
+                &worker,
+                "firstboot-agent.service",
+                "network not ready yet",
+                since_unix,
+            ) > 0)
+                .then_some(())
+        },
+    );
+    let server_since = SystemTime::now();
+    let server_started = server.start();
+    let sres = server.wait_result(server_since, Duration::from_secs(180), finished_or_failed);
+    let server_secs = server_started.elapsed().as_secs_f64();
+    assert_eq!(sres["finished"], true, "server did not finish: {sres:#}");
+    let boot_secs = sres["boot-to-done-secs"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        boot_secs < server_secs + 5.0,
+        "boot-to-done-secs {boot_secs} is not measured from the container's boot ({server_secs:.1} s wall)"
+    );
+    let wres = worker.wait_result(since, Duration::from_secs(180), finished_or_failed);
+    let worker_secs = worker_started.elapsed().as_secs_f64();
+    assert_eq!(wres["finished"], true, "worker did not finish: {wres:#}");
+    let wstate = worker
+        .read_json("/var/lib/firstboot-agent/state.json")
+        .unwrap();
+    let attempts = wstate["steps"]["network"]["attempts"].as_u64().unwrap();
+    assert!(
+        attempts >= 2,
+        "the worker's preflight passed at once ({attempts} attempt); the retry was not exercised"
+    );
+    eprintln!("worker preflight passed after {attempts} attempts");
+
+    // 8. Timings.
+    eprintln!("\nboot-to-agent-done:");
+    for (n, res, wall, what) in [
+        (&server, &sres, server_secs, "from lxc-start"),
+        (
+            &worker,
+            &wres,
+            worker_secs,
+            "from its lxc-start, incl. a failed run and waiting for the server",
+        ),
+    ] {
+        eprintln!(
+            "  {:<22} {wall:6.1} s wall {what}; result.json boot-to-done-secs {}",
+            n.name, res["boot-to-done-secs"]
+        );
+    }
+
+    let timings = serde_json::json!({
+        "server": {"container": server.name, "wall-secs-from-lxc-start": server_secs,
+                   "boot-to-done-secs": sres["boot-to-done-secs"]},
+        "worker": {"container": worker.name, "wall-secs-from-lxc-start": worker_secs,
+                   "boot-to-done-secs": wres["boot-to-done-secs"],
+                   "network-attempts": attempts},
+    });
+    let timings_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_lxc-timings.json");
+    std::fs::write(&timings_file, format!("{timings:#}\n")).unwrap();
+    eprintln!("  (recorded in {})", timings_file.display());
+    for (n, res) in [(&server, &sres), (&worker, &wres)] {
+        eprintln!("{} warnings: {:#}", n.name, res["warnings"]);
+    }
+
+    // 6. What each node got.
+    for (n, res, role, unit, host) in [
+        (&server, &sres, "server", "k3s.service", "k3s-e2e-server"),
+        (
+            &worker,
+            &wres,
+            "agent",
+            "k3s-agent.service",
+            "k3s-e2e-worker",
+        ),
+    ] {
+        assert_eq!(res["role"], role, "{res:#}");
+        assert_eq!(res["unit"], unit, "{res:#}");
+        assert_eq!(res["k3s-version"], K3S_VERSION, "{res:#}");
+        assert_eq!(res["errors"], Value::Array(vec![]), "{res:#}");
+        assert_eq!(step(res, "k3s-ready")["status"], "done", "{res:#}");
+        let status: Value =
+            serde_json::from_str(&n.attach_ok(&["firstboot-agent", "status", "--json"])).unwrap();
+        assert_eq!(status["result"]["finished"], true, "{status:#}");
+        assert!(n.path("/var/lib/firstboot-agent/done").exists());
+        assert_active(n, unit);
+        // The binary came from the mirror on the bridge (the first run says
+        // so; the readiness run records "already installed") and is the
+        // pinned one.
+        assert_eq!(
+            journal_count(
+                n,
+                "firstboot-agent.service",
+                &format!("downloaded from {mirror}/"),
+                0
+            ),
+            1,
+            "[{}] K3s was not downloaded from {mirror} once",
+            n.name
+        );
+        let v = n.attach_ok(&["k3s", "--version"]);
+        assert!(v.contains(K3S_VERSION), "[{}] k3s --version: {v}", n.name);
+        // Host name from the metadata (lxc.uts.name is the container name).
+        assert_eq!(n.attach_out(&["hostname"]), host);
+        assert_eq!(n.read("/etc/hostname").unwrap().trim(), host);
+        assert_kmsg(n);
+        // The secret is in the 0600 env file only.
+        let env_file = format!("/etc/systemd/system/{unit}.env");
+        assert_eq!(mode(n, &env_file), 0o600);
+        assert_eq!(
+            n.read(&env_file).unwrap().trim(),
+            format!("K3S_TOKEN='{token}'")
+        );
+        assert_eq!(mode(n, "/etc/rancher/k3s/config.yaml"), 0o600);
+        assert!(!n
+            .read("/etc/rancher/k3s/config.yaml")
+            .unwrap()
+            .contains(&token));
+    }
+
+    // config.yaml holds the profile's and the seed's settings.
+    let scfg = yaml_file(&server, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(
+        scfg["write-kubeconfig-mode"].as_str(),
+        Some("0644"),
+        "{scfg:?}"
+    );
+    assert_eq!(scfg["disable"][0].as_str(), Some("traefik"), "{scfg:?}");
+    assert!(scfg.get("server").is_none(), "{scfg:?}");
+    let wcfg = yaml_file(&worker, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(
+        wcfg["server"].as_str(),
+        Some(server_url.as_str()),
+        "{wcfg:?}"
+    );
+    assert!(
+        wcfg["node-label"].as_sequence().is_some_and(|l| l
+            .iter()
+            .any(|x| x.as_str() == Some("node.kubernetes.io/pool=workers"))),
+        "{wcfg:?}"
+    );
+    assert_eq!(
+        wcfg["kube-proxy-arg"][0].as_str(),
+        Some("conntrack-max-per-core=0"),
+        "{wcfg:?}"
+    );
+
+    // The server's node token, and the worker joined with the same secret.
+    let rec = "/var/lib/rancher/k3s/standin/effective-config.json";
+    let seff = server.read_json(rec).unwrap();
+    let weff = worker.read_json(rec).unwrap();
+    assert_eq!(seff["status"], "running", "{seff:#}");
+    assert_eq!(weff["status"], "running", "{weff:#}");
+    assert_eq!(seff["role"], "server");
+    assert_eq!(weff["role"], "agent");
+    let node_token_path = "/var/lib/rancher/k3s/server/node-token";
+    assert_eq!(mode(&server, node_token_path), 0o600);
+    let node_token = server.read(node_token_path).unwrap();
+    let node_token = node_token.trim_end();
+    assert!(
+        node_token.starts_with("K10") && node_token.ends_with(&format!("::server:{token}")),
+        "node-token is not K10<ca hash>::server:<the seed's token>"
+    );
+    assert_eq!(seff["node_token_sha256"], sha256_hex(node_token.as_bytes()));
+    assert_eq!(
+        weff["token"]["sha256"], seff["token"]["sha256"],
+        "{weff:#}\n{seff:#}"
+    );
+    assert_eq!(
+        weff["token"]["secret_sha256"],
+        seff["token"]["secret_sha256"]
+    );
+    assert_eq!(weff["token"]["sha256"], sha256_hex(token.as_bytes()));
+    assert_eq!(weff["server_url"], server_url.as_str());
+    // The worker reached the server's 6443 and was accepted.
+    assert_eq!(weff["join"]["ok"], true, "{weff:#}");
+    assert!(
+        weff["join"]["server_line"]
+            .as_str()
+            .is_some_and(|l| l.contains("k3s-standin server k3s-e2e-server")),
+        "{weff:#}"
+    );
+    let joins = server
+        .read("/var/lib/rancher/k3s/standin/joins.jsonl")
+        .unwrap_or_default();
+    let join: Value = joins
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|j| j["node_name"] == "k3s-e2e-worker")
+        .unwrap_or_else(|| panic!("the server recorded no join of the worker:\n{joins}"));
+    assert_eq!(join["accepted"], true, "{join}");
+    assert!(
+        join["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{}:", worker.ip)),
+        "{join}"
+    );
+    assert_eq!(mode(&server, "/etc/rancher/k3s/k3s.yaml"), 0o644);
+
+    // Distinct machine identities.
+    let (smid, wmid) = (machine_id(&server), machine_id(&worker));
+    assert_ne!(smid, wmid, "both containers have machine-id {smid}");
+
+    // 7c. Restart both: K3s is not reinstalled, the agent stays done, K3s
+    // comes back, and so does /dev/kmsg.
+    let before = [install_fingerprint(&server), install_fingerprint(&worker)];
+    let mirror_log = lab.mirror_log();
+    let restart_at = unix_now();
+    worker.stop();
+    server.stop();
+    assert_eq!(worker.state(), "STOPPED");
+    server.start();
+    worker.start();
+    for (n, unit) in [(&server, "k3s.service"), (&worker, "k3s-agent.service")] {
+        n.wait_booted(Duration::from_secs(120));
+        poll(
+            &format!("{unit} in {} after the restart", n.name),
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || {
+                let e = n.read_json(rec)?;
+                (e["status"] == "running"
+                    && e["started_at_unix"].as_u64().unwrap_or(0) >= restart_at
+                    && n.attach_out(&["systemctl", "is-active", unit]) == "active")
+                    .then_some(())
+            },
+        );
+        assert_eq!(
+            n.attach_out(&[
+                "systemctl",
+                "show",
+                "-P",
+                "ConditionResult",
+                "firstboot-agent.service"
+            ]),
+            "no",
+            "[{}] firstboot-agent.service ran again after the restart",
+            n.name
+        );
+        assert_kmsg(n);
+    }
+    assert_eq!(
+        [install_fingerprint(&server), install_fingerprint(&worker)],
+        before,
+        "K3s was reinstalled by the restart"
+    );
+    assert_eq!(lab.mirror_log(), mirror_log, "the mirror was asked again");
+    assert_eq!(
+        machine_id(&server),
+        smid,
+        "the server's machine-id changed on restart"
+    );
+    assert_eq!(
+        machine_id(&worker),
+        wmid,
+        "the worker's machine-id changed on restart"
+    );
+    let weff2 = worker.read_json(rec).unwrap();
+    assert_eq!(weff2["join"]["ok"], true, "{weff2:#}");
+
+    eprintln!(
+        "\nend-to-end LXC test passed in {:.0} s (server {server_secs:.1} s, worker {worker_secs:.1} s to agent done)",
+        test_started.elapsed().as_secs_f64()
+    );
+}

@@ -2,10 +2,14 @@
 # Install the host tools imgbuild and its tests use, when they are missing.
 # Usage: scripts/deps.sh build|test
 set -euo pipefail
+# mkfs.vfat and debugfs live in sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 need=(mmdebstrap:mmdebstrap zstd:zstd tar:tar getfattr:attr readelf:binutils bc:bc)
 if [[ "${1:-build}" == test ]]; then
   need+=(lxc-start:lxc ip:iproute2 debugfs:e2fsprogs)
+  # imgbuild seed (ISO and FAT cidata volumes) and its tests.
+  need+=(mkfs.vfat:dosfstools mcopy:mtools xorriso:xorriso)
 fi
 
 missing=()

@@ -8,5 +8,6 @@ pub mod cli;
 pub mod emit;
 pub mod layer;
 pub mod plan;
+pub mod seed;
 pub mod source;
 pub mod target;

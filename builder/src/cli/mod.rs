@@ -1,6 +1,7 @@
 //! Command-line interface: one struct per subcommand, each with a `run()`.
 
 mod inspect;
+mod seed;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use crate::plan::{self, OutputKind, Overrides};
 use crate::source::Cache;
 
 pub use inspect::InspectArgs;
+pub use seed::SeedArgs;
 
 /// Build ready-to-boot K3s node images — Proxmox/LXC templates and qcow2
 /// disks — from a declarative node profile and an OS recipe.
@@ -36,6 +38,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Show an artifact's manifest and what was baked into it, and verify its digest.
     Inspect(InspectArgs),
+    /// Write a NoCloud `cidata` volume (ISO or FAT) for libvirt/qemu, like cloud-localds.
+    Seed(SeedArgs),
 }
 
 impl Cli {
@@ -44,6 +48,7 @@ impl Cli {
             Command::Build(a) => a.run(),
             Command::Validate(a) => a.run(),
             Command::Inspect(a) => a.run(),
+            Command::Seed(a) => a.run(),
         }
     }
 }

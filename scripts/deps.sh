@@ -7,7 +7,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 need=(mmdebstrap:mmdebstrap zstd:zstd tar:tar getfattr:attr readelf:binutils bc:bc)
 if [[ "${1:-build}" == test ]]; then
-  need+=(lxc-start:lxc ip:iproute2 debugfs:e2fsprogs)
+  need+=(lxc-start:lxc ip:iproute2 debugfs:e2fsprogs sfdisk:fdisk)
   # imgbuild seed (ISO and FAT cidata volumes) and its tests.
   need+=(mkfs.vfat:dosfstools mcopy:mtools xorriso:xorriso)
 fi

@@ -11,6 +11,7 @@
 //! - [`pct_listing_check`]: the archive check `pct create` applies.
 
 mod base;
+pub mod disk;
 mod error;
 mod lxc;
 mod proxmox;

@@ -4,7 +4,6 @@
 //! and host configuration.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -107,7 +106,10 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
             None => find_agent_binary()?,
         };
         check_agent_binary(&path)?;
-        inputs.agent = Some(blob(hash_local(&path)?));
+        inputs.agent = Some(blob(
+            source::fetch_local(&path, None, fetch)
+                .with_context(|| format!("reading the agent binary {}", path.display()))?,
+        ));
     }
     let dir = plan.profile_dir();
     if let Some(a) = &plan.profile.bake.k3s_binary {
@@ -133,9 +135,9 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
     for f in &plan.profile.files {
         inputs.file_sources.push(match &f.source {
             Some(src) => {
-                Some(blob(hash_local(&dir.join(src)).with_context(|| {
-                    format!("reading files[].source for {}", f.path)
-                })?))
+                let fetched = source::fetch_local(&dir.join(src), None, fetch)
+                    .with_context(|| format!("reading files[].source for {}", f.path))?;
+                Some(blob(fetched))
             }
             None => None,
         });
@@ -143,35 +145,15 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
     Ok(inputs)
 }
 
+/// The file name an artifact is stored under in the image: the last
+/// segment of its URL (as a checksum file would list it) or of its path.
 fn artifact_file_name(a: &plan::schema::Artifact) -> Option<String> {
-    let s = a.path.as_deref().or(a.url.as_deref())?;
-    let name = s.rsplit('/').next()?.split(['?', '#']).next()?;
-    (!name.is_empty()).then(|| name.to_owned())
-}
-
-/// Hash a local file (streaming).
-fn hash_local(path: &Path) -> Result<Fetched> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok(Fetched {
-        path: path.to_owned(),
-        sha256: Sha256Hex::from_digest(&h.finalize()),
-        size,
-        origin: path.display().to_string(),
-        from_cache: false,
-    })
+    let name = match (&a.url, &a.path) {
+        (Some(url), _) => source::url_file_name(url),
+        (None, Some(path)) => Path::new(path).file_name()?.to_string_lossy().into_owned(),
+        (None, None) => return None,
+    };
+    (!name.is_empty()).then_some(name)
 }
 
 /// Where the statically linked agent is, in the order a user would expect:

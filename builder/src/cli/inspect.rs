@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use node_spec::{BakedDefaults, Sha256Hex, DEFAULTS_PATH};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::emit::{manifest_path_for, Manifest};
 use crate::layer::BUILD_INFO_PATH;
@@ -92,10 +91,8 @@ fn locate(p: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn sha256_file(p: &Path) -> Result<Sha256Hex> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Sha256Hex::from_digest(&h.finalize()))
+    let (digest, _size) = crate::source::hash_file(p, &crate::source::FetchOptions::default())?;
+    Ok(digest)
 }
 
 fn normalize(p: &Path) -> String {

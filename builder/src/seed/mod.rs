@@ -20,6 +20,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::emit::sync_dir;
+use crate::source::find_in_path;
 use crate::source::{run_command, CommandError};
 
 /// The firstboot agent's (and a sensible) cap on each NoCloud file.
@@ -358,9 +359,9 @@ fn find_tool(tool: Tool) -> Result<PathBuf, SeedError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
     dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join(tool.name))
-        .find(|p| p.is_file())
+    std::env::join_paths(dirs)
+        .ok()
+        .and_then(|all| find_in_path(tool.name, &all))
         .ok_or(SeedError::ToolMissing {
             tool: tool.name,
             package: tool.package,

@@ -7,8 +7,7 @@
 //! `bootstrap/<key>.json` from the cache.
 
 use std::ffi::{OsStr, OsString};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::cache::{now_secs, BootstrapRecord};
-use super::command::{display_command, run_command_observed, CommandError};
+use super::command::{display_command, find_in_path, run_command_observed, CommandError};
 use super::{hash_file, Cache, FetchOptions, Fetched, SourceError};
 use crate::plan::schema::{BootstrapSpec, BootstrapTool};
 
@@ -262,18 +261,6 @@ fn validate(spec: &BootstrapSpec, arch: &str) -> Result<(), SourceError> {
     Ok(())
 }
 
-/// An executable regular file named `name` in one of the `path_var` dirs.
-fn find_in_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
-    std::env::split_paths(path_var)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
-}
-
 fn spinner(opts: &FetchOptions, suite: &str) -> ProgressBar {
     if !opts.progress {
         return ProgressBar::hidden();
@@ -294,6 +281,7 @@ mod tests {
     use super::*;
     use std::fs;
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::Ordering;
 
     fn spec() -> BootstrapSpec {
@@ -622,18 +610,5 @@ mod tests {
             started.elapsed()
         );
         assert_eq!(leftovers(&cache, "tmp"), 0);
-    }
-
-    #[test]
-    fn find_in_path_wants_an_executable_file() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("plain"), "x").unwrap();
-        fs::create_dir(dir.path().join("adir")).unwrap();
-        fs::write(dir.path().join("tool"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(dir.path().join("tool"), fs::Permissions::from_mode(0o755)).unwrap();
-        let p = std::env::join_paths(["/nonexistent".as_ref(), dir.path()]).unwrap();
-        assert_eq!(find_in_path("tool", &p), Some(dir.path().join("tool")));
-        assert_eq!(find_in_path("plain", &p), None);
-        assert_eq!(find_in_path("adir", &p), None);
     }
 }

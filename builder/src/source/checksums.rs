@@ -101,7 +101,7 @@ pub fn select_checksum(
 
 /// The last path segment of a URL, percent-decoded, without query or fragment:
 /// the name a checksum file lists the artifact under.
-pub(crate) fn url_file_name(url: &str) -> String {
+pub fn url_file_name(url: &str) -> String {
     let no_frag = url.split('#').next().unwrap_or(url);
     let path = no_frag.split('?').next().unwrap_or(no_frag);
     let last = path.rsplit('/').next().unwrap_or(path);

@@ -3,8 +3,11 @@
 //! and why it stopped without re-running anything by hand.
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -38,6 +41,18 @@ pub enum CommandError {
     },
     #[error("`{command}` was interrupted")]
     Interrupted { command: String },
+}
+
+/// An executable regular file named `name` in one of the `path_var` dirs.
+pub fn find_in_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
 }
 
 /// Run `cmd` to completion and return its output; a non-zero exit is an error.
@@ -247,6 +262,23 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_in_path_wants_an_executable_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("plain"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("adir")).unwrap();
+        std::fs::write(dir.path().join("tool"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let p = std::env::join_paths(["/nonexistent".as_ref(), dir.path()]).unwrap();
+        assert_eq!(find_in_path("tool", &p), Some(dir.path().join("tool")));
+        assert_eq!(find_in_path("plain", &p), None);
+        assert_eq!(find_in_path("adir", &p), None);
+    }
     use std::sync::Arc;
 
     #[test]

@@ -34,8 +34,8 @@ use crate::plan::schema::{Artifact, SourceSpec};
 
 pub use bootstrap::{bootstrap_key, bootstrap_rootfs, BOOTSTRAP_FORMAT};
 pub use cache::{BootstrapRecord, Cache, UrlRecord};
-pub use checksums::{parse_checksums, select_checksum};
-pub use command::{run_command, CommandError};
+pub use checksums::{parse_checksums, select_checksum, url_file_name};
+pub use command::{find_in_path, run_command, CommandError};
 pub use error::SourceError;
 
 /// How a fetch may behave. Built by the CLI from `--offline`, whether stderr
@@ -166,7 +166,9 @@ pub fn fetch_artifact(
     }
 }
 
-fn fetch_local(
+/// A local file, hashed in place (never copied) and checked against
+/// `expected` when given.
+pub fn fetch_local(
     path: &Path,
     expected: Option<&Sha256Hex>,
     opts: &FetchOptions,
@@ -198,7 +200,7 @@ fn fetch_local(
 
 /// Streaming sha256 of a file, honouring the cancel flag (a multi-GB cloud
 /// image takes a few seconds).
-fn hash_file(path: &Path, opts: &FetchOptions) -> Result<(Sha256Hex, u64), SourceError> {
+pub fn hash_file(path: &Path, opts: &FetchOptions) -> Result<(Sha256Hex, u64), SourceError> {
     let mut file = File::open(path).map_err(|e| SourceError::io("opening", path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];

@@ -79,9 +79,9 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
     for kind in &plan.outputs {
         match kind {
             OutputKind::Lxc => built.push(build_lxc(&plan, &inputs, opts, &fetch, &mut timings)?),
-            OutputKind::Qcow2 => bail!(
-                "qcow2 output is not available in this version of imgbuild yet; build with --output lxc"
-            ),
+            OutputKind::Qcow2 => {
+                built.push(build_qcow2(&plan, &inputs, opts, &fetch, &mut timings)?)
+            }
         }
     }
     Ok(built)
@@ -366,14 +366,7 @@ fn emit_lxc_sidecars(
         k3s: k3s_info(plan, layer),
         source_date_epoch: plan.source_date_epoch,
         files_added: added_files(layer),
-        removed_patterns: layer
-            .ops
-            .iter()
-            .filter_map(|op| match op {
-                Op::Remove { pattern } => Some(pattern.clone()),
-                _ => None,
-            })
-            .collect(),
+        removed_patterns: removed_patterns(layer),
         os_release: parse_os_release(written.stats.os_release.as_deref().unwrap_or("")),
         tar: Some(emit::TarInfo {
             entries_in: written.stats.entries_in,
@@ -382,6 +375,7 @@ fn emit_lxc_sidecars(
             entries_added: written.stats.entries_added,
             uncompressed_bytes: written.stats.bytes_out,
         }),
+        disk: None,
         host_config,
         timings_ms: timings.0.clone(),
     };
@@ -395,6 +389,142 @@ fn emit_lxc_sidecars(
         size: written.size,
         extra_files: extra,
     })
+}
+
+fn build_qcow2(
+    plan: &Plan,
+    inputs: &LayerInputs,
+    opts: &BuildOptions,
+    fetch: &FetchOptions,
+    timings: &mut Timings,
+) -> Result<Built> {
+    let spec = plan
+        .recipe
+        .qcow2
+        .as_ref()
+        .context("the recipe has no qcow2 source")?;
+    let base = timings.time("fetch-base", || {
+        source::fetch_base(
+            spec,
+            &plan.recipe.arch,
+            plan.recipe_dir(),
+            &opts.cache,
+            fetch,
+        )
+        .with_context(|| format!("fetching the qcow2 base of recipe {}", plan.recipe.name))
+    })?;
+    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs)))?;
+    let name = plan.disk_name();
+    let out_path = opts.out_dir.join(&name);
+    let disk_base = match spec {
+        plan::schema::SourceSpec::Bootstrap(_) | plan::schema::SourceSpec::Tarball(_) => {
+            target::disk::DiskBase::Rootfs(&base.path)
+        }
+        plan::schema::SourceSpec::CloudImage(_) => target::disk::DiskBase::CloudImage(&base.path),
+    };
+    let disk_opts = target::disk::DiskOptions {
+        size: plan.disk_size(),
+        compress: plan.profile.qcow2.compress,
+        id_seed: base.sha256.to_string().into_bytes(),
+    };
+    let spinner = opts.progress.then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_message(format!("writing {name}"));
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    });
+    let written = timings.time("write-disk", || {
+        target::disk::write_disk(disk_base, &layer, &out_path, &disk_opts, fetch)
+            .with_context(|| format!("writing disk {}", out_path.display()))
+    });
+    if let Some(b) = spinner {
+        b.finish_and_clear();
+    }
+    let written = written?;
+    let result = emit_qcow2_manifest(plan, &base, &layer, &out_path, &written, timings);
+    match result {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let _ = std::fs::remove_file(&out_path);
+            Err(e)
+        }
+    }
+}
+
+fn emit_qcow2_manifest(
+    plan: &Plan,
+    base: &Fetched,
+    layer: &Layer,
+    out_path: &Path,
+    written: &target::disk::DiskOutput,
+    timings: &mut Timings,
+) -> Result<Built> {
+    let manifest = Manifest {
+        schema: emit::MANIFEST_SCHEMA,
+        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
+        kind: "qcow2".into(),
+        artifact: emit::ArtifactInfo {
+            file: plan.disk_name(),
+            sha256: written.sha256.to_string(),
+            size: written.size,
+        },
+        profile: input_file(&plan.profile.name, &plan.profile_path)?,
+        recipe: input_file(&plan.recipe.name, &plan.recipe_path)?,
+        distro: plan.recipe.distro.as_str().into(),
+        release: plan.recipe.release.clone(),
+        arch: plan.recipe.arch.clone(),
+        base: emit::BaseInfo {
+            origin: base.origin.clone(),
+            sha256: base.sha256.to_string(),
+            size: base.size,
+        },
+        k3s: k3s_info(plan, layer),
+        source_date_epoch: plan.source_date_epoch,
+        files_added: added_files(layer),
+        removed_patterns: removed_patterns(layer),
+        os_release: parse_os_release(written.os_release.as_deref().unwrap_or("")),
+        tar: None,
+        disk: Some(emit::DiskInfo {
+            virtual_size: written.virtual_size,
+            base_format: written.base_format.clone(),
+            grown_from: written.grown_from,
+            compressed: plan.profile.qcow2.compress,
+            root_partition: written.root.index,
+            root_label: written.root.label.clone(),
+            root_fs: written.root.fs.clone(),
+            root_offset: written.root.offset,
+            root_size: written.root.size,
+            kernel: written.assembled.as_ref().map(|a| a.kernel.clone()),
+            boot: written
+                .assembled
+                .as_ref()
+                .map(|_| vec!["bios".to_owned(), "uefi".to_owned()])
+                .unwrap_or_default(),
+        }),
+        host_config: Vec::new(),
+        timings_ms: timings.0.clone(),
+    };
+    let manifest_path = emit::manifest_path_for(out_path);
+    emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
+    Ok(Built {
+        kind: OutputKind::Qcow2,
+        path: out_path.to_owned(),
+        manifest_path,
+        sha256: written.sha256.to_string(),
+        size: written.size,
+        extra_files: Vec::new(),
+    })
+}
+
+fn removed_patterns(layer: &Layer) -> Vec<String> {
+    layer
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Remove { pattern } => Some(pattern.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn input_file(name: &str, path: &Path) -> Result<emit::InputFile> {

@@ -33,11 +33,38 @@ pub struct Manifest {
     pub os_release: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tar: Option<TarInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskInfo>,
     /// Host-side configuration files written next to the artifact.
     #[serde(default)]
     pub host_config: Vec<String>,
     /// Wall-clock milliseconds per pipeline step.
     pub timings_ms: BTreeMap<String, u64>,
+}
+
+/// What the qcow2 target did to the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DiskInfo {
+    pub virtual_size: u64,
+    /// `qcow2` or `raw` for a cloud image; `assembled` for a disk made
+    /// from a rootfs.
+    pub base_format: String,
+    /// The base's virtual size, when the disk was grown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grown_from: Option<u64>,
+    pub compressed: bool,
+    pub root_partition: u32,
+    pub root_label: String,
+    pub root_fs: String,
+    pub root_offset: u64,
+    pub root_size: u64,
+    /// The kernel an assembled disk boots (`/vmlinuz`'s target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// Firmware an assembled disk was set up for (`bios`, `uefi`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boot: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,30 @@ impl Plan {
         }
     }
 
+    /// The qcow2 disk's file name, built like [`Plan::template_name`]:
+    /// `debian-12-k3s-worker_1.34.3-k3s1-1_amd64.qcow2`.
+    pub fn disk_name(&self) -> String {
+        format!(
+            "{}-{}-{}_{}-{}_{}.qcow2",
+            self.recipe.distro.as_str(),
+            self.recipe.release,
+            self.profile.name,
+            self.profile
+                .k3s
+                .version
+                .as_str()
+                .trim_start_matches('v')
+                .replace('+', "-"),
+            self.profile.qcow2.revision,
+            self.recipe.arch,
+        )
+    }
+
+    /// The profile's `qcow2.size` in bytes, if set (validated at load).
+    pub fn disk_size(&self) -> Option<u64> {
+        self.profile.qcow2.size.as_deref().and_then(parse_size)
+    }
+
     /// Proxmox-style template file name:
     /// `<os>-<release>-<profile>_<k3s version>-<revision>_<arch>.tar.zst`,
     /// e.g. `debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst`. The `+` of the
@@ -257,3 +281,25 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
 
 #[cfg(test)]
 mod tests;
+
+/// The smallest disk `qcow2.size` accepts.
+pub const MIN_DISK_SIZE: u64 = 1 << 30;
+
+/// A disk size: a byte count, or a number with a binary unit
+/// `K`/`M`/`G`/`T` (also `KiB`…`TiB`, `KB`…`TB`; all powers of 1024, as
+/// `qemu-img` reads them). `None` when it is not a size or overflows.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}

@@ -39,6 +39,8 @@ pub struct Profile {
     pub outputs: Vec<OutputKind>,
     #[serde(default)]
     pub lxc: LxcSpec,
+    #[serde(default)]
+    pub qcow2: Qcow2Spec,
 }
 
 fn default_modules() -> Vec<String> {
@@ -225,6 +227,32 @@ fn default_revision() -> u32 {
 
 fn default_zstd_level() -> i32 {
     3
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Qcow2Spec {
+    /// Disk revision in the file name (`…_<version>-<revision>_amd64.qcow2`).
+    #[serde(default = "default_revision")]
+    pub revision: u32,
+    /// Virtual disk size (`8G`, `20GiB`, `4096M`, bytes). A cloud image is
+    /// grown to it (never shrunk); an assembled disk is made this size.
+    /// Default: the cloud image's own size; 4 GiB for an assembled disk.
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Write a compressed qcow2 (`qemu-img convert -c`): smaller, slower to build.
+    #[serde(default)]
+    pub compress: bool,
+}
+
+impl Default for Qcow2Spec {
+    fn default() -> Self {
+        Self {
+            revision: default_revision(),
+            size: None,
+            compress: false,
+        }
+    }
 }
 
 /// An OS recipe: where the base comes from.

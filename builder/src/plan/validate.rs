@@ -246,6 +246,19 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
             );
         }
     }
+    if let Some(size) = &p.qcow2.size {
+        match super::parse_size(size) {
+            Some(n) if n >= super::MIN_DISK_SIZE => {}
+            Some(_) => r.error(
+                &[Seg::Key("qcow2"), Seg::Key("size")],
+                format!("{size} is too small; a disk needs at least 1G"),
+            ),
+            None => r.error(
+                &[Seg::Key("qcow2"), Seg::Key("size")],
+                format!("`{size}` is not a size; write e.g. 8G, 20GiB, 4096M or a byte count"),
+            ),
+        }
+    }
     if !(1..=19).contains(&p.lxc.zstd_level) {
         r.error(
             &[Seg::Key("lxc"), Seg::Key("zstd-level")],

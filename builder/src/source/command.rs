@@ -66,7 +66,17 @@ pub fn find_in_path(name: &str, path_var: &OsStr) -> Option<PathBuf> {
 /// reach it directly: the caller must install a handler that sets `cancel`
 /// (as `imgbuild` does), or an interrupted build leaves the child running.
 pub fn run_command(cmd: &mut Command, cancel: &AtomicBool) -> Result<Output, CommandError> {
-    run_command_observed(cmd, cancel, |_| {})
+    run_command_inner(cmd, Stdio::null(), cancel, |_| {})
+}
+
+/// [`run_command`] with `stdin` as the child's standard input (a script
+/// file for `sfdisk`, say) instead of `/dev/null`.
+pub fn run_command_stdin(
+    cmd: &mut Command,
+    stdin: Stdio,
+    cancel: &AtomicBool,
+) -> Result<Output, CommandError> {
+    run_command_inner(cmd, stdin, cancel, |_| {})
 }
 
 /// [`run_command`], also handing each stderr line to `on_line` as it arrives
@@ -76,9 +86,18 @@ pub(crate) fn run_command_observed(
     cancel: &AtomicBool,
     on_line: impl Fn(&str) + Send + 'static,
 ) -> Result<Output, CommandError> {
+    run_command_inner(cmd, Stdio::null(), cancel, on_line)
+}
+
+fn run_command_inner(
+    cmd: &mut Command,
+    stdin: Stdio,
+    cancel: &AtomicBool,
+    on_line: impl Fn(&str) + Send + 'static,
+) -> Result<Output, CommandError> {
     let command = display_command(cmd);
     tracing::debug!(%command, "running");
-    cmd.stdin(Stdio::null())
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a cancel reaches every process it

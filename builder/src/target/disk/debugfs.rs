@@ -336,7 +336,7 @@ fn check_image_path(path: &str) -> Result<(), DiskError> {
 /// Quote a word for debugfs's command parser: double quotes when it holds
 /// anything but plain path characters. Quotes and control characters
 /// (newlines end a command) cannot be expressed and are refused.
-fn quote(word: &str) -> Result<String, DiskError> {
+pub(super) fn quote(word: &str) -> Result<String, DiskError> {
     if word.chars().any(|c| c == '"' || c.is_control()) {
         return Err(DiskError::BadPath {
             path: word.to_string(),

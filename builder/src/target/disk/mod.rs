@@ -13,10 +13,14 @@
 //! Everything here is pure (bytes in, values out); reading the image,
 //! staging files and running `debugfs` is the caller's job.
 
+pub mod apply;
+pub mod assemble;
 pub mod debugfs;
 mod error;
 pub mod ext4;
 pub mod gpt;
+pub mod qcow2;
+pub mod tools;
 
 #[cfg(test)]
 mod tests;
@@ -27,3 +31,4 @@ pub use debugfs::{
 pub use error::DiskError;
 pub use ext4::{probe_filesystem, Ext4Info, PROBE_LEN};
 pub use gpt::{find_root, parse_gpt, Partition, GPT_PROBE_LEN, SECTOR};
+pub use qcow2::{write_disk, DiskBase, DiskOptions, DiskOutput};

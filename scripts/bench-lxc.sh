@@ -20,7 +20,7 @@ cache=${IMGBUILD_CACHE_DIR:-$HOME/.cache/imgbuild}
 export SOURCE_DATE_EPOCH=1700000000
 
 # Warm the cache (bootstraps the base once) and find the base blob.
-"$bin" build "$profile" --agent "$agent" --cache-dir "$cache" --out "$work/warm" >/dev/null
+"$bin" build "$profile" --output lxc --agent "$agent" --cache-dir "$cache" --out "$work/warm" >/dev/null
 manifest=$(ls "$work"/warm/*.manifest.json)
 digest=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["base"]["sha256"])' "$manifest")
 base="$cache/sha256/$digest"
@@ -41,7 +41,7 @@ for i in $(seq "$runs"); do
   t_floor+=("$(echo "$e - $s" | bc)")
 
   rm -rf "$work/ours"; s=$(now)
-  "$bin" build "$profile" --agent "$agent" --cache-dir "$cache" --offline --out "$work/ours" >/dev/null
+  "$bin" build "$profile" --output lxc --agent "$agent" --cache-dir "$cache" --offline --out "$work/ours" >/dev/null
   e=$(now); t_ours+=("$(echo "$e - $s" | bc)")
 
   rm -rf "$work/naive"; mkdir -p "$work/naive/root"; s=$(now)

@@ -6,10 +6,16 @@ set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
 need=(mmdebstrap:mmdebstrap zstd:zstd tar:tar getfattr:attr readelf:binutils bc:bc)
+# The qcow2 target: disk tools, and GRUB's BIOS and UEFI module trees
+# (files, not commands: checked below).
+need+=(qemu-img:qemu-utils debugfs:e2fsprogs e2fsck:e2fsprogs mke2fs:e2fsprogs sfdisk:fdisk)
+need+=(mkfs.fat:dosfstools mmd:mtools mcopy:mtools grub-mkimage:grub-common)
 if [[ "${1:-build}" == test ]]; then
-  need+=(lxc-start:lxc ip:iproute2 debugfs:e2fsprogs sfdisk:fdisk)
+  need+=(lxc-start:lxc ip:iproute2)
   # imgbuild seed (ISO and FAT cidata volumes) and its tests.
-  need+=(mkfs.vfat:dosfstools mcopy:mtools xorriso:xorriso)
+  need+=(mkfs.vfat:dosfstools xorriso:xorriso)
+  # The qcow2 boot test: qemu under TCG with SeaBIOS and OVMF.
+  need+=(qemu-system-x86_64:qemu-system-x86)
 fi
 
 missing=()
@@ -19,6 +25,12 @@ for pair in "${need[@]}"; do
 done
 # mmdebstrap verifies Debian's archive with this keyring.
 [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+[[ -e /usr/lib/grub/i386-pc/moddep.lst ]] || missing+=(grub-pc-bin)
+[[ -e /usr/lib/grub/x86_64-efi/moddep.lst ]] || missing+=(grub-efi-amd64-bin)
+if [[ "${1:-build}" == test ]]; then
+  [[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ]] || missing+=(ovmf)
+  [[ -e /usr/share/seabios/bios-256k.bin ]] || missing+=(seabios)
+fi
 
 if ((${#missing[@]})); then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
@@ -27,5 +39,16 @@ if ((${#missing[@]})); then
   fi
   echo "installing: ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  extra=()
+  # qemu-system-x86 needs qemu-utils of its own version; a qemu-utils from
+  # another suite (a backport, say) would make it uninstallable.
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+    want=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+    have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ -n "$want" && -n "$have" && "$want" != "$have" ]]; then
+      echo "qemu-utils $have does not match qemu-system-x86 $want; installing qemu-utils=$want" >&2
+      extra=(--allow-downgrades "qemu-utils=$want")
+    fi
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" "${extra[@]}" >&2
 fi

@@ -65,6 +65,12 @@ impl Timings {
 pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> Result<Vec<Built>> {
     let mut timings = Timings::default();
     let plan = timings.time("plan", || resolve_plan(profile, overrides))?;
+    if plan.outputs.contains(&OutputKind::Qcow2) {
+        if let Some(spec) = &plan.recipe.qcow2 {
+            // Only the kind of base matters here; the path is not read.
+            target::disk::preflight(disk_base(spec, Path::new("")))?;
+        }
+    }
     let fetch = FetchOptions {
         offline: opts.offline,
         progress: opts.progress,
@@ -270,7 +276,7 @@ fn build_lxc(
         )
         .with_context(|| format!("fetching the LXC base of recipe {}", plan.recipe.name))
     })?;
-    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs)))?;
+    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs, OutputKind::Lxc)))?;
 
     let name = plan.template_name();
     let out_path = opts.out_dir.join(&name);
@@ -413,15 +419,12 @@ fn build_qcow2(
         )
         .with_context(|| format!("fetching the qcow2 base of recipe {}", plan.recipe.name))
     })?;
-    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs)))?;
+    let layer = timings.time("layer", || {
+        Ok(compute_layer(plan, inputs, OutputKind::Qcow2))
+    })?;
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
-    let disk_base = match spec {
-        plan::schema::SourceSpec::Bootstrap(_) | plan::schema::SourceSpec::Tarball(_) => {
-            target::disk::DiskBase::Rootfs(&base.path)
-        }
-        plan::schema::SourceSpec::CloudImage(_) => target::disk::DiskBase::CloudImage(&base.path),
-    };
+    let disk_base = disk_base(spec, &base.path);
     let disk_opts = target::disk::DiskOptions {
         size: plan.disk_size(),
         compress: plan.profile.qcow2.compress,
@@ -447,6 +450,16 @@ fn build_qcow2(
         Err(e) => {
             let _ = std::fs::remove_file(&out_path);
             Err(e)
+        }
+    }
+}
+
+/// A vendor disk is customized; a rootfs (bootstrap or tarball) is assembled.
+fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> target::disk::DiskBase<'a> {
+    match spec {
+        plan::schema::SourceSpec::CloudImage(_) => target::disk::DiskBase::CloudImage(path),
+        plan::schema::SourceSpec::Bootstrap(_) | plan::schema::SourceSpec::Tarball(_) => {
+            target::disk::DiskBase::Rootfs(path)
         }
     }
 }

@@ -62,6 +62,8 @@ fn build(dir: &Path, recipe: &Path, out: &Path) -> std::process::Output {
         &[
             "build",
             repo_root().join("profiles/worker.yaml").to_str().unwrap(),
+            "--output",
+            "lxc",
             "--recipe",
             recipe.to_str().unwrap(),
             "--out",

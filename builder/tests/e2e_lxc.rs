@@ -60,6 +60,8 @@ fn build_template(profile: &str, out: &Path) -> PathBuf {
         &[
             "build",
             profile_path.to_str().unwrap(),
+            "--output",
+            "lxc",
             "--cache-dir",
             cache.to_str().unwrap(),
             "--out",
@@ -243,7 +245,7 @@ fn install_fingerprint(node: &Node) -> (u64, i64, i64, Value) {
 #[test]
 fn server_and_worker_from_templates_join_over_a_private_bridge() {
     // 1. Tools and binaries: fail with the command that provides them.
-    require_root();
+    require_root("the LXC end-to-end test creates a bridge and privileged containers");
     require_tool("lxc-start", "lxc");
     require_tool("lxc-attach", "lxc");
     require_tool("mmdebstrap", "mmdebstrap");

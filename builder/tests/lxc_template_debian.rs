@@ -30,6 +30,8 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
             &[
                 "build",
                 profile.to_str().unwrap(),
+                "--output",
+                "lxc",
                 "--out",
                 out.to_str().unwrap(),
                 "--cache-dir",

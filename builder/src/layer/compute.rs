@@ -9,7 +9,8 @@ use node_spec::{
 };
 
 use super::{Content, Layer, Meta, Op};
-use crate::plan::Plan;
+use crate::plan::schema::SourceSpec;
+use crate::plan::{OutputKind, Plan};
 
 /// The agent's systemd unit, shipped with the agent crate.
 pub const AGENT_UNIT: &str = include_str!("../../../firstboot-agent/dist/firstboot-agent.service");
@@ -91,8 +92,10 @@ pub struct LayerInputs {
     pub file_sources: Vec<Option<HostBlob>>,
 }
 
-/// The layer for `plan`, in application order: removals first, then writes.
-pub fn compute_layer(plan: &Plan, inputs: &LayerInputs) -> Layer {
+/// The layer for `plan`'s `target` output, in application order: removals
+/// first, then writes. Targets differ only where their bases do (see
+/// `/etc/resolv.conf` below).
+pub fn compute_layer(plan: &Plan, inputs: &LayerInputs, target: OutputKind) -> Layer {
     let mtime = plan.source_date_epoch;
     let meta = |mode| Meta {
         mode,
@@ -138,18 +141,29 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs) -> Layer {
     });
     // Only a bootstrapped rootfs carries the host's resolv.conf; a vendor
     // base may have a symlink here (systemd-resolved) that must stay.
-    let bootstrapped = [&plan.recipe.lxc, &plan.recipe.qcow2]
-        .into_iter()
-        .flatten()
-        .any(|s| matches!(s, crate::plan::schema::SourceSpec::Bootstrap(_)));
-    if bootstrapped {
-        ops.push(Op::WriteFile {
-            path: "/etc/resolv.conf".into(),
-            meta: meta(0o644),
-            content: Content::Inline(
-                b"# Written at build time; replaced by DHCP, cloud-init or Proxmox at boot.\n"
-                    .to_vec(),
-            ),
+    let source = match target {
+        OutputKind::Lxc => plan.recipe.lxc.as_ref(),
+        OutputKind::Qcow2 => plan.recipe.qcow2.as_ref(),
+    };
+    if let Some(SourceSpec::Bootstrap(b)) = source {
+        let resolved = b.packages.iter().any(|p| p == "systemd-resolved");
+        ops.push(if resolved {
+            // systemd-resolved's own link, which a bootstrap may have replaced
+            // with the build host's file.
+            Op::Symlink {
+                path: "/etc/resolv.conf".into(),
+                target: "../run/systemd/resolve/stub-resolv.conf".into(),
+                meta: meta(0o777),
+            }
+        } else {
+            Op::WriteFile {
+                path: "/etc/resolv.conf".into(),
+                meta: meta(0o644),
+                content: Content::Inline(
+                    b"# Written at build time; replaced by DHCP, cloud-init or Proxmox at boot.\n"
+                        .to_vec(),
+                ),
+            }
         });
     }
 
@@ -326,7 +340,7 @@ mod tests {
             agent: Some(blob("firstboot-agent")),
             ..LayerInputs::default()
         };
-        let layer = compute_layer(&plan("worker.yaml"), &inputs);
+        let layer = compute_layer(&plan("worker.yaml"), &inputs, OutputKind::Lxc);
         let written: Vec<&str> = layer.written_paths().collect();
         for p in [
             AGENT_BINARY_PATH,
@@ -364,7 +378,11 @@ mod tests {
 
     #[test]
     fn all_added_entries_carry_source_date_epoch_and_root_owner() {
-        let layer = compute_layer(&plan("server.yaml"), &LayerInputs::default());
+        let layer = compute_layer(
+            &plan("server.yaml"),
+            &LayerInputs::default(),
+            OutputKind::Lxc,
+        );
         for op in &layer.ops {
             match op {
                 Op::WriteFile { meta, .. } | Op::Symlink { meta, .. } | Op::Mkdir { meta, .. } => {
@@ -386,7 +404,7 @@ mod tests {
             airgap_images: vec![("k3s-airgap-images-amd64.tar.zst".into(), blob("air"))],
             file_sources: vec![],
         };
-        let layer = compute_layer(&plan("server.yaml"), &inputs);
+        let layer = compute_layer(&plan("server.yaml"), &inputs, OutputKind::Lxc);
         let d = node_spec::BakedDefaults::from_yaml(&inline(&layer, DEFAULTS_PATH)).unwrap();
         let bin = d.k3s.binary.unwrap();
         assert_eq!(bin.path, BAKED_K3S_PATH);
@@ -399,13 +417,40 @@ mod tests {
     }
 
     #[test]
+    fn resolv_conf_follows_each_targets_base() {
+        let p = plan("worker.yaml");
+        let find = |l: &Layer| {
+            l.ops
+                .iter()
+                .find(|op| match op {
+                    Op::WriteFile { path, .. } | Op::Symlink { path, .. } => {
+                        path == "/etc/resolv.conf"
+                    }
+                    _ => false,
+                })
+                .cloned()
+        };
+        // The LXC rootfs has no resolver: the host's file is replaced by a stub.
+        let lxc = compute_layer(&p, &LayerInputs::default(), OutputKind::Lxc);
+        assert!(matches!(find(&lxc), Some(Op::WriteFile { .. })));
+        // The VM rootfs has systemd-resolved: its link is restored.
+        let vm = compute_layer(&p, &LayerInputs::default(), OutputKind::Qcow2);
+        match find(&vm) {
+            Some(Op::Symlink { target, .. }) => {
+                assert_eq!(target, "../run/systemd/resolve/stub-resolv.conf")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn layer_is_deterministic_and_removals_come_first() {
         let inputs = LayerInputs {
             agent: Some(blob("agent")),
             ..LayerInputs::default()
         };
-        let a = compute_layer(&plan("ha-server.yaml"), &inputs);
-        let b = compute_layer(&plan("ha-server.yaml"), &inputs);
+        let a = compute_layer(&plan("ha-server.yaml"), &inputs, OutputKind::Lxc);
+        let b = compute_layer(&plan("ha-server.yaml"), &inputs, OutputKind::Lxc);
         assert_eq!(a, b);
         let first_write = a
             .ops

@@ -18,6 +18,9 @@ const STDERR_TAIL_LINES: usize = 20;
 /// How long a cancelled child gets to clean up after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
+/// The first wait for a child's exit; it doubles up to [`POLL`], so a quick
+/// tool (most of debugfs, qemu-img info) costs milliseconds, not a full poll.
+const FIRST_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -136,6 +139,7 @@ fn run_command_inner(
         Ok(all)
     });
 
+    let mut poll = FIRST_POLL;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -148,7 +152,8 @@ fn run_command_inner(
             // still holds them must not keep us from reporting the interrupt.
             return Err(CommandError::Interrupted { command });
         }
-        thread::sleep(POLL);
+        thread::sleep(poll);
+        poll = (poll * 2).min(POLL);
     };
 
     let join =

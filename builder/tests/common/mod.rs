@@ -109,3 +109,38 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// The static stand-in K3s (`tests/k3s-standin`), as for the agent: the
+/// `K3S_STANDIN` env, else the default static build output. Never skipped.
+pub fn standin_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("K3S_STANDIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "K3S_STANDIN={} does not exist; build it with `bash tests/k3s-standin/build-static.sh` (it prints the path)",
+            p.display()
+        );
+        return p;
+    }
+    let p = repo_root().join("target/x86_64-unknown-linux-gnu/release/k3s-standin");
+    assert!(
+        p.is_file(),
+        "static k3s-standin not found at {}; build it with `bash tests/k3s-standin/build-static.sh` \
+         (or point K3S_STANDIN at it)",
+        p.display()
+    );
+    p
+}
+
+/// The end-to-end tests create bridges, containers and VMs: they need root.
+pub fn require_root(why: &str) {
+    let o = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("running id -u");
+    let uid = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_eq!(
+        uid, "0",
+        "{why} and must run as root (e.g. `sudo -E cargo test -p imgbuild`)"
+    );
+}

@@ -26,42 +26,6 @@ pub const K3S_VERSION: &str = "v1.34.3+k3s1";
 /// PATH inside the containers (lxc-attach runs with a cleared environment).
 const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The static stand-in K3s (`tests/k3s-standin`), as for the agent: the
-/// `K3S_STANDIN` env, else the default static build output. Never skipped.
-pub fn standin_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("K3S_STANDIN") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "K3S_STANDIN={} does not exist; build it with `bash tests/k3s-standin/build-static.sh` (it prints the path)",
-            p.display()
-        );
-        return p;
-    }
-    let p = common::repo_root().join("target/x86_64-unknown-linux-gnu/release/k3s-standin");
-    assert!(
-        p.is_file(),
-        "static k3s-standin not found at {}; build it with `bash tests/k3s-standin/build-static.sh` \
-         (or point K3S_STANDIN at it)",
-        p.display()
-    );
-    p
-}
-
-/// The test creates bridges and containers: it needs root.
-pub fn require_root() {
-    let o = Command::new("id")
-        .arg("-u")
-        .output()
-        .expect("running id -u");
-    let uid = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    assert_eq!(
-        uid, "0",
-        "the LXC end-to-end test creates a bridge and privileged containers and must run as root \
-         (e.g. `sudo -E cargo test -p imgbuild --test e2e_lxc`)"
-    );
-}
-
 /// Run a command, returning its output (never panics on a non-zero exit).
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

@@ -1,6 +1,6 @@
 //! Apply a [`Layer`] to an ext4 filesystem inside a raw disk image with
-//! `debugfs -w` on `image?offset=N`, then check the result with
-//! `e2fsck -fn`. No mount, no loop device, no root.
+//! `debugfs -w` on `image?offset=N`; [`check_fs`] then checks the result
+//! with `e2fsck -fn`. No mount, no loop device, no root.
 //!
 //! `debugfs` needs to know what already exists (to replace files, remove
 //! subtrees and create missing parents), so the directories the layer
@@ -37,10 +37,10 @@ pub struct ApplyReport {
 }
 
 /// Apply `layer` to the ext4 filesystem at `offset` in `image`.
-/// `work` holds the script and staged inline files.
+/// `work` holds the script and staged inline files. The caller checks the
+/// result with [`check_fs`].
 pub fn apply_layer(
     debugfs: &Path,
-    e2fsck: &Path,
     image: &Path,
     offset: u64,
     layer: &Layer,
@@ -88,7 +88,6 @@ pub fn apply_layer(
             script_file.display()
         );
     }
-    check_fs(e2fsck, image, offset, cancel)?;
     Ok(ApplyReport {
         dirs_listed,
         commands: script.script.lines().count(),

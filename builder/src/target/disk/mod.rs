@@ -31,4 +31,4 @@ pub use debugfs::{
 pub use error::DiskError;
 pub use ext4::{probe_filesystem, Ext4Info, PROBE_LEN};
 pub use gpt::{find_root, parse_gpt, Partition, GPT_PROBE_LEN, SECTOR};
-pub use qcow2::{write_disk, DiskBase, DiskOptions, DiskOutput};
+pub use qcow2::{preflight, write_disk, DiskBase, DiskOptions, DiskOutput};

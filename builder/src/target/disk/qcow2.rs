@@ -12,8 +12,9 @@ use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
 use serde::Deserialize;
 
-use super::apply::{apply_layer, ApplyReport};
+use super::apply::{apply_layer, check_fs, ApplyReport};
 use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
+use super::debugfs::quote;
 use super::tools::Tools;
 use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN};
 use crate::layer::{Layer, Op};
@@ -104,6 +105,18 @@ pub fn required_tools(base: DiskBase<'_>) -> &'static [&'static str] {
     }
 }
 
+/// Check up front that every program and GRUB module tree `base` needs is
+/// installed, so a build fails before it fetches or writes anything.
+pub fn preflight(base: DiskBase<'_>) -> Result<()> {
+    let mut tools = Tools::from_env();
+    tools.require(required_tools(base))?;
+    if let DiskBase::Rootfs(_) = base {
+        tools.grub_dir("i386-pc")?;
+        tools.grub_dir("x86_64-efi")?;
+    }
+    Ok(())
+}
+
 /// Build the qcow2 at `out` from `base` with `layer` applied.
 pub fn write_disk(
     base: DiskBase<'_>,
@@ -125,11 +138,27 @@ pub fn write_disk(
         .prefix(".imgbuild-disk-")
         .tempdir_in(dir)
         .with_context(|| format!("creating a work directory in {}", dir.display()))?;
-    let raw = work.path().join("disk.raw");
+    let base_info = match base {
+        DiskBase::CloudImage(path) => Some(img_info(&tools, path, fetch)?),
+        DiskBase::Rootfs(_) => None,
+    };
+    // The raw working copy and the extracted rootfs go to memory when there
+    // is room: no disk writes (and no `fsync` in e2fsprogs) for data that is
+    // thrown away.
+    let need = match (&base_info, base) {
+        (Some(info), _) => info.virtual_size.max(opts.size.unwrap_or(0)),
+        (None, DiskBase::Rootfs(tar)) => {
+            opts.size.unwrap_or(DEFAULT_DISK_SIZE) + fs::metadata(tar).map(|m| m.len()).unwrap_or(0)
+        }
+        (None, DiskBase::CloudImage(_)) => 0,
+    };
+    let scratch = scratch_dir(need, work.path())?;
+    let scratch_path = scratch.as_ref().map(|t| t.path()).unwrap_or(work.path());
+    let raw = scratch_path.join("disk.raw");
 
     let (base_format, grown_from, assembled) = match base {
         DiskBase::CloudImage(path) => {
-            let info = img_info(&tools, path, fetch)?;
+            let info = base_info.context("qemu-img info of the base")?;
             if info.format != "qcow2" && info.format != "raw" {
                 bail!(
                     "{} is a {} image; a cloud-image base must be qcow2 or raw",
@@ -170,11 +199,11 @@ pub fn write_disk(
                 &raw,
                 opts.size.unwrap_or(DEFAULT_DISK_SIZE),
                 &opts.id_seed,
-                work.path(),
+                scratch_path,
                 cancel,
             )?;
             // The extracted tree is no longer needed; free the space now.
-            let _ = fs::remove_dir_all(work.path().join("rootfs"));
+            let _ = fs::remove_dir_all(scratch_path.join("rootfs"));
             ("assembled".to_owned(), None, Some(a))
         }
     };
@@ -202,8 +231,15 @@ pub fn write_disk(
     let needed = layer_bytes(layer);
     let free = fs_info.free_blocks.saturating_mul(fs_info.block_size);
     if needed.saturating_add(needed / 16) > free {
+        let advice = match base {
+            DiskBase::CloudImage(_) => {
+                "use a cloud image with more free space in its root filesystem, or bake less \
+                 (bake.k3s-binary, bake.airgap-images)"
+            }
+            DiskBase::Rootfs(_) => "set a larger `qcow2.size` in the profile",
+        };
         bail!(
-            "the root filesystem has {} MiB free but the layer needs {} MiB: set a larger `qcow2.size` in the profile",
+            "the root filesystem is too small for the layer: {} MiB free, {} MiB needed; {advice}",
             free >> 20,
             needed.div_ceil(1 << 20)
         );
@@ -211,22 +247,37 @@ pub fn write_disk(
 
     let apply = apply_layer(
         &tools.get("debugfs")?,
-        &tools.get("e2fsck")?,
         &raw,
         root.offset_bytes(),
         layer,
-        work.path(),
+        scratch_path,
         cancel,
     )?;
-    let os_release = read_os_release(&tools, &raw, root.offset_bytes(), work.path(), fetch);
+    let os_release = read_os_release(&tools, &raw, root.offset_bytes(), scratch_path, fetch);
 
+    // `e2fsck -fn` and the qcow2 conversion only read the raw copy: run them
+    // side by side; the disk is published only if both succeed.
     let tmp_out = work.path().join("out.qcow2");
     let mut convert = Command::new(tools.get("qemu-img")?);
     convert.args(["convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]);
     if opts.compress {
         convert.arg("-c");
     }
-    run_command(convert.arg(&raw).arg(&tmp_out), cancel).context("writing the qcow2")?;
+    convert.arg(&raw).arg(&tmp_out);
+    let e2fsck = tools.get("e2fsck")?;
+    let (checked, converted) = std::thread::scope(|s| {
+        let check = s.spawn(|| check_fs(&e2fsck, &raw, root.offset_bytes(), cancel));
+        let converted = run_command(&mut convert, cancel).context("writing the qcow2");
+        let checked = check
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the e2fsck thread panicked")));
+        (checked, converted)
+    });
+    checked?;
+    converted?;
+    let virtual_size = fs::metadata(&raw)
+        .with_context(|| format!("reading {}", raw.display()))?
+        .len();
     fs::remove_file(&raw).ok();
     run_command(
         Command::new(tools.get("qemu-img")?)
@@ -235,11 +286,17 @@ pub fn write_disk(
         cancel,
     )
     .context("the written qcow2 fails `qemu-img check`")?;
-    let virtual_size = img_info(&tools, &tmp_out, fetch)?.virtual_size;
-    let (sha256, size) = hash_file(&tmp_out, fetch)?;
-    fs::File::open(&tmp_out)
-        .and_then(|f| f.sync_all())
-        .context("syncing the qcow2")?;
+    // Hash (from the page cache) while the kernel writes the file back.
+    let (hashed, synced) = std::thread::scope(|s| {
+        let sync = s.spawn(|| fs::File::open(&tmp_out).and_then(|f| f.sync_all()));
+        let hashed = hash_file(&tmp_out, fetch);
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")));
+        (hashed, synced)
+    });
+    synced.context("syncing the qcow2")?;
+    let (sha256, size) = hashed?;
     fs::rename(&tmp_out, out)
         .with_context(|| format!("moving the finished disk to {}", out.display()))?;
     crate::emit::sync_dir(dir)?;
@@ -261,6 +318,46 @@ pub fn write_disk(
         apply,
         os_release,
     })
+}
+
+/// Memory-backed scratch space (`$IMGBUILD_SCRATCH_DIR`, else `/dev/shm`)
+/// when it has room for `need` bytes with 2 GiB of the machine's available
+/// memory to spare; `None` means "use the work directory beside the output".
+fn scratch_dir(need: u64, fallback: &Path) -> Result<Option<tempfile::TempDir>> {
+    let forced = std::env::var_os("IMGBUILD_SCRATCH_DIR").map(std::path::PathBuf::from);
+    let dir = match &forced {
+        Some(d) => d.clone(),
+        None => {
+            let shm = Path::new("/dev/shm");
+            let room = mem_available().zip(free_space(shm));
+            match room {
+                Some((mem, free)) if mem > need + (2 << 30) && free > need => shm.to_owned(),
+                _ => {
+                    tracing::debug!(need, fallback = %fallback.display(), "scratch on disk");
+                    return Ok(None);
+                }
+            }
+        }
+    };
+    let t = tempfile::Builder::new()
+        .prefix("imgbuild-disk-")
+        .tempdir_in(&dir)
+        .with_context(|| format!("creating scratch space in {}", dir.display()))?;
+    tracing::debug!(dir = %t.path().display(), "scratch space");
+    Ok(Some(t))
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn free_space(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 fn describe_base(base: DiskBase<'_>) -> String {
@@ -333,8 +430,9 @@ fn layer_bytes(layer: &Layer) -> u64 {
         .sum()
 }
 
-/// `/etc/os-release` of the edited root (following the usual symlink to
-/// `/usr/lib/os-release`), for the manifest; `None` if unreadable.
+/// `/etc/os-release` of the edited root (or `/usr/lib/os-release`, where
+/// it usually links to), for the manifest; `None` if unreadable. One
+/// debugfs run dumps both.
 fn read_os_release(
     tools: &Tools,
     raw: &Path,
@@ -343,25 +441,29 @@ fn read_os_release(
     fetch: &FetchOptions,
 ) -> Option<String> {
     let debugfs = tools.get("debugfs").ok()?;
-    let dest = work.join("os-release");
-    for path in ["/etc/os-release", "/usr/lib/os-release"] {
-        let _ = fs::remove_file(&dest);
-        let req = format!("dump -p {path} {}", dest.display());
-        let ok = run_command(
-            Command::new(&debugfs)
-                .arg("-R")
-                .arg(&req)
-                .arg(super::apply::fs_spec(raw, offset)),
-            &fetch.cancel,
-        )
-        .is_ok();
-        if ok {
-            if let Ok(text) = fs::read_to_string(&dest) {
-                if text.contains("ID=") {
-                    return Some(text);
-                }
-            }
-        }
-    }
-    None
+    let etc = work.join("os-release.etc");
+    let usr = work.join("os-release.usr");
+    let script = work.join("os-release.debugfs");
+    fs::write(
+        &script,
+        format!(
+            "dump -p /etc/os-release {}\ndump -p /usr/lib/os-release {}\n",
+            quote(&etc.to_string_lossy()).ok()?,
+            quote(&usr.to_string_lossy()).ok()?
+        ),
+    )
+    .ok()?;
+    run_command(
+        Command::new(&debugfs)
+            .arg("-f")
+            .arg(&script)
+            .arg(super::apply::fs_spec(raw, offset)),
+        &fetch.cancel,
+    )
+    .ok()?;
+    // A symlink dumps as its target's name, not as os-release text.
+    [etc, usr]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .find(|t| t.contains("ID="))
 }

@@ -1,0 +1,347 @@
+//! The qcow2 target's cloud-image path on small synthetic vendor-like
+//! disks (GPT, ext4 root labelled `cloudimg-rootfs`), made here with sfdisk
+//! and `mke2fs -d` since vendor images cannot be downloaded: the layer lands
+//! in the root filesystem, the disk is grown, and every broken base gets
+//! one clear error and leaves nothing behind. Needs no root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use common::*;
+
+const ROOT_TYPE: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const DISK_NAME: &str = "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.qcow2";
+
+fn sbin(name: &str) -> PathBuf {
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(d).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found");
+}
+
+fn ok(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
+    o
+}
+
+/// A raw GPT disk of `mib` MiB with the given sfdisk partition lines.
+fn gpt_disk(path: &Path, mib: u64, label: &str, parts: &str) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(mib << 20).unwrap();
+    drop(f);
+    let mut child = Command::new(sbin("sfdisk"))
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("label: {label}\nunit: sectors\n{parts}").as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "sfdisk on {}",
+        path.display()
+    );
+}
+
+/// A vendor-like cloud image: ESP at 1 MiB, ext4 root from 5 MiB to the
+/// end, made from a small tree with per-machine state to be removed.
+fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
+    let img = dir.join("cloud.raw");
+    let root_size = match root_mib {
+        Some(m) => format!(", size={}", m * 2048),
+        None => String::new(),
+    };
+    gpt_disk(
+        &img,
+        mib,
+        "gpt",
+        &format!(
+            "start=2048, size=8192, type={ESP_TYPE}\nstart=10240{root_size}, type={ROOT_TYPE}\n"
+        ),
+    );
+    let tree = dir.join("tree");
+    for (p, body) in [
+        (
+            "usr/lib/os-release",
+            "PRETTY_NAME=\"Test Cloud 1\"\nID=testcloud\nVERSION_ID=\"1\"\n",
+        ),
+        ("etc/ssh/ssh_host_ed25519_key", "secret\n"),
+        ("etc/hostname", "vendor-build-host\n"),
+        ("var/log/cloud-init.log", "old log\n"),
+    ] {
+        let f = tree.join(p);
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(f, body).unwrap();
+    }
+    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
+    let root_bytes = root_mib
+        .map(|m| m << 20)
+        .unwrap_or(((mib - 5) << 20) - 33 * 512);
+    ok(Command::new(sbin("mke2fs"))
+        .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs", "-E"])
+        .arg(format!("offset={}", 10240 * 512))
+        .arg("-d")
+        .arg(&tree)
+        .arg(&img)
+        .arg(format!("{}k", root_bytes / 1024 / 4 * 4)));
+    img
+}
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        require_tool("qemu-img", "qemu-utils");
+        Case {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Build the worker profile (plus `profile_extra`) from `base` as the
+    /// recipe's cloud image, with `path` on PATH for imgbuild's tools.
+    fn build(&self, base: &Path, profile_extra: &str, path: Option<&str>) -> Output {
+        let recipe = self.path("recipe.yaml");
+        fs::write(
+            &recipe,
+            format!(
+                "name: cloud-test\ndistro: debian\nrelease: \"12\"\nqcow2:\n  cloud-image:\n    path: {}\n",
+                base.display()
+            ),
+        )
+        .unwrap();
+        let profile = self.path("profile.yaml");
+        let text = fs::read_to_string(repo_root().join("profiles/worker.yaml")).unwrap();
+        fs::write(&profile, format!("{text}{profile_extra}")).unwrap();
+        let agent = agent_binary();
+        let mut envs = vec![("SOURCE_DATE_EPOCH", "1700000000")];
+        if let Some(p) = path {
+            envs.push(("PATH", p));
+        }
+        imgbuild(
+            &[
+                "build",
+                profile.to_str().unwrap(),
+                "--recipe",
+                recipe.to_str().unwrap(),
+                "--output",
+                "qcow2",
+                "--agent",
+                agent.to_str().unwrap(),
+                "--cache-dir",
+                self.path("cache").to_str().unwrap(),
+                "--out",
+                self.path("out").to_str().unwrap(),
+            ],
+            &envs,
+        )
+    }
+
+    /// The build failed with `needle` in its error and left no file that
+    /// looks like an artifact, nor any work directory.
+    fn assert_refused(&self, o: &Output, needle: &str) {
+        assert!(!o.status.success(), "build succeeded: {}", text(o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
+        let out = self.path("out");
+        let left: Vec<String> = if out.exists() {
+            fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        assert!(left.is_empty(), "left behind in out/: {left:?}");
+    }
+}
+
+fn debugfs(spec: &str, request: &str) -> String {
+    let o = ok(Command::new(sbin("debugfs"))
+        .arg("-R")
+        .arg(request)
+        .arg(spec));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn layer_is_applied_offline_and_the_disk_grown() {
+    let c = Case::new();
+    let raw = cloud_image(c.dir.path(), 256, None);
+    // Vendors ship qcow2: convert the synthetic image, as a vendor would.
+    let base = c.path("cloud.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&base));
+    let o = c.build(&base, "qcow2:\n  size: 1G\n", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = c.path("out");
+    assert_eq!(
+        files_in(&out),
+        vec![DISK_NAME.to_string(), format!("{DISK_NAME}.manifest.json")]
+    );
+    let disk = out.join(DISK_NAME);
+    ok(Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&disk));
+
+    let m: Value =
+        serde_json::from_slice(&fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap())
+            .unwrap();
+    assert_eq!(m["kind"], "qcow2");
+    let d = &m["disk"];
+    assert_eq!(d["base-format"], "qcow2", "{m:#}");
+    assert_eq!(d["virtual-size"], 1u64 << 30);
+    assert_eq!(d["grown-from"], 256u64 << 20);
+    assert_eq!(d["root-partition"], 2);
+    assert_eq!(d["root-label"], "cloudimg-rootfs");
+    assert_eq!(m["os-release"]["ID"], "testcloud", "{m:#}");
+
+    // Inspect the result as raw: a valid GPT whose backup header moved to
+    // the new end, and the layer inside the ext4 root.
+    let check = c.path("check.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&disk)
+        .arg(&check));
+    assert_eq!(fs::metadata(&check).unwrap().len(), 1 << 30);
+    let v = ok(Command::new(sbin("sfdisk")).arg("--verify").arg(&check));
+    let verify = text(&v);
+    assert!(verify.contains("No errors detected"), "{verify}");
+    let spec = format!("{}?offset={}", check.display(), 10240 * 512);
+    let agent = debugfs(&spec, "stat /usr/local/sbin/firstboot-agent");
+    assert!(agent.contains("Type: regular"), "{agent}");
+    assert!(
+        agent.contains(&format!(
+            "Size: {}",
+            fs::metadata(agent_binary()).unwrap().len()
+        )),
+        "{agent}"
+    );
+    let defaults = debugfs(&spec, "cat /etc/firstboot-agent/defaults.yaml");
+    assert!(defaults.contains("v1.34.3+k3s1"), "{defaults}");
+    assert!(debugfs(&spec, "stat /etc/ssh/ssh_host_ed25519_key").contains("File not found"));
+    assert!(debugfs(&spec, "stat /var/log/cloud-init.log").contains("File not found"));
+    assert!(debugfs(&spec, "cat /etc/hostname").contains("localhost"));
+    // Untouched vendor content stays, symlink included.
+    assert!(debugfs(&spec, "stat /etc/os-release").contains("Type: symlink"));
+    ok(Command::new(sbin("e2fsck")).args(["-f", "-n"]).arg(&spec));
+}
+
+#[test]
+fn raw_base_keeps_its_size_without_qcow2_size() {
+    let c = Case::new();
+    let raw = cloud_image(c.dir.path(), 128, None);
+    let o = c.build(&raw, "", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let m: Value = serde_json::from_slice(
+        &fs::read(c.path("out").join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["disk"]["base-format"], "raw");
+    assert_eq!(m["disk"]["virtual-size"], 128u64 << 20);
+    assert!(m["disk"].get("grown-from").is_none(), "{m:#}");
+}
+
+#[test]
+fn not_a_disk_image_is_refused() {
+    let c = Case::new();
+    let base = c.path("noise.qcow2");
+    let noise: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(&base, noise).unwrap();
+    let o = c.build(&base, "", None);
+    c.assert_refused(&o, "not a disk image");
+
+    let tiny = c.path("tiny.img");
+    fs::write(&tiny, b"hello\n").unwrap();
+    let o = c.build(&tiny, "", None);
+    c.assert_refused(&o, "not a disk image");
+}
+
+#[test]
+fn mbr_only_disk_is_refused() {
+    let c = Case::new();
+    let base = c.path("mbr.raw");
+    gpt_disk(&base, 16, "dos", "start=2048, type=83\n");
+    let o = c.build(&base, "", None);
+    c.assert_refused(&o, "no GPT");
+}
+
+#[test]
+fn disk_without_a_linux_root_is_refused() {
+    let c = Case::new();
+    let base = c.path("esp-only.raw");
+    gpt_disk(&base, 16, "gpt", &format!("start=2048, type={ESP_TYPE}\n"));
+    let o = c.build(&base, "", None);
+    c.assert_refused(&o, "no Linux root partition found");
+}
+
+#[test]
+fn xfs_root_is_refused_with_the_way_forward() {
+    let c = Case::new();
+    let base = c.path("xfs.raw");
+    gpt_disk(
+        &base,
+        16,
+        "gpt",
+        &format!("start=2048, size=8192, type={ESP_TYPE}\nstart=10240, type={ROOT_TYPE}\n"),
+    );
+    // An XFS superblock magic where the root filesystem starts.
+    let mut bytes = fs::read(&base).unwrap();
+    bytes[10240 * 512..10240 * 512 + 4].copy_from_slice(b"XFSB");
+    fs::write(&base, bytes).unwrap();
+    let o = c.build(&base, "", None);
+    c.assert_refused(&o, "XFS");
+    c.assert_refused(&o, "ext4");
+}
+
+#[test]
+fn root_too_small_for_the_layer_is_refused() {
+    let c = Case::new();
+    // A 4 MiB root cannot take the ~7 MiB static agent.
+    let raw = cloud_image(c.dir.path(), 16, Some(4));
+    let o = c.build(&raw, "", None);
+    c.assert_refused(&o, "too small");
+}
+
+#[test]
+fn missing_qemu_img_is_named_with_its_package() {
+    let c = Case::new();
+    let raw = cloud_image(c.dir.path(), 64, None);
+    // imgbuild adds the sbin directories itself; qemu-img lives in /usr/bin.
+    let o = c.build(&raw, "", Some("/nonexistent"));
+    c.assert_refused(&o, "qemu-img (package qemu-utils)");
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Benchmark: qcow2 build time from a cached base, side by side with
+#   floor: one `qemu-img convert` of the same base (no rewrite at all).
+# The base stands in for a vendor cloud image: it is the disk imgbuild
+# assembles from the bootstrapped rootfs in the warm-up, served on loopback
+# and fed back through a temporary recipe with a `cloud-image` URL source,
+# once as plain qcow2 and once compressed (as Ubuntu publishes its cloud
+# images). The assembled-from-rootfs path is timed too, for information.
+# Prints min and median wall times of N runs (default 3) and the ratios.
+# Target: imgbuild (cloud-image path) within 2x of the floor.
+# Exits 0 whether or not the target is met.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH:/usr/sbin:/sbin"
+runs=${RUNS:-3}
+profile=${1:-profiles/worker.yaml}
+
+bash scripts/deps.sh build
+agent=$(bash firstboot-agent/build-static.sh)
+cargo build --release --quiet -p imgbuild
+bin=target/release/imgbuild
+work=$(mktemp -d /var/tmp/imgbuild-bench.XXXXXX)
+srv=
+cleanup() {
+  [[ -n "$srv" ]] && kill "$srv" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+cache=${IMGBUILD_CACHE_DIR:-$HOME/.cache/imgbuild}
+export SOURCE_DATE_EPOCH=1700000000
+
+# Warm the cache (bootstraps the rootfs once) and assemble a bootable disk:
+# the base of the measurement, plain and compressed.
+"$bin" build "$profile" --output qcow2 --agent "$agent" --cache-dir "$cache" --out "$work/warm" >/dev/null
+mkdir -p "$work/srv"
+cp --sparse=always "$(ls "$work"/warm/*.qcow2)" "$work/srv/plain.qcow2"
+qemu-img convert -c -f qcow2 -O qcow2 "$work/srv/plain.qcow2" "$work/srv/compressed.qcow2"
+
+# A cloud image comes from a URL; once cached it is used as is (a local
+# `path` is hashed on every build). Serve both bases on loopback.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$work/srv" "$port" >/dev/null 2>&1 &
+srv=$!
+python3 - "$port" <<'PY'
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+PY
+for v in plain compressed; do
+  sum=$(sha256sum "$work/srv/$v.qcow2" | cut -d' ' -f1)
+  printf 'name: bench-%s\ndistro: debian\nrelease: "12"\nqcow2:\n  cloud-image:\n    url: http://127.0.0.1:%s/%s.qcow2\n    sha256: %s\n' \
+    "$v" "$port" "$v" "$sum" >"$work/$v.yaml"
+  # Download into the cache once (not timed).
+  "$bin" build "$profile" --recipe "$work/$v.yaml" --output qcow2 \
+    --agent "$agent" --cache-dir "$cache" --out "$work/warm-$v" >/dev/null
+done
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+
+declare -A t
+for _ in $(seq "$runs"); do
+  for v in plain compressed; do
+    rm -f "$work/floor.qcow2"
+    s=$(now)
+    qemu-img convert -f qcow2 -O qcow2 -o compat=1.1 "$work/srv/$v.qcow2" "$work/floor.qcow2"
+    t[floor-$v]+="$(since "$s") "
+
+    rm -rf "$work/ours-$v"
+    s=$(now)
+    "$bin" build "$profile" --recipe "$work/$v.yaml" --output qcow2 --offline \
+      --agent "$agent" --cache-dir "$cache" --out "$work/ours-$v" >/dev/null
+    t[ours-$v]+="$(since "$s") "
+  done
+  rm -rf "$work/asm"
+  s=$(now)
+  "$bin" build "$profile" --output qcow2 --offline \
+    --agent "$agent" --cache-dir "$cache" --out "$work/asm" >/dev/null
+  t[asm]+="$(since "$s") "
+done
+
+python3 - "$runs" "$work" "${t[floor-plain]}" "${t[ours-plain]}" \
+  "${t[floor-compressed]}" "${t[ours-compressed]}" "${t[asm]}" <<'PY'
+import glob, json, os, statistics, subprocess, sys
+
+runs, work = sys.argv[1:3]
+fp, op, fc, oc, asm = ([float(x) for x in a.split()] for a in sys.argv[3:8])
+
+for v in ("plain", "compressed"):
+    p = os.path.join(work, "srv", v + ".qcow2")
+    i = json.loads(subprocess.run(["qemu-img", "info", "--output=json", p],
+                                  check=True, capture_output=True, text=True).stdout)
+    print(f"base {v:10}: file {os.path.getsize(p) / 1e6:.0f} MB, "
+          f"virtual {i['virtual-size'] / 2**30:.2f} GiB")
+print(f"{runs} runs; imgbuild builds offline from its cache\n")
+rows = [("floor: qemu-img convert, plain base", fp),
+        ("imgbuild, plain base", op),
+        ("floor: qemu-img convert, compressed base", fc),
+        ("imgbuild, compressed base", oc),
+        ("imgbuild, assembled from cached rootfs (info)", asm)]
+print(f"  {'':46} {'min':>8} {'median':>8}   runs")
+for name, ts in rows:
+    print(f"  {name:46} {min(ts):7.2f}s {statistics.median(ts):7.2f}s   "
+          + " ".join(f"{x:.2f}" for x in ts))
+print()
+for v, f, o in (("plain", fp, op), ("compressed", fc, oc)):
+    r = statistics.median(o) / statistics.median(f)
+    print(f"{v:10} base: imgbuild / floor = {r:5.2f}x (median; target <= 2.0x): "
+          + ("met" if r <= 2.0 else "NOT met"))
+print()
+for label in ("ours-plain", "ours-compressed", "asm"):
+    path = glob.glob(os.path.join(work, label, "*.qcow2.manifest.json"))[0]
+    m = json.load(open(path))
+    print(f"timings-ms, last run, {label}: "
+          + ", ".join(f"{k} {v}" for k, v in m.get("timings-ms", {}).items()))
+PY

@@ -350,41 +350,27 @@ fn emit_lxc_sidecars(
     extra.push(p);
     host_config.push(file);
 
-    let manifest = Manifest {
-        schema: emit::MANIFEST_SCHEMA,
-        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
-        kind: "lxc".into(),
-        artifact: emit::ArtifactInfo {
+    let mut manifest = common_manifest(
+        plan,
+        base,
+        layer,
+        OutputKind::Lxc,
+        emit::ArtifactInfo {
             file: name.clone(),
             sha256: written.sha256.to_string(),
             size: written.size,
         },
-        profile: input_file(&plan.profile.name, &plan.profile_path)?,
-        recipe: input_file(&plan.recipe.name, &plan.recipe_path)?,
-        distro: plan.recipe.distro.as_str().into(),
-        release: plan.recipe.release.clone(),
-        arch: plan.recipe.arch.clone(),
-        base: emit::BaseInfo {
-            origin: base.origin.clone(),
-            sha256: base.sha256.to_string(),
-            size: base.size,
-        },
-        k3s: k3s_info(plan, layer),
-        source_date_epoch: plan.source_date_epoch,
-        files_added: added_files(layer),
-        removed_patterns: removed_patterns(layer),
-        os_release: parse_os_release(written.stats.os_release.as_deref().unwrap_or("")),
-        tar: Some(emit::TarInfo {
-            entries_in: written.stats.entries_in,
-            entries_out: written.stats.entries_out,
-            entries_dropped: written.stats.entries_dropped,
-            entries_added: written.stats.entries_added,
-            uncompressed_bytes: written.stats.bytes_out,
-        }),
-        disk: None,
-        host_config,
-        timings_ms: timings.0.clone(),
-    };
+        written.stats.os_release.as_deref(),
+        timings,
+    )?;
+    manifest.tar = Some(emit::TarInfo {
+        entries_in: written.stats.entries_in,
+        entries_out: written.stats.entries_out,
+        entries_dropped: written.stats.entries_dropped,
+        entries_added: written.stats.entries_added,
+        uncompressed_bytes: written.stats.bytes_out,
+    });
+    manifest.host_config = host_config;
     let manifest_path = emit::manifest_path_for(out_path);
     emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
     Ok(Built {
@@ -472,51 +458,37 @@ fn emit_qcow2_manifest(
     written: &target::disk::DiskOutput,
     timings: &mut Timings,
 ) -> Result<Built> {
-    let manifest = Manifest {
-        schema: emit::MANIFEST_SCHEMA,
-        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
-        kind: "qcow2".into(),
-        artifact: emit::ArtifactInfo {
+    let mut manifest = common_manifest(
+        plan,
+        base,
+        layer,
+        OutputKind::Qcow2,
+        emit::ArtifactInfo {
             file: plan.disk_name(),
             sha256: written.sha256.to_string(),
             size: written.size,
         },
-        profile: input_file(&plan.profile.name, &plan.profile_path)?,
-        recipe: input_file(&plan.recipe.name, &plan.recipe_path)?,
-        distro: plan.recipe.distro.as_str().into(),
-        release: plan.recipe.release.clone(),
-        arch: plan.recipe.arch.clone(),
-        base: emit::BaseInfo {
-            origin: base.origin.clone(),
-            sha256: base.sha256.to_string(),
-            size: base.size,
-        },
-        k3s: k3s_info(plan, layer),
-        source_date_epoch: plan.source_date_epoch,
-        files_added: added_files(layer),
-        removed_patterns: removed_patterns(layer),
-        os_release: parse_os_release(written.os_release.as_deref().unwrap_or("")),
-        tar: None,
-        disk: Some(emit::DiskInfo {
-            virtual_size: written.virtual_size,
-            base_format: written.base_format.clone(),
-            grown_from: written.grown_from,
-            compressed: plan.profile.qcow2.compress,
-            root_partition: written.root.index,
-            root_label: written.root.label.clone(),
-            root_fs: written.root.fs.clone(),
-            root_offset: written.root.offset,
-            root_size: written.root.size,
-            kernel: written.assembled.as_ref().map(|a| a.kernel.clone()),
-            boot: written
-                .assembled
-                .as_ref()
-                .map(|_| vec!["bios".to_owned(), "uefi".to_owned()])
-                .unwrap_or_default(),
-        }),
-        host_config: Vec::new(),
-        timings_ms: timings.0.clone(),
-    };
+        written.os_release.as_deref(),
+        timings,
+    )?;
+    manifest.disk = Some(emit::DiskInfo {
+        virtual_size: written.virtual_size,
+        base_format: written.base_format.clone(),
+        grown_from: written.grown_from,
+        compressed: plan.profile.qcow2.compress,
+        root_partition: written.root.index,
+        root_label: written.root.label.clone(),
+        root_fs: written.root.fs.clone(),
+        root_offset: written.root.offset,
+        root_size: written.root.size,
+        kernel: written.assembled.as_ref().map(|a| a.kernel.clone()),
+        boot: written
+            .assembled
+            .as_ref()
+            .map(|_| vec!["bios".to_owned(), "uefi".to_owned()])
+            .unwrap_or_default(),
+    });
+
     let manifest_path = emit::manifest_path_for(out_path);
     emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
     Ok(Built {
@@ -538,6 +510,43 @@ fn removed_patterns(layer: &Layer) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// The manifest fields every artifact kind fills the same way.
+fn common_manifest(
+    plan: &Plan,
+    base: &Fetched,
+    layer: &Layer,
+    kind: OutputKind,
+    artifact: emit::ArtifactInfo,
+    os_release: Option<&str>,
+    timings: &Timings,
+) -> Result<Manifest> {
+    Ok(Manifest {
+        schema: emit::MANIFEST_SCHEMA,
+        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
+        kind: kind.as_str().into(),
+        artifact,
+        profile: input_file(&plan.profile.name, &plan.profile_path)?,
+        recipe: input_file(&plan.recipe.name, &plan.recipe_path)?,
+        distro: plan.recipe.distro.as_str().into(),
+        release: plan.recipe.release.clone(),
+        arch: plan.recipe.arch.clone(),
+        base: emit::BaseInfo {
+            origin: base.origin.clone(),
+            sha256: base.sha256.to_string(),
+            size: base.size,
+        },
+        k3s: k3s_info(plan, layer),
+        source_date_epoch: plan.source_date_epoch,
+        files_added: added_files(layer),
+        removed_patterns: removed_patterns(layer),
+        os_release: parse_os_release(os_release.unwrap_or("")),
+        tar: None,
+        disk: None,
+        host_config: Vec::new(),
+        timings_ms: timings.0.clone(),
+    })
 }
 
 fn input_file(name: &str, path: &Path) -> Result<emit::InputFile> {

@@ -15,7 +15,7 @@ use crate::layer::BUILD_INFO_PATH;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// An artifact (`….tar.zst`) or its `….manifest.json`.
+    /// An artifact (`….tar.zst`, `….qcow2`) or its `….manifest.json`.
     pub artifact: PathBuf,
     /// Print one JSON document instead of text.
     #[arg(long)]
@@ -207,7 +207,36 @@ fn print_text(
         .map(|(k, v)| format!("{k} {v} ms"))
         .collect();
     println!("timings    {}", timings.join(", "));
-    println!("host conf  {}", m.host_config.join(", "));
+    if !m.host_config.is_empty() {
+        println!("host conf  {}", m.host_config.join(", "));
+    }
+    if let Some(d) = &m.disk {
+        let grown = d
+            .grown_from
+            .map(|g| format!(", grown from {} MiB", g >> 20))
+            .unwrap_or_default();
+        println!(
+            "disk       {} MiB virtual{grown}, base {}{}",
+            d.virtual_size >> 20,
+            d.base_format,
+            if d.compressed { ", compressed" } else { "" }
+        );
+        println!(
+            "root       partition {}, {} labelled {:?}, {} MiB at offset {}",
+            d.root_partition,
+            d.root_fs,
+            d.root_label,
+            d.root_size >> 20,
+            d.root_offset
+        );
+        if !d.boot.is_empty() {
+            println!(
+                "boot       {} (kernel {})",
+                d.boot.join(" + "),
+                d.kernel.as_deref().unwrap_or("?")
+            );
+        }
+    }
     println!("added:");
     for f in &m.files_added {
         let present = c

@@ -81,20 +81,7 @@ impl Plan {
     /// The qcow2 disk's file name, built like [`Plan::template_name`]:
     /// `debian-12-k3s-worker_1.34.3-k3s1-1_amd64.qcow2`.
     pub fn disk_name(&self) -> String {
-        format!(
-            "{}-{}-{}_{}-{}_{}.qcow2",
-            self.recipe.distro.as_str(),
-            self.recipe.release,
-            self.profile.name,
-            self.profile
-                .k3s
-                .version
-                .as_str()
-                .trim_start_matches('v')
-                .replace('+', "-"),
-            self.profile.qcow2.revision,
-            self.recipe.arch,
-        )
+        self.artifact_name(self.profile.qcow2.revision, "qcow2")
     }
 
     /// The profile's `qcow2.size` in bytes, if set (validated at load).
@@ -107,8 +94,12 @@ impl Plan {
     /// e.g. `debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst`. The `+` of the
     /// K3s tag becomes `-` so the name stays a plain volume id.
     pub fn template_name(&self) -> String {
+        self.artifact_name(self.profile.lxc.revision, "tar.zst")
+    }
+
+    fn artifact_name(&self, revision: u32, ext: &str) -> String {
         format!(
-            "{}-{}-{}_{}-{}_{}.tar.zst",
+            "{}-{}-{}_{}-{}_{}.{ext}",
             self.recipe.distro.as_str(),
             self.recipe.release,
             self.profile.name,
@@ -118,7 +109,7 @@ impl Plan {
                 .as_str()
                 .trim_start_matches('v')
                 .replace('+', "-"),
-            self.profile.lxc.revision,
+            revision,
             self.recipe.arch,
         )
     }

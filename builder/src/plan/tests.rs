@@ -207,3 +207,38 @@ fn baked_defaults_hold_no_token() {
     assert!(!yaml.contains("token"), "{yaml}");
     assert!(yaml.contains("write-kubeconfig-mode: '0644'"), "{yaml}");
 }
+
+#[test]
+fn disk_name_and_sizes() {
+    let plan = load(
+        &repo_root().join("profiles/worker.yaml"),
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        plan.disk_name(),
+        "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.qcow2"
+    );
+    assert_eq!(plan.disk_size(), None);
+    assert_eq!(parse_size("8G"), Some(8 << 30));
+    assert_eq!(parse_size("20GiB"), Some(20 << 30));
+    assert_eq!(parse_size("4096M"), Some(4 << 30));
+    assert_eq!(parse_size(" 1t "), Some(1 << 40));
+    assert_eq!(parse_size("1073741824"), Some(1 << 30));
+    assert_eq!(parse_size("8 GB"), Some(8 << 30));
+    assert_eq!(parse_size("8.5G"), None);
+    assert_eq!(parse_size("G"), None);
+    assert_eq!(parse_size("8X"), None);
+    assert_eq!(parse_size("99999999999T"), None);
+}
+
+#[test]
+fn bad_disk_sizes_are_located() {
+    let e = err(&format!("{GOOD}qcow2:\n  size: 8 bananas\n"));
+    assert!(
+        e.contains("p.yaml:7:3: qcow2.size: `8 bananas` is not a size"),
+        "{e}"
+    );
+    let e = err(&format!("{GOOD}qcow2:\n  size: 512M\n"));
+    assert!(e.contains("qcow2.size: 512M is too small"), "{e}");
+}

@@ -252,8 +252,9 @@ fn xfs_and_lvm_roots_get_the_offline_error() {
     let msg = probe_filesystem(&xfs, 4).unwrap_err().to_string();
     assert_eq!(
         msg,
-        "root partition 4 is XFS; offline customization edits ext4 only — use a recipe with an \
-         ext4 cloud image (Ubuntu, Debian) or the VM-customize path (not yet available)"
+        "root partition 4 is XFS; offline customization edits ext2/3/4 only — for a VM disk use \
+         a recipe whose qcow2 source is an ext4 cloud image (ubuntu-24.04, ubuntu-22.04) or a \
+         bootstrap (debian-12); for this distro build the LXC template (--output lxc)"
     );
 
     let mut lvm = vec![0u8; PROBE_LEN];

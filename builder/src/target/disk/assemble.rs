@@ -95,12 +95,7 @@ pub fn assemble_disk(
     work: &Path,
     cancel: &AtomicBool,
 ) -> Result<Assembled> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "assembling a disk from a rootfs tarball needs root (the files keep their owners); \
-             run imgbuild as root, or use a recipe whose qcow2 source is a cloud-image"
-        );
-    }
+    require_root()?;
     let size = size / MIB * MIB;
     if size < ROOT_START + 512 * MIB {
         bail!("a disk of {} MiB is too small; use at least 1G", size / MIB);
@@ -231,6 +226,18 @@ pub fn assemble_disk(
         kernel,
         root_offset: ROOT_START,
     })
+}
+
+/// Assembly extracts the rootfs with its owners, which needs root.
+pub fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "assembling a disk from a rootfs tarball needs root (the files keep their owners); \
+             run imgbuild as root, build only the template (--output lxc), or use a recipe whose \
+             qcow2 source is a cloud-image"
+        );
+    }
+    Ok(())
 }
 
 /// The kernel the rootfs boots: the target of `/vmlinuz`, which needs

@@ -111,6 +111,7 @@ pub fn preflight(base: DiskBase<'_>) -> Result<()> {
     let mut tools = Tools::from_env();
     tools.require(required_tools(base))?;
     if let DiskBase::Rootfs(_) = base {
+        super::assemble::require_root()?;
         tools.grub_dir("i386-pc")?;
         tools.grub_dir("x86_64-efi")?;
     }

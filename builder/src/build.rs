@@ -254,18 +254,20 @@ pub fn elf_interpreter(b: &[u8]) -> std::result::Result<Option<String>, String> 
     Ok(None)
 }
 
-fn build_lxc(
-    plan: &Plan,
+/// The recipe's source for `kind`, its fetched base and the layer for it.
+fn base_and_layer<'p>(
+    plan: &'p Plan,
     inputs: &LayerInputs,
     opts: &BuildOptions,
     fetch: &FetchOptions,
     timings: &mut Timings,
-) -> Result<Built> {
-    let spec = plan
-        .recipe
-        .lxc
-        .as_ref()
-        .context("the recipe has no lxc source")?;
+    kind: OutputKind,
+) -> Result<(&'p plan::schema::SourceSpec, Fetched, Layer)> {
+    let spec = match kind {
+        OutputKind::Lxc => plan.recipe.lxc.as_ref(),
+        OutputKind::Qcow2 => plan.recipe.qcow2.as_ref(),
+    }
+    .with_context(|| format!("the recipe has no {} source", kind.as_str()))?;
     let base = timings.time("fetch-base", || {
         source::fetch_base(
             spec,
@@ -274,9 +276,26 @@ fn build_lxc(
             &opts.cache,
             fetch,
         )
-        .with_context(|| format!("fetching the LXC base of recipe {}", plan.recipe.name))
+        .with_context(|| {
+            format!(
+                "fetching the {} base of recipe {}",
+                kind.as_str(),
+                plan.recipe.name
+            )
+        })
     })?;
-    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs, OutputKind::Lxc)))?;
+    let layer = timings.time("layer", || Ok(compute_layer(plan, inputs, kind)))?;
+    Ok((spec, base, layer))
+}
+
+fn build_lxc(
+    plan: &Plan,
+    inputs: &LayerInputs,
+    opts: &BuildOptions,
+    fetch: &FetchOptions,
+    timings: &mut Timings,
+) -> Result<Built> {
+    let (_, base, layer) = base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Lxc)?;
 
     let name = plan.template_name();
     let out_path = opts.out_dir.join(&name);
@@ -390,24 +409,8 @@ fn build_qcow2(
     fetch: &FetchOptions,
     timings: &mut Timings,
 ) -> Result<Built> {
-    let spec = plan
-        .recipe
-        .qcow2
-        .as_ref()
-        .context("the recipe has no qcow2 source")?;
-    let base = timings.time("fetch-base", || {
-        source::fetch_base(
-            spec,
-            &plan.recipe.arch,
-            plan.recipe_dir(),
-            &opts.cache,
-            fetch,
-        )
-        .with_context(|| format!("fetching the qcow2 base of recipe {}", plan.recipe.name))
-    })?;
-    let layer = timings.time("layer", || {
-        Ok(compute_layer(plan, inputs, OutputKind::Qcow2))
-    })?;
+    let (spec, base, layer) =
+        base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Qcow2)?;
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);

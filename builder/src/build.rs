@@ -433,14 +433,24 @@ fn build_qcow2(
         b.finish_and_clear();
     }
     let written = written?;
-    let result = emit_qcow2_manifest(plan, &base, &layer, &out_path, &written, timings);
-    match result {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            let _ = std::fs::remove_file(&out_path);
-            Err(e)
-        }
+    // The manifest is staged first, so neither an existing disk nor a new
+    // one is ever left without the manifest that describes it.
+    let manifest = qcow2_manifest(plan, &base, &layer, &written, timings)?;
+    let manifest_path = emit::manifest_path_for(&out_path);
+    let staged = emit::stage_write(&manifest_path, manifest.to_json().as_bytes())?;
+    written.pending.commit()?;
+    if let Err(e) = staged.commit() {
+        let _ = std::fs::remove_file(&out_path);
+        return Err(e);
     }
+    Ok(Built {
+        kind: OutputKind::Qcow2,
+        path: out_path,
+        manifest_path,
+        sha256: written.sha256.to_string(),
+        size: written.size,
+        extra_files: Vec::new(),
+    })
 }
 
 /// A vendor disk is customized; a rootfs (bootstrap or tarball) is assembled.
@@ -453,14 +463,13 @@ fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> target::dis
     }
 }
 
-fn emit_qcow2_manifest(
+fn qcow2_manifest(
     plan: &Plan,
     base: &Fetched,
     layer: &Layer,
-    out_path: &Path,
     written: &target::disk::DiskOutput,
-    timings: &mut Timings,
-) -> Result<Built> {
+    timings: &Timings,
+) -> Result<Manifest> {
     let mut manifest = common_manifest(
         plan,
         base,
@@ -492,16 +501,7 @@ fn emit_qcow2_manifest(
             .unwrap_or_default(),
     });
 
-    let manifest_path = emit::manifest_path_for(out_path);
-    emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
-    Ok(Built {
-        kind: OutputKind::Qcow2,
-        path: out_path.to_owned(),
-        manifest_path,
-        sha256: written.sha256.to_string(),
-        size: written.size,
-        extra_files: Vec::new(),
-    })
+    Ok(manifest)
 }
 
 fn removed_patterns(layer: &Layer) -> Vec<String> {

@@ -180,6 +180,13 @@ impl Offline {
         if err.contains("File not found") {
             return None;
         }
+        // Anything else on stderr but the version banner is a failure
+        // (e.g. a filesystem debugfs could not open), not a file.
+        let problems: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+            .collect();
+        assert!(problems.is_empty(), "debugfs cat {path}: {problems:?}");
         Some(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 

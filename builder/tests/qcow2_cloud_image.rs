@@ -64,14 +64,14 @@ fn gpt_disk(path: &Path, mib: u64, label: &str, parts: &str) {
     );
 }
 
-/// A vendor-like cloud image: ESP at 1 MiB, ext4 root from 5 MiB to the
-/// end, made from a small tree with per-machine state to be removed.
+/// A vendor-like cloud image: ESP at 1 MiB, ext4 root from 5 MiB to
+/// 1 MiB before the end, made from a small tree with per-machine state to be removed.
 fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
     let img = dir.join("cloud.raw");
-    let root_size = match root_mib {
-        Some(m) => format!(", size={}", m * 2048),
-        None => String::new(),
-    };
+    // The root fills the disk but for the primary table in front and 1 MiB
+    // at the end (the backup table).
+    let root_mib = root_mib.unwrap_or(mib - 6);
+    let root_size = format!(", size={}", root_mib * 2048);
     gpt_disk(
         &img,
         mib,
@@ -95,9 +95,7 @@ fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
         fs::write(f, body).unwrap();
     }
     std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
-    let root_bytes = root_mib
-        .map(|m| m << 20)
-        .unwrap_or(((mib - 5) << 20) - 33 * 512);
+    let root_bytes = root_mib << 20;
     ok(Command::new(sbin("mke2fs"))
         .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs", "-E"])
         .arg(format!("offset={}", 10240 * 512))
@@ -112,12 +110,31 @@ struct Case {
     dir: tempfile::TempDir,
 }
 
+/// Scratch space with the characters the disk tools split paths at
+/// (`?` for e2fsprogs, `:` for sfdisk, `@@` for mtools) and a space.
+const SCRATCH: &str = "scratch ?x:y@@z";
+
 impl Case {
     fn new() -> Self {
         require_tool("qemu-img", "qemu-utils");
-        Case {
+        let c = Case {
             dir: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir(c.path(SCRATCH)).unwrap();
+        fs::create_dir(c.path("tmp")).unwrap();
+        c
+    }
+
+    /// Names left in a directory.
+    fn left_in(&self, dir: &str) -> Vec<String> {
+        let d = self.path(dir);
+        if !d.exists() {
+            return Vec::new();
         }
+        fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     fn path(&self, p: &str) -> PathBuf {
@@ -140,7 +157,13 @@ impl Case {
         let text = fs::read_to_string(repo_root().join("profiles/worker.yaml")).unwrap();
         fs::write(&profile, format!("{text}{profile_extra}")).unwrap();
         let agent = agent_binary();
-        let mut envs = vec![("SOURCE_DATE_EPOCH", "1700000000")];
+        let scratch = self.path(SCRATCH);
+        let tmp = self.path("tmp");
+        let mut envs = vec![
+            ("SOURCE_DATE_EPOCH", "1700000000"),
+            ("IMGBUILD_SCRATCH_DIR", scratch.to_str().unwrap()),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ];
         if let Some(p) = path {
             envs.push(("PATH", p));
         }
@@ -164,21 +187,16 @@ impl Case {
     }
 
     /// The build failed with `needle` in its error and left no file that
-    /// looks like an artifact, nor any work directory.
+    /// looks like an artifact, no work directory and no scratch or
+    /// temporary file.
     fn assert_refused(&self, o: &Output, needle: &str) {
         assert!(!o.status.success(), "build succeeded: {}", text(o));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
-        let out = self.path("out");
-        let left: Vec<String> = if out.exists() {
-            fs::read_dir(&out)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        } else {
-            Vec::new()
-        };
-        assert!(left.is_empty(), "left behind in out/: {left:?}");
+        for dir in ["out", SCRATCH, "tmp"] {
+            let left = self.left_in(dir);
+            assert!(left.is_empty(), "left behind in {dir}: {left:?}");
+        }
     }
 }
 
@@ -210,6 +228,12 @@ fn layer_is_applied_offline_and_the_disk_grown() {
     assert_eq!(
         files_in(&out),
         vec![DISK_NAME.to_string(), format!("{DISK_NAME}.manifest.json")]
+    );
+    assert!(c.left_in(SCRATCH).is_empty() && c.left_in("tmp").is_empty());
+    let disk_mode = fs::metadata(out.join(DISK_NAME)).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&disk_mode) & 0o777,
+        0o644
     );
     let disk = out.join(DISK_NAME);
     ok(Command::new("qemu-img")
@@ -344,4 +368,51 @@ fn missing_qemu_img_is_named_with_its_package() {
     // imgbuild adds the sbin directories itself; qemu-img lives in /usr/bin.
     let o = c.build(&raw, "", Some("/nonexistent"));
     c.assert_refused(&o, "qemu-img (package qemu-utils)");
+}
+
+#[test]
+fn base_with_a_backing_file_is_refused() {
+    let c = Case::new();
+    let raw = cloud_image(c.dir.path(), 64, None);
+    // A qcow2 whose data would come from another file: here a harmless
+    // image, in an attack a host file.
+    let base = c.path("overlay.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&raw)
+        .arg(&base));
+    let o = c.build(&base, "", None);
+    c.assert_refused(&o, "refers to another file");
+    c.assert_refused(&o, "backing or data file");
+}
+
+#[test]
+fn a_failed_build_keeps_the_previous_disk_and_manifest() {
+    let c = Case::new();
+    let raw = cloud_image(c.dir.path(), 128, None);
+    let o = c.build(&raw, "", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = c.path("out");
+    let disk = fs::read(out.join(DISK_NAME)).unwrap();
+    let manifest = fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap();
+    // The same build from a broken base fails and leaves both untouched.
+    let mut bytes = fs::read(&raw).unwrap();
+    bytes[512..520].copy_from_slice(b"XXXXXXXX");
+    fs::write(&raw, bytes).unwrap();
+    let o = c.build(&raw, "", None);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no GPT"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(out.join(DISK_NAME)).unwrap(), disk);
+    assert_eq!(
+        fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
+        manifest
+    );
+    assert_eq!(
+        files_in(&out),
+        vec![DISK_NAME.to_string(), format!("{DISK_NAME}.manifest.json")]
+    );
 }

@@ -21,10 +21,32 @@ use anyhow::Context;
 /// rename, fsync the directory. The file is world-readable (0644): this
 /// writes manifests and host configuration, which hold no secrets.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    stage_write(path, bytes)?.commit()
+}
+
+/// A file written and synced beside its final path, put in place by
+/// [`Staged::commit`]; removed if dropped uncommitted.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: std::path::PathBuf,
+}
+
+impl Staged {
+    /// Rename into place and sync the directory.
+    pub fn commit(self) -> anyhow::Result<()> {
+        let dir = parent_or_dot(&self.path).to_owned();
+        self.tmp
+            .persist(&self.path)
+            .with_context(|| format!("renaming into place {}", self.path.display()))?;
+        sync_dir(&dir)
+    }
+}
+
+/// The first half of [`atomic_write`]: everything but the rename, so a
+/// caller can stage several files and then commit them together.
+pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
+    let dir = parent_or_dot(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".imgbuild-")
         .suffix(".tmp")
@@ -37,9 +59,17 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         })
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into place {}", path.display()))?;
-    sync_dir(dir)
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
+}
+
+fn parent_or_dot(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// fsync a directory so a rename in it survives a crash.

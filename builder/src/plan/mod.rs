@@ -84,9 +84,12 @@ impl Plan {
         self.artifact_name(self.profile.qcow2.revision, "qcow2")
     }
 
-    /// The profile's `qcow2.size` in bytes, if set (validated at load).
+    /// The profile's `qcow2.size` in bytes, rounded up to whole MiB, if set
+    /// (validated at load).
     pub fn disk_size(&self) -> Option<u64> {
-        self.profile.qcow2.size.as_deref().and_then(parse_size)
+        const MIB: u64 = 1 << 20;
+        let n = self.profile.qcow2.size.as_deref().and_then(parse_size)?;
+        n.checked_next_multiple_of(MIB)
     }
 
     /// Proxmox-style template file name:

@@ -8,8 +8,7 @@
 //! `ls -p` of that level batched into its script.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
@@ -18,13 +17,41 @@ use anyhow::{bail, Context, Result};
 use super::debugfs::quote;
 use super::{debugfs_errors, debugfs_script, parse_ls_p, ListedEntry};
 use crate::layer::{Layer, Op};
-use crate::source::run_command;
+use crate::source::{run_command, CommandError};
 
-/// `image?offset=N`: how e2fsprogs tools address a filesystem at an offset.
-pub fn fs_spec(image: &Path, offset: u64) -> OsString {
-    let mut s = image.as_os_str().to_owned();
-    s.push(format!("?offset={offset}"));
-    s
+/// The raw image's file name inside its directory.
+pub const RAW_NAME: &str = "disk.raw";
+
+/// An ext4 filesystem at `offset` in the raw image `dir/disk.raw`.
+///
+/// e2fsprogs address it as `disk.raw?offset=N` and split that at the first
+/// `?`, so every tool runs inside `dir` and names the image (and its
+/// scripts and staged files) relatively: a `?`, `"` or space in the output
+/// directory's path cannot break a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext4At {
+    pub dir: PathBuf,
+    pub offset: u64,
+}
+
+impl Ext4At {
+    pub fn image(&self) -> PathBuf {
+        self.dir.join(RAW_NAME)
+    }
+
+    /// `disk.raw?offset=N`, relative to [`Ext4At::dir`].
+    pub fn spec(&self) -> String {
+        format!("{RAW_NAME}?offset={}", self.offset)
+    }
+
+    /// `tool` to run on this filesystem: inside `dir`, never paging.
+    pub fn command(&self, tool: &Path) -> Command {
+        let mut c = Command::new(tool);
+        c.current_dir(&self.dir)
+            .env("DEBUGFS_PAGER", "__none__")
+            .env("PAGER", "__none__");
+        c
+    }
 }
 
 /// What [`apply_layer`] did.
@@ -36,39 +63,36 @@ pub struct ApplyReport {
     pub commands: usize,
 }
 
-/// Apply `layer` to the ext4 filesystem at `offset` in `image`.
-/// `work` holds the script and staged inline files. The caller checks the
-/// result with [`check_fs`].
+/// Apply `layer` to the filesystem `fs`; its directory holds the script
+/// and the staged inline files. The caller checks the result with
+/// [`check_fs`].
 pub fn apply_layer(
     debugfs: &Path,
-    image: &Path,
-    offset: u64,
+    fs: &Ext4At,
     layer: &Layer,
-    work: &Path,
     cancel: &AtomicBool,
 ) -> Result<ApplyReport> {
-    let spec = fs_spec(image, offset);
-    let (listing, dirs_listed) = list_for_layer(debugfs, &spec, layer, cancel)?;
+    let (listing, dirs_listed) = list_for_layer(debugfs, fs, layer, cancel)?;
     let paths: HashSet<&str> = listing.iter().map(|e| e.path.as_str()).collect();
     let exists = |p: &str| p == "/" || paths.contains(p);
 
-    let stage = work.join("stage");
+    let stage = fs.dir.join("stage");
     std::fs::create_dir_all(&stage)
         .with_context(|| format!("creating staging directory {}", stage.display()))?;
-    let script = debugfs_script(layer, &exists, &listing, &stage)?;
+    // Relative: debugfs runs inside `fs.dir`.
+    let script = debugfs_script(layer, &exists, &listing, Path::new("stage"))?;
     for (path, bytes) in &script.staged {
-        std::fs::write(path, bytes).with_context(|| format!("staging {}", path.display()))?;
+        let p = fs.dir.join(path);
+        std::fs::write(&p, bytes).with_context(|| format!("staging {}", p.display()))?;
     }
-    let script_file = work.join("apply.debugfs");
+    let script_file = fs.dir.join("apply.debugfs");
     std::fs::write(&script_file, &script.script)
         .with_context(|| format!("writing {}", script_file.display()))?;
 
     let out = run_command(
-        debugfs_cmd(debugfs)
-            .arg("-w")
-            .arg("-f")
-            .arg(&script_file)
-            .arg(&spec),
+        fs.command(debugfs)
+            .args(["-w", "-f", "apply.debugfs"])
+            .arg(fs.spec()),
         cancel,
     )?;
     let errors = debugfs_errors(&String::from_utf8_lossy(&out.stderr));
@@ -78,14 +102,13 @@ pub fn apply_layer(
             .any(|e| e.contains("Could not allocate") || e.contains("No free space"));
         if full {
             bail!(
-                "the root filesystem is too small for the layer ({}): set a larger `qcow2.size` in the profile",
+                "the root filesystem ran out of space or inodes while the layer was written ({})",
                 errors[0]
             );
         }
         bail!(
-            "debugfs could not apply the layer:\n  {}\n(script: {})",
-            errors.join("\n  "),
-            script_file.display()
+            "debugfs could not apply the layer:\n  {}",
+            errors.join("\n  ")
         );
     }
     Ok(ApplyReport {
@@ -95,22 +118,15 @@ pub fn apply_layer(
 }
 
 /// `e2fsck -fn`: fail unless the filesystem is consistent.
-pub fn check_fs(e2fsck: &Path, image: &Path, offset: u64, cancel: &AtomicBool) -> Result<()> {
-    run_command(
-        Command::new(e2fsck)
-            .args(["-f", "-n"])
-            .arg(fs_spec(image, offset)),
-        cancel,
-    )
-    .context("the edited root filesystem does not pass `e2fsck -fn`")?;
-    Ok(())
-}
-
-fn debugfs_cmd(debugfs: &Path) -> Command {
-    let mut c = Command::new(debugfs);
-    // Never page output into a pager process.
-    c.env("DEBUGFS_PAGER", "__none__").env("PAGER", "__none__");
-    c
+pub fn check_fs(e2fsck: &Path, fs: &Ext4At, cancel: &AtomicBool) -> Result<()> {
+    match run_command(fs.command(e2fsck).args(["-f", "-n"]).arg(fs.spec()), cancel) {
+        Ok(_) => Ok(()),
+        Err(e @ CommandError::Interrupted { .. }) => Err(e.into()),
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context("the edited root filesystem does not pass `e2fsck -fn`"))
+        }
+    }
 }
 
 /// Every entry the debugfs script needs to know about: the ancestors of
@@ -118,7 +134,7 @@ fn debugfs_cmd(debugfs: &Path) -> Command {
 /// removal pattern's fixed prefix.
 fn list_for_layer(
     debugfs: &Path,
-    spec: &OsString,
+    fs: &Ext4At,
     layer: &Layer,
     cancel: &AtomicBool,
 ) -> Result<(Vec<ListedEntry>, usize)> {
@@ -157,7 +173,7 @@ fn list_for_layer(
         .collect();
     while !level.is_empty() {
         let dirs: Vec<String> = level.iter().map(|(d, _)| d.clone()).collect();
-        let found = list_dirs(debugfs, spec, &dirs, cancel)?;
+        let found = list_dirs(debugfs, fs, &dirs, cancel)?;
         listed += dirs.len();
         let mut next = Vec::new();
         for ((dir, recurse), list) in level.iter().zip(found) {
@@ -200,7 +216,7 @@ fn add_ancestors(path: &str, out: &mut BTreeSet<String>) {
 /// does not exist (or is not a directory).
 fn list_dirs(
     debugfs: &Path,
-    spec: &OsString,
+    fs: &Ext4At,
     dirs: &[String],
     cancel: &AtomicBool,
 ) -> Result<Vec<Option<Vec<super::LsEntry>>>> {
@@ -210,15 +226,26 @@ fn list_dirs(
         script.push_str(&quote(d)?);
         script.push('\n');
     }
-    let file = tempfile::Builder::new()
-        .prefix("imgbuild-ls-")
-        .tempfile()
-        .context("creating a debugfs script file")?;
-    std::fs::write(file.path(), &script).context("writing a debugfs script file")?;
+    let file = fs.dir.join("list.debugfs");
+    std::fs::write(&file, &script).with_context(|| format!("writing {}", file.display()))?;
     let out = run_command(
-        debugfs_cmd(debugfs).arg("-f").arg(file.path()).arg(spec),
+        fs.command(debugfs)
+            .args(["-f", "list.debugfs"])
+            .arg(fs.spec()),
         cancel,
     )?;
+    // A missing directory is expected (the layer creates it); anything else
+    // (a filesystem debugfs cannot open, a damaged directory) is not.
+    let unexpected: Vec<String> = debugfs_errors(&String::from_utf8_lossy(&out.stderr))
+        .into_iter()
+        .filter(|l| !l.contains("File not found by ext2_lookup") && !l.contains("not a directory"))
+        .collect();
+    if !unexpected.is_empty() {
+        bail!(
+            "debugfs cannot read the root filesystem:\n  {}",
+            unexpected.join("\n  ")
+        );
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     let sections = split_sections(&stdout);
     if sections.len() != dirs.len() {

@@ -25,6 +25,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use super::apply::RAW_NAME;
 use super::tools::Tools;
 use crate::source::{run_command, run_command_stdin};
 
@@ -74,7 +75,9 @@ const GRUB_COMMON_MODULES: &[&str] = &[
     "true",
 ];
 const GRUB_PC_MODULES: &[&str] = &["biosdisk"];
-const GRUB_EFI_MODULES: &[&str] = &["efi_gop", "efi_uga", "all_video"];
+/// `all_video` pulls in whichever EFI video drivers the GRUB version has
+/// (`efi_uga` is gone from newer ones).
+const GRUB_EFI_MODULES: &[&str] = &["efi_gop", "all_video"];
 
 /// What was assembled.
 #[derive(Debug, Clone)]
@@ -84,12 +87,32 @@ pub struct Assembled {
     pub root_offset: u64,
 }
 
-/// Write a bootable raw disk of `size` bytes to `raw` from `rootfs_tar`.
-/// `work` is scratch space on any filesystem (the rootfs is extracted there).
+/// ext4 features for the root, fixed rather than taken from the build
+/// host's `/etc/mke2fs.conf`: what GRUB 2.06 and e2fsprogs 1.46 (Ubuntu
+/// 22.04) read, so a newer host's defaults (`orphan_file`,
+/// `metadata_csum_seed`) cannot make a disk its guest cannot fsck.
+const MKE2FS_CONF: &str = "\
+[defaults]
+\tbase_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+\tdefault_mntopts = acl,user_xattr
+\tblocksize = 4096
+\tinode_size = 256
+\tinode_ratio = 16384
+
+[fs_types]
+\text4 = {
+\t\tfeatures = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+\t}
+";
+
+/// Write a bootable raw disk of `size` bytes to `work/disk.raw` from
+/// `rootfs_tar`. `work` is scratch space on any filesystem (the rootfs is
+/// extracted there); every tool runs inside it and names its files
+/// relatively, so no character in its path can break a tool's syntax
+/// (sfdisk splits at `:`, mtools at `@@`, e2fsprogs at `?`).
 pub fn assemble_disk(
     tools: &Tools,
     rootfs_tar: &Path,
-    raw: &Path,
     size: u64,
     seed: &[u8],
     work: &Path,
@@ -102,14 +125,21 @@ pub fn assemble_disk(
     }
     let tree = work.join("rootfs");
     fs::create_dir_all(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    let tool = |name: &'static str| -> Result<Command> {
+        let mut c = Command::new(tools.get(name)?);
+        c.current_dir(work);
+        Ok(c)
+    };
     run_command(
-        Command::new(tools.get("tar")?)
+        tool("tar")?
             .arg("--extract")
+            // A `:` in the cache path must not make GNU tar dial a host.
+            .arg("--force-local")
             .arg("--file")
             .arg(rootfs_tar)
-            .arg("--directory")
-            .arg(&tree)
             .args([
+                "--directory",
+                "rootfs",
                 "--numeric-owner",
                 "--preserve-permissions",
                 "--xattrs",
@@ -126,14 +156,14 @@ pub fn assemble_disk(
     // the same disk ids.
     let id = |what: &str| uuid_from(&[seed, what.as_bytes()].concat());
 
-    create_sparse(raw, size)?;
+    create_sparse(&work.join(RAW_NAME), size)?;
     let root_size = size - ROOT_START - GPT_BACKUP;
     let root_size = root_size / MIB * MIB;
     let table = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\n\
-         {dev}1 : start={}, size={}, type={GUID_ROOT_X86_64}, uuid={}, name=\"cloudimg-rootfs\"\n\
-         {dev}14 : start={}, size={}, type={GUID_BIOS_BOOT}, uuid={}\n\
-         {dev}15 : start={}, size={}, type={GUID_ESP}, uuid={}\n",
+         {RAW_NAME}1 : start={}, size={}, type={GUID_ROOT_X86_64}, uuid={}, name=\"cloudimg-rootfs\"\n\
+         {RAW_NAME}14 : start={}, size={}, type={GUID_BIOS_BOOT}, uuid={}\n\
+         {RAW_NAME}15 : start={}, size={}, type={GUID_ESP}, uuid={}\n",
         id("disk"),
         ROOT_START / SECTOR,
         root_size / SECTOR,
@@ -144,37 +174,35 @@ pub fn assemble_disk(
         ESP_START / SECTOR,
         ESP_SIZE / SECTOR,
         id("esp-part"),
-        dev = raw.display(),
     );
     let table_file = work.join("gpt.sfdisk");
     fs::write(&table_file, &table).context("writing the partition table script")?;
     let script = fs::File::open(&table_file).context("reading the partition table script")?;
     run_command_stdin(
-        Command::new(tools.get("sfdisk")?)
-            .args([
-                "--no-reread",
-                "--no-tell-kernel",
-                "--quiet",
-                "--wipe",
-                "never",
-            ])
-            .arg(raw),
+        tool("sfdisk")?.args([
+            "--no-reread",
+            "--no-tell-kernel",
+            "--quiet",
+            "--wipe",
+            "never",
+            RAW_NAME,
+        ]),
         script.into(),
         cancel,
     )
     .context("writing the GPT with sfdisk")?;
 
     // Root filesystem straight into its partition.
+    fs::write(work.join("mke2fs.conf"), MKE2FS_CONF).context("writing mke2fs.conf")?;
     run_command(
-        Command::new(tools.get("mke2fs")?)
+        tool("mke2fs")?
+            .env("MKE2FS_CONFIG", work.join("mke2fs.conf"))
             .args(["-q", "-F", "-t", "ext4", "-L", ROOT_LABEL])
             .arg("-U")
             .arg(id("rootfs"))
             .arg("-E")
             .arg(format!("offset={ROOT_START},hash_seed={}", id("hash-seed")))
-            .arg("-d")
-            .arg(&tree)
-            .arg(raw)
+            .args(["-d", "rootfs", RAW_NAME])
             .arg(format!("{}k", root_size / 1024)),
         cancel,
     )
@@ -183,23 +211,29 @@ pub fn assemble_disk(
     // ESP.
     let volid = &id("esp")[..8];
     run_command(
-        Command::new(tools.get("mkfs.fat")?)
+        tool("mkfs.fat")?
             .args(["-F", "32", "-s", "1", "-n", ESP_LABEL, "-i", volid])
             .arg(format!("--offset={}", ESP_START / SECTOR))
-            .arg(raw)
+            .arg(RAW_NAME)
             .arg(format!("{}", ESP_SIZE / 1024)),
         cancel,
     )
     .context("making the EFI system partition")?;
 
-    let early = work.join("grub-early.cfg");
-    fs::write(&early, early_config()).context("writing the GRUB early config")?;
-    let efi = work.join("BOOTX64.EFI");
-    grub_mkimage(tools, "x86_64-efi", GRUB_EFI_MODULES, &early, &efi, cancel)?;
-    let esp = format!("{}@@{ESP_START}", raw.display());
+    fs::write(work.join("grub-early.cfg"), early_config())
+        .context("writing the GRUB early config")?;
+    grub_mkimage(
+        tools,
+        work,
+        "x86_64-efi",
+        GRUB_EFI_MODULES,
+        "BOOTX64.EFI",
+        cancel,
+    )?;
+    let esp = format!("{RAW_NAME}@@{ESP_START}");
     for dir in ["::/EFI", "::/EFI/BOOT"] {
         run_command(
-            Command::new(tools.get("mmd")?)
+            tool("mmd")?
                 .env("MTOOLS_SKIP_CHECK", "1")
                 .args(["-i", &esp, dir]),
             cancel,
@@ -207,19 +241,19 @@ pub fn assemble_disk(
         .context("creating directories on the ESP")?;
     }
     run_command(
-        Command::new(tools.get("mcopy")?)
-            .env("MTOOLS_SKIP_CHECK", "1")
-            .args(["-i", &esp])
-            .arg(&efi)
-            .arg("::/EFI/BOOT/BOOTX64.EFI"),
+        tool("mcopy")?.env("MTOOLS_SKIP_CHECK", "1").args([
+            "-i",
+            &esp,
+            "BOOTX64.EFI",
+            "::/EFI/BOOT/BOOTX64.EFI",
+        ]),
         cancel,
     )
     .context("copying GRUB to the ESP")?;
 
-    let core = work.join("core.img");
-    grub_mkimage(tools, "i386-pc", GRUB_PC_MODULES, &early, &core, cancel)?;
+    grub_mkimage(tools, work, "i386-pc", GRUB_PC_MODULES, "core.img", cancel)?;
     let boot_img = tools.grub_dir("i386-pc")?.join("boot.img");
-    install_bios_boot(raw, &boot_img, &core)?;
+    install_bios_boot(&work.join(RAW_NAME), &boot_img, &work.join("core.img"))?;
 
     Ok(Assembled {
         disk_size: size,
@@ -268,9 +302,10 @@ fn find_kernel(tree: &Path) -> Result<String> {
 /// menu, DHCP on the first NIC, and `/boot/efi`.
 fn prepare_tree(tree: &Path) -> Result<()> {
     let write = |rel: &str, text: &str| -> Result<()> {
-        let p = tree.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let p = dir_in_tree(tree, dir)?.join(name);
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&p).with_context(|| format!("replacing the link {}", p.display()))?;
         }
         fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
@@ -282,42 +317,74 @@ fn prepare_tree(tree: &Path) -> Result<()> {
              LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0 1\n"
         ),
     )?;
-    fs::create_dir_all(tree.join("boot/efi")).context("creating /boot/efi")?;
+    dir_in_tree(tree, "boot/efi")?;
     write("boot/grub/grub.cfg", GRUB_CFG)?;
     write(
         "etc/systemd/network/80-imgbuild-dhcp.network",
         "# Written by imgbuild: DHCP on every Ethernet NIC of a VM.\n\
          [Match]\nType=ether\nName=en* eth*\n\n[Network]\nDHCP=yes\n\n[DHCPv4]\nUseDomains=yes\n",
     )?;
-    let networkd = tree.join("lib/systemd/system/systemd-networkd.service");
-    if networkd.exists() {
-        for (dir, unit, target) in [
+    let unit_exists = |unit: &str| {
+        ["lib/systemd/system", "usr/lib/systemd/system"]
+            .iter()
+            .any(|d| tree.join(d).join(unit).is_file())
+    };
+    if unit_exists("systemd-networkd.service") {
+        for (dir, unit) in [
             (
                 "etc/systemd/system/multi-user.target.wants",
                 "systemd-networkd.service",
-                "/lib/systemd/system/systemd-networkd.service",
             ),
             (
                 "etc/systemd/system/sockets.target.wants",
                 "systemd-networkd.socket",
-                "/lib/systemd/system/systemd-networkd.socket",
             ),
             (
                 "etc/systemd/system/network-online.target.wants",
                 "systemd-networkd-wait-online.service",
-                "/lib/systemd/system/systemd-networkd-wait-online.service",
             ),
         ] {
-            let d = tree.join(dir);
-            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-            let link = d.join(unit);
+            let link = dir_in_tree(tree, dir)?.join(unit);
             if fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(target, &link)
+                std::os::unix::fs::symlink(format!("/lib/systemd/system/{unit}"), &link)
                     .with_context(|| format!("enabling {unit}"))?;
             }
         }
+        if !unit_exists("systemd-resolved.service") {
+            tracing::warn!(
+                "the rootfs has systemd-networkd but not systemd-resolved: DNS servers from DHCP \
+                 will not reach /etc/resolv.conf (add systemd-resolved to the recipe's qcow2 packages)"
+            );
+        }
+    } else {
+        tracing::warn!(
+            "the rootfs has no systemd-networkd: the disk brings up no network by itself"
+        );
     }
     Ok(())
+}
+
+/// `tree/rel`, created as needed, refusing any symlink on the way: the
+/// rootfs comes from packages, and a link such as `etc -> /etc` must not
+/// make the build write to the build host's own files.
+fn dir_in_tree(tree: &Path, rel: &str) -> Result<std::path::PathBuf> {
+    let mut p = tree.to_path_buf();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        p.push(comp);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "{} is a symbolic link in the rootfs; refusing to write through it",
+                p.strip_prefix(tree).unwrap_or(&p).display()
+            ),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!(
+                "{} is not a directory in the rootfs",
+                p.strip_prefix(tree).unwrap_or(&p).display()
+            ),
+            Err(_) => fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?,
+        }
+    }
+    Ok(p)
 }
 
 /// Run by GRUB before anything else: find the root by label and load the
@@ -347,25 +414,21 @@ menuentry 'Linux (imgbuild)' {
 
 fn grub_mkimage(
     tools: &Tools,
+    work: &Path,
     format: &str,
     extra: &[&str],
-    early: &Path,
-    out: &Path,
+    out: &str,
     cancel: &AtomicBool,
 ) -> Result<()> {
     let dir = tools.grub_dir(format)?;
     run_command(
         Command::new(tools.get("grub-mkimage")?)
+            .current_dir(work)
             .arg("-O")
             .arg(format)
             .arg("-d")
             .arg(&dir)
-            .arg("-p")
-            .arg("/boot/grub")
-            .arg("-c")
-            .arg(early)
-            .arg("-o")
-            .arg(out)
+            .args(["-p", "/boot/grub", "-c", "grub-early.cfg", "-o", out])
             .args(GRUB_COMMON_MODULES)
             .args(extra),
         cancel,
@@ -411,6 +474,9 @@ fn install_bios_boot(raw: &Path, boot_img: &Path, core_img: &Path) -> Result<()>
 
 /// Offset of the core image's first sector address in `boot.img`.
 const KERNEL_SECTOR: usize = 0x5c;
+/// The 2-byte jump over boot.img's "is DL a hard disk?" fix-up; NOPed for
+/// hard disks, as grub-bios-setup does, for BIOSes that pass a wrong drive.
+const DRIVE_CHECK: usize = 0x66;
 /// Boot code ends where the disk signature begins.
 const BOOT_CODE_END: usize = 0x1b8;
 /// The blocklist entry at the end of `diskboot.img`: u64 start, u16 len, u16 segment.
@@ -420,6 +486,7 @@ fn patch_mbr(mbr: &[u8; 512], boot: &[u8], core_lba: u64) -> [u8; 512] {
     let mut out = *mbr;
     out[..BOOT_CODE_END].copy_from_slice(&boot[..BOOT_CODE_END]);
     out[KERNEL_SECTOR..KERNEL_SECTOR + 8].copy_from_slice(&core_lba.to_le_bytes());
+    out[DRIVE_CHECK..DRIVE_CHECK + 2].copy_from_slice(&[0x90, 0x90]);
     out
 }
 
@@ -478,6 +545,7 @@ mod tests {
         let out = patch_mbr(&mbr, &boot, 2048);
         assert_eq!(out[0], 0xeb);
         assert_eq!(&out[0x5c..0x64], &2048u64.to_le_bytes());
+        assert_eq!(&out[0x66..0x68], &[0x90, 0x90]);
         assert_eq!(out[0x1b8], 0x12);
         assert_eq!(out[0x1be], 0xee);
         assert_eq!(&out[510..], &[0x55, 0xaa]);

@@ -37,14 +37,18 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// Byte offset of the partition in the image.
+    /// Byte offset of the partition in the image (saturating: a crafted
+    /// table cannot overflow it; the caller checks it against the disk).
     pub fn offset_bytes(&self) -> u64 {
-        self.first_lba * SECTOR as u64
+        self.first_lba.saturating_mul(SECTOR as u64)
     }
 
-    /// Size in bytes.
+    /// Size in bytes (saturating, as [`Partition::offset_bytes`]).
     pub fn size_bytes(&self) -> u64 {
-        (self.last_lba + 1).saturating_sub(self.first_lba) * SECTOR as u64
+        self.last_lba
+            .saturating_add(1)
+            .saturating_sub(self.first_lba)
+            .saturating_mul(SECTOR as u64)
     }
 }
 

@@ -5,18 +5,18 @@
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
 use serde::Deserialize;
 
-use super::apply::{apply_layer, check_fs, ApplyReport};
+use super::apply::{apply_layer, check_fs, ApplyReport, Ext4At, RAW_NAME};
 use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
-use super::debugfs::quote;
 use super::tools::Tools;
-use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN};
+use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
 use crate::layer::{Layer, Op};
 use crate::source::{hash_file, run_command, FetchOptions};
 
@@ -49,8 +49,9 @@ pub struct RootInfo {
     pub size: u64,
 }
 
-/// A finished qcow2.
-#[derive(Debug, Clone)]
+/// A finished qcow2, still to be put in place with
+/// [`PendingDisk::commit`].
+#[derive(Debug)]
 pub struct DiskOutput {
     pub sha256: Sha256Hex,
     pub size: u64,
@@ -65,6 +66,7 @@ pub struct DiskOutput {
     pub apply: ApplyReport,
     /// `/etc/os-release` read from the edited root.
     pub os_release: Option<String>,
+    pub pending: PendingDisk,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +74,25 @@ struct ImgInfo {
     format: String,
     #[serde(rename = "virtual-size")]
     virtual_size: u64,
+    #[serde(rename = "backing-filename", default)]
+    backing_filename: Option<String>,
+    #[serde(rename = "format-specific", default)]
+    format_specific: Option<serde_json::Value>,
+}
+
+impl ImgInfo {
+    /// A file outside the image that `qemu-img convert` would read into
+    /// the disk: a backing file or a qcow2 external data file. A crafted
+    /// image could name host files (`/etc/shadow`, a block device) here.
+    fn external_file(&self) -> Option<String> {
+        self.backing_filename.clone().or_else(|| {
+            self.format_specific
+                .as_ref()?
+                .pointer("/data/data-file")?
+                .as_str()
+                .map(str::to_owned)
+        })
+    }
 }
 
 fn img_info(tools: &Tools, path: &Path, fetch: &FetchOptions) -> Result<ImgInfo> {
@@ -118,7 +139,8 @@ pub fn preflight(base: DiskBase<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Build the qcow2 at `out` from `base` with `layer` applied.
+/// Build the qcow2 for `out` from `base` with `layer` applied; it is put
+/// in place by [`PendingDisk::commit`].
 pub fn write_disk(
     base: DiskBase<'_>,
     layer: &Layer,
@@ -148,14 +170,15 @@ pub fn write_disk(
     // thrown away.
     let need = match (&base_info, base) {
         (Some(info), _) => info.virtual_size.max(opts.size.unwrap_or(0)),
-        (None, DiskBase::Rootfs(tar)) => {
-            opts.size.unwrap_or(DEFAULT_DISK_SIZE) + fs::metadata(tar).map(|m| m.len()).unwrap_or(0)
-        }
+        (None, DiskBase::Rootfs(tar)) => opts
+            .size
+            .unwrap_or(DEFAULT_DISK_SIZE)
+            .saturating_add(fs::metadata(tar).map(|m| m.len()).unwrap_or(0)),
         (None, DiskBase::CloudImage(_)) => 0,
     };
-    let scratch = scratch_dir(need, work.path())?;
+    let scratch = scratch_dir(need)?;
     let scratch_path = scratch.as_ref().map(|t| t.path()).unwrap_or(work.path());
-    let raw = scratch_path.join("disk.raw");
+    let raw = scratch_path.join(RAW_NAME);
 
     let (base_format, grown_from, assembled) = match base {
         DiskBase::CloudImage(path) => {
@@ -165,6 +188,13 @@ pub fn write_disk(
                     "{} is a {} image; a cloud-image base must be qcow2 or raw",
                     path.display(),
                     info.format
+                );
+            }
+            if let Some(file) = info.external_file() {
+                bail!(
+                    "{} refers to another file ({file}) as its backing or data file; a cloud-image \
+                     base must be self-contained (flatten it with `qemu-img convert -O qcow2`)",
+                    path.display()
                 );
             }
             run_command(
@@ -197,7 +227,6 @@ pub fn write_disk(
             let a = assemble_disk(
                 &tools,
                 tar,
-                &raw,
                 opts.size.unwrap_or(DEFAULT_DISK_SIZE),
                 &opts.id_seed,
                 scratch_path,
@@ -214,8 +243,36 @@ pub fn write_disk(
     let root = find_root(&parts)
         .with_context(|| describe_base(base))?
         .clone();
+    let disk_len = fs::metadata(&raw)
+        .with_context(|| format!("reading {}", raw.display()))?
+        .len();
+    // debugfs writes wherever the filesystem says it extends: the partition
+    // must lie on the disk and the filesystem inside the partition.
+    let root_end = root
+        .last_lba
+        .checked_add(1)
+        .and_then(|n| n.checked_mul(SECTOR as u64));
+    if root.first_lba > root.last_lba || root_end.is_none_or(|end| end > disk_len) {
+        bail!(
+            "{}: root partition {} (sectors {}–{}) does not fit the {}-byte disk",
+            describe_base(base),
+            root.index,
+            root.first_lba,
+            root.last_lba,
+            disk_len
+        );
+    }
     let sb = read_at(&raw, root.offset_bytes(), PROBE_LEN)?;
     let fs_info = probe_filesystem(&sb, root.index).with_context(|| describe_base(base))?;
+    if fs_info.blocks_count.saturating_mul(fs_info.block_size) > root.size_bytes() {
+        bail!(
+            "{}: the root filesystem claims {} bytes but partition {} has {}",
+            describe_base(base),
+            fs_info.blocks_count.saturating_mul(fs_info.block_size),
+            root.index,
+            root.size_bytes()
+        );
+    }
     if fs_info.needs_recovery {
         bail!(
             "{}: the root filesystem's journal needs recovery (the image was not shut down cleanly); \
@@ -246,15 +303,12 @@ pub fn write_disk(
         );
     }
 
-    let apply = apply_layer(
-        &tools.get("debugfs")?,
-        &raw,
-        root.offset_bytes(),
-        layer,
-        scratch_path,
-        cancel,
-    )?;
-    let os_release = read_os_release(&tools, &raw, root.offset_bytes(), scratch_path, fetch);
+    let root_fs = Ext4At {
+        dir: scratch_path.to_owned(),
+        offset: root.offset_bytes(),
+    };
+    let apply = apply_layer(&tools.get("debugfs")?, &root_fs, layer, cancel)?;
+    let os_release = read_os_release(&tools, &root_fs, fetch);
 
     // `e2fsck -fn` and the qcow2 conversion only read the raw copy: run them
     // side by side; the disk is published only if both succeed.
@@ -267,7 +321,7 @@ pub fn write_disk(
     convert.arg(&raw).arg(&tmp_out);
     let e2fsck = tools.get("e2fsck")?;
     let (checked, converted) = std::thread::scope(|s| {
-        let check = s.spawn(|| check_fs(&e2fsck, &raw, root.offset_bytes(), cancel));
+        let check = s.spawn(|| check_fs(&e2fsck, &root_fs, cancel));
         let converted = run_command(&mut convert, cancel).context("writing the qcow2");
         let checked = check
             .join()
@@ -276,10 +330,9 @@ pub fn write_disk(
     });
     checked?;
     converted?;
-    let virtual_size = fs::metadata(&raw)
-        .with_context(|| format!("reading {}", raw.display()))?
-        .len();
+    let virtual_size = disk_len.max(fs::metadata(&raw).map(|m| m.len()).unwrap_or(0));
     fs::remove_file(&raw).ok();
+    drop(scratch);
     run_command(
         Command::new(tools.get("qemu-img")?)
             .args(["check", "-f", "qcow2"])
@@ -298,9 +351,9 @@ pub fn write_disk(
     });
     synced.context("syncing the qcow2")?;
     let (sha256, size) = hashed?;
-    fs::rename(&tmp_out, out)
-        .with_context(|| format!("moving the finished disk to {}", out.display()))?;
-    crate::emit::sync_dir(dir)?;
+    // Readable by all, like the template, whatever the umask.
+    fs::set_permissions(&tmp_out, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", tmp_out.display()))?;
 
     Ok(DiskOutput {
         sha256,
@@ -318,34 +371,110 @@ pub fn write_disk(
         assembled,
         apply,
         os_release,
+        pending: PendingDisk {
+            _work: work,
+            tmp: tmp_out,
+            out: out.to_owned(),
+        },
     })
 }
+
+/// A finished, checked and synced qcow2 that is not in place yet, so the
+/// caller can stage its manifest first. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct PendingDisk {
+    _work: tempfile::TempDir,
+    tmp: PathBuf,
+    out: PathBuf,
+}
+
+impl PendingDisk {
+    /// Rename the disk into place and sync its directory.
+    pub fn commit(self) -> Result<()> {
+        fs::rename(&self.tmp, &self.out)
+            .with_context(|| format!("moving the finished disk to {}", self.out.display()))?;
+        let dir = match self.out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        crate::emit::sync_dir(dir)
+    }
+}
+
+/// Prefix of scratch directories in memory; [`sweep_stale_scratch`] finds
+/// them by it.
+const SCRATCH_PREFIX: &str = "imgbuild-disk-";
+/// The file naming the process that owns a scratch directory.
+const OWNER_FILE: &str = "owner.pid";
 
 /// Memory-backed scratch space (`$IMGBUILD_SCRATCH_DIR`, else `/dev/shm`)
 /// when it has room for `need` bytes with 2 GiB of the machine's available
 /// memory to spare; `None` means "use the work directory beside the output".
-fn scratch_dir(need: u64, fallback: &Path) -> Result<Option<tempfile::TempDir>> {
-    let forced = std::env::var_os("IMGBUILD_SCRATCH_DIR").map(std::path::PathBuf::from);
+fn scratch_dir(need: u64) -> Result<Option<tempfile::TempDir>> {
+    let forced = std::env::var_os("IMGBUILD_SCRATCH_DIR").map(PathBuf::from);
     let dir = match &forced {
         Some(d) => d.clone(),
         None => {
             let shm = Path::new("/dev/shm");
+            sweep_stale_scratch(shm);
             let room = mem_available().zip(free_space(shm));
             match room {
-                Some((mem, free)) if mem > need + (2 << 30) && free > need => shm.to_owned(),
+                Some((mem, free)) if mem > need.saturating_add(2 << 30) && free > need => {
+                    shm.to_owned()
+                }
                 _ => {
-                    tracing::debug!(need, fallback = %fallback.display(), "scratch on disk");
+                    tracing::debug!(need, "scratch on disk, beside the output");
                     return Ok(None);
                 }
             }
         }
     };
-    let t = tempfile::Builder::new()
-        .prefix("imgbuild-disk-")
+    let made = tempfile::Builder::new()
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(&dir)
-        .with_context(|| format!("creating scratch space in {}", dir.display()))?;
-    tracing::debug!(dir = %t.path().display(), "scratch space");
-    Ok(Some(t))
+        .and_then(|t| {
+            fs::write(t.path().join(OWNER_FILE), std::process::id().to_string())?;
+            Ok(t)
+        });
+    match made {
+        Ok(t) => {
+            tracing::debug!(dir = %t.path().display(), "scratch space");
+            Ok(Some(t))
+        }
+        Err(e) if forced.is_some() => {
+            Err(e).with_context(|| format!("creating scratch space in {}", dir.display()))
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no scratch space in memory; using the output directory");
+            Ok(None)
+        }
+    }
+}
+
+/// Remove scratch directories in `dir` whose owning process is gone (an
+/// imgbuild killed outright cannot clean up, and memory is not freed until
+/// they are removed).
+fn sweep_stale_scratch(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        let Ok(pid) = fs::read_to_string(e.path().join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid.trim()).join("exe");
+        let owner_runs = fs::read_link(&alive)
+            .map(|exe| exe.to_string_lossy().contains("imgbuild"))
+            .unwrap_or(false);
+        if !owner_runs {
+            tracing::info!(dir = %e.path().display(), "removing scratch space left by an interrupted build");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes.
@@ -434,37 +563,24 @@ fn layer_bytes(layer: &Layer) -> u64 {
 /// `/etc/os-release` of the edited root (or `/usr/lib/os-release`, where
 /// it usually links to), for the manifest; `None` if unreadable. One
 /// debugfs run dumps both.
-fn read_os_release(
-    tools: &Tools,
-    raw: &Path,
-    offset: u64,
-    work: &Path,
-    fetch: &FetchOptions,
-) -> Option<String> {
+fn read_os_release(tools: &Tools, fs_at: &Ext4At, fetch: &FetchOptions) -> Option<String> {
     let debugfs = tools.get("debugfs").ok()?;
-    let etc = work.join("os-release.etc");
-    let usr = work.join("os-release.usr");
-    let script = work.join("os-release.debugfs");
     fs::write(
-        &script,
-        format!(
-            "dump -p /etc/os-release {}\ndump -p /usr/lib/os-release {}\n",
-            quote(&etc.to_string_lossy()).ok()?,
-            quote(&usr.to_string_lossy()).ok()?
-        ),
+        fs_at.dir.join("os-release.debugfs"),
+        "dump -p /etc/os-release os-release.etc\ndump -p /usr/lib/os-release os-release.usr\n",
     )
     .ok()?;
     run_command(
-        Command::new(&debugfs)
-            .arg("-f")
-            .arg(&script)
-            .arg(super::apply::fs_spec(raw, offset)),
+        fs_at
+            .command(&debugfs)
+            .args(["-f", "os-release.debugfs"])
+            .arg(fs_at.spec()),
         &fetch.cancel,
     )
     .ok()?;
     // A symlink dumps as its target's name, not as os-release text.
-    [etc, usr]
+    ["os-release.etc", "os-release.usr"]
         .iter()
-        .filter_map(|p| fs::read_to_string(p).ok())
+        .filter_map(|name| fs::read_to_string(fs_at.dir.join(name)).ok())
         .find(|t| t.contains("ID="))
 }

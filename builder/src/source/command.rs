@@ -141,16 +141,18 @@ fn run_command_inner(
 
     let mut poll = FIRST_POLL;
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(source) => return Err(CommandError::Wait { command, source }),
-        }
+        // Cancel first: a cancelled build reports the interrupt even when
+        // the child happened to finish in the meantime.
         if cancel.load(Ordering::SeqCst) {
             terminate(&mut child, &command);
             // The reader threads end when the pipes close; a grandchild that
             // still holds them must not keep us from reporting the interrupt.
             return Err(CommandError::Interrupted { command });
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => return Err(CommandError::Wait { command, source }),
         }
         thread::sleep(poll);
         poll = (poll * 2).min(POLL);

@@ -66,7 +66,7 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
     let mut timings = Timings::default();
     let plan = timings.time("plan", || resolve_plan(profile, overrides))?;
     if plan.outputs.contains(&OutputKind::Qcow2) {
-        if let Some(spec) = &plan.recipe.qcow2 {
+        if let Some(spec) = plan.recipe.source(OutputKind::Qcow2) {
             // Only the kind of base matters here; the path is not read.
             target::disk::preflight(disk_base(spec, Path::new("")))?;
         }
@@ -263,11 +263,10 @@ fn base_and_layer<'p>(
     timings: &mut Timings,
     kind: OutputKind,
 ) -> Result<(&'p plan::schema::SourceSpec, Fetched, Layer)> {
-    let spec = match kind {
-        OutputKind::Lxc => plan.recipe.lxc.as_ref(),
-        OutputKind::Qcow2 => plan.recipe.qcow2.as_ref(),
-    }
-    .with_context(|| format!("the recipe has no {} source", kind.as_str()))?;
+    let spec = plan
+        .recipe
+        .source(kind)
+        .with_context(|| format!("the recipe has no {} source", kind.as_str()))?;
     let base = timings.time("fetch-base", || {
         source::fetch_base(
             spec,

@@ -141,11 +141,7 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs, target: OutputKind) -> L
     });
     // Only a bootstrapped rootfs carries the host's resolv.conf; a vendor
     // base may have a symlink here (systemd-resolved) that must stay.
-    let source = match target {
-        OutputKind::Lxc => plan.recipe.lxc.as_ref(),
-        OutputKind::Qcow2 => plan.recipe.qcow2.as_ref(),
-    };
-    if let Some(SourceSpec::Bootstrap(b)) = source {
+    if let Some(SourceSpec::Bootstrap(b)) = plan.recipe.source(target) {
         let resolved = b.packages.iter().any(|p| p == "systemd-resolved");
         ops.push(if resolved {
             // systemd-resolved's own link, which a bootstrap may have replaced

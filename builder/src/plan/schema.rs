@@ -273,6 +273,16 @@ pub struct Recipe {
     pub qcow2: Option<SourceSpec>,
 }
 
+impl Recipe {
+    /// The base source for `kind` of output, if the recipe has one.
+    pub fn source(&self, kind: OutputKind) -> Option<&SourceSpec> {
+        match kind {
+            OutputKind::Lxc => self.lxc.as_ref(),
+            OutputKind::Qcow2 => self.qcow2.as_ref(),
+        }
+    }
+}
+
 fn default_arch() -> String {
     "amd64".into()
 }

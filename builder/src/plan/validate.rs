@@ -425,11 +425,7 @@ pub(super) fn combination(
 ) -> Result<(), PlanErrors> {
     let mut r = Report::new(profile_path, profile_text);
     for (i, o) in outputs.iter().enumerate() {
-        let has = match o {
-            OutputKind::Lxc => rc.lxc.is_some(),
-            OutputKind::Qcow2 => rc.qcow2.is_some(),
-        };
-        if !has {
+        if rc.source(*o).is_none() {
             r.error(
                 &[Seg::Key("outputs"), Seg::Index(i)],
                 format!(

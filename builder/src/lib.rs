@@ -11,3 +11,13 @@ pub mod plan;
 pub mod seed;
 pub mod source;
 pub mod target;
+
+/// The directory a path is in: its parent, or `.` for a bare file name
+/// (whose `parent()` is empty). Where temp files go so a rename into
+/// `path` stays on one filesystem.
+pub fn parent_dir(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    }
+}

@@ -35,7 +35,7 @@ pub struct Staged {
 impl Staged {
     /// Rename into place and sync the directory.
     pub fn commit(self) -> anyhow::Result<()> {
-        let dir = parent_or_dot(&self.path).to_owned();
+        let dir = crate::parent_dir(&self.path).to_owned();
         self.tmp
             .persist(&self.path)
             .with_context(|| format!("renaming into place {}", self.path.display()))?;
@@ -46,7 +46,7 @@ impl Staged {
 /// The first half of [`atomic_write`]: everything but the rename, so a
 /// caller can stage several files and then commit them together.
 pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
-    let dir = parent_or_dot(path);
+    let dir = crate::parent_dir(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".imgbuild-")
         .suffix(".tmp")
@@ -63,13 +63,6 @@ pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
         tmp,
         path: path.to_owned(),
     })
-}
-
-fn parent_or_dot(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    }
 }
 
 /// fsync a directory so a rename in it survives a crash.

@@ -42,11 +42,11 @@ pub struct Plan {
 impl Plan {
     /// Directory relative paths in the profile are resolved against.
     pub fn profile_dir(&self) -> &Path {
-        parent_dir(&self.profile_path)
+        crate::parent_dir(&self.profile_path)
     }
 
     pub fn recipe_dir(&self) -> &Path {
-        parent_dir(&self.recipe_path)
+        crate::parent_dir(&self.recipe_path)
     }
 
     /// The defaults file the agent reads at first boot. Holds no secrets:
@@ -115,13 +115,6 @@ impl Plan {
             revision,
             self.recipe.arch,
         )
-    }
-}
-
-fn parent_dir(p: &Path) -> &Path {
-    match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
     }
 }
 
@@ -201,7 +194,7 @@ fn read(path: &Path) -> Result<String, PlanErrors> {
 /// directory (`profiles/../image-recipes/<name>.yaml`), then in the profile's
 /// own directory.
 pub fn recipe_path_for(profile_path: &Path, recipe: &str) -> Vec<PathBuf> {
-    let dir = parent_dir(profile_path);
+    let dir = crate::parent_dir(profile_path);
     if recipe.ends_with(".yaml") || recipe.ends_with(".yml") || recipe.contains('/') {
         return vec![dir.join(recipe)];
     }

@@ -410,10 +410,7 @@ pub fn write_seed(output: &Path, files: &SeedFiles, opts: &SeedOptions) -> Resul
             mcopy: find_tool(MCOPY)?,
         },
     };
-    let dir = match output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = crate::parent_dir(output);
     let stage = tempfile::Builder::new()
         .prefix(".imgbuild-seed-")
         .tempdir_in(dir)

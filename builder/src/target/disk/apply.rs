@@ -54,25 +54,11 @@ impl Ext4At {
     }
 }
 
-/// What [`apply_layer`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ApplyReport {
-    /// Directories listed to learn what exists.
-    pub dirs_listed: usize,
-    /// Commands in the debugfs script.
-    pub commands: usize,
-}
-
 /// Apply `layer` to the filesystem `fs`; its directory holds the script
 /// and the staged inline files. The caller checks the result with
 /// [`check_fs`].
-pub fn apply_layer(
-    debugfs: &Path,
-    fs: &Ext4At,
-    layer: &Layer,
-    cancel: &AtomicBool,
-) -> Result<ApplyReport> {
-    let (listing, dirs_listed) = list_for_layer(debugfs, fs, layer, cancel)?;
+pub fn apply_layer(debugfs: &Path, fs: &Ext4At, layer: &Layer, cancel: &AtomicBool) -> Result<()> {
+    let listing = list_for_layer(debugfs, fs, layer, cancel)?;
     let paths: HashSet<&str> = listing.iter().map(|e| e.path.as_str()).collect();
     let exists = |p: &str| p == "/" || paths.contains(p);
 
@@ -111,10 +97,7 @@ pub fn apply_layer(
             errors.join("\n  ")
         );
     }
-    Ok(ApplyReport {
-        dirs_listed,
-        commands: script.script.lines().count(),
-    })
+    Ok(())
 }
 
 /// `e2fsck -fn`: fail unless the filesystem is consistent.
@@ -137,7 +120,7 @@ fn list_for_layer(
     fs: &Ext4At,
     layer: &Layer,
     cancel: &AtomicBool,
-) -> Result<(Vec<ListedEntry>, usize)> {
+) -> Result<Vec<ListedEntry>> {
     let mut flat: BTreeSet<String> = BTreeSet::new();
     let mut deep: BTreeSet<String> = BTreeSet::new();
     for op in &layer.ops {
@@ -159,7 +142,6 @@ fn list_for_layer(
     }
 
     let mut entries: BTreeMap<String, bool> = BTreeMap::new();
-    let mut listed = 0;
     // Level by level: the flat directories and deep roots first, then the
     // subdirectories found below deep roots, until none are left.
     let mut level: Vec<(String, bool)> = flat
@@ -174,7 +156,6 @@ fn list_for_layer(
     while !level.is_empty() {
         let dirs: Vec<String> = level.iter().map(|(d, _)| d.clone()).collect();
         let found = list_dirs(debugfs, fs, &dirs, cancel)?;
-        listed += dirs.len();
         let mut next = Vec::new();
         for ((dir, recurse), list) in level.iter().zip(found) {
             let Some(list) = list else { continue };
@@ -191,13 +172,10 @@ fn list_for_layer(
         next.retain(|(d, _)| !dirs.contains(d));
         level = next;
     }
-    Ok((
-        entries
-            .into_iter()
-            .map(|(path, is_dir)| ListedEntry { path, is_dir })
-            .collect(),
-        listed,
-    ))
+    Ok(entries
+        .into_iter()
+        .map(|(path, is_dir)| ListedEntry { path, is_dir })
+        .collect())
 }
 
 /// `/a/b/c` → `/`, `/a`, `/a/b` into `out`.

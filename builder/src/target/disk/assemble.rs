@@ -82,9 +82,8 @@ const GRUB_EFI_MODULES: &[&str] = &["efi_gop", "all_video"];
 /// What was assembled.
 #[derive(Debug, Clone)]
 pub struct Assembled {
-    pub disk_size: u64,
+    /// The kernel the disk boots (`/vmlinuz`'s target).
     pub kernel: String,
-    pub root_offset: u64,
 }
 
 /// ext4 features for the root, fixed rather than taken from the build
@@ -255,11 +254,7 @@ pub fn assemble_disk(
     let boot_img = tools.grub_dir("i386-pc")?.join("boot.img");
     install_bios_boot(&work.join(RAW_NAME), &boot_img, &work.join("core.img"))?;
 
-    Ok(Assembled {
-        disk_size: size,
-        kernel,
-        root_offset: ROOT_START,
-    })
+    Ok(Assembled { kernel })
 }
 
 /// Assembly extracts the rootfs with its owners, which needs root.

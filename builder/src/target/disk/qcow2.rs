@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
 use serde::Deserialize;
 
-use super::apply::{apply_layer, check_fs, ApplyReport, Ext4At, RAW_NAME};
+use super::apply::{apply_layer, check_fs, Ext4At, RAW_NAME};
 use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
 use super::tools::Tools;
 use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
@@ -63,7 +63,6 @@ pub struct DiskOutput {
     pub grown_from: Option<u64>,
     pub root: RootInfo,
     pub assembled: Option<Assembled>,
-    pub apply: ApplyReport,
     /// `/etc/os-release` read from the edited root.
     pub os_release: Option<String>,
     pub pending: PendingDisk,
@@ -151,10 +150,7 @@ pub fn write_disk(
     let mut tools = Tools::from_env();
     tools.require(required_tools(base))?;
     let cancel = &*fetch.cancel;
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = crate::parent_dir(out);
     // Scratch beside the output: the final rename stays on one filesystem,
     // and dropping the directory on any error removes every partial file.
     let work = tempfile::Builder::new()
@@ -307,7 +303,7 @@ pub fn write_disk(
         dir: scratch_path.to_owned(),
         offset: root.offset_bytes(),
     };
-    let apply = apply_layer(&tools.get("debugfs")?, &root_fs, layer, cancel)?;
+    apply_layer(&tools.get("debugfs")?, &root_fs, layer, cancel)?;
     let os_release = read_os_release(&tools, &root_fs, fetch);
 
     // `e2fsck -fn` and the qcow2 conversion only read the raw copy: run them
@@ -330,7 +326,7 @@ pub fn write_disk(
     });
     checked?;
     converted?;
-    let virtual_size = disk_len.max(fs::metadata(&raw).map(|m| m.len()).unwrap_or(0));
+    let virtual_size = disk_len;
     fs::remove_file(&raw).ok();
     drop(scratch);
     run_command(
@@ -369,7 +365,6 @@ pub fn write_disk(
             size: root.size_bytes(),
         },
         assembled,
-        apply,
         os_release,
         pending: PendingDisk {
             _work: work,
@@ -393,11 +388,7 @@ impl PendingDisk {
     pub fn commit(self) -> Result<()> {
         fs::rename(&self.tmp, &self.out)
             .with_context(|| format!("moving the finished disk to {}", self.out.display()))?;
-        let dir = match self.out.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        crate::emit::sync_dir(dir)
+        crate::emit::sync_dir(crate::parent_dir(&self.out))
     }
 }
 

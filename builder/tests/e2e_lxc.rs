@@ -27,28 +27,15 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use common::*;
 use e2e::*;
-
-/// Shared with `lxc_template_debian.rs`, so the Debian rootfs is bootstrapped once.
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-cache")
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 /// Build one shipped profile into `out`; returns the template's path.

@@ -27,7 +27,6 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use common::*;
 
@@ -40,25 +39,8 @@ const POWEROFF_TIMEOUT: Duration = Duration::from_secs(240);
 /// The line firstboot-agent prints on the console when it is done.
 const FINISHED: &str = "firstboot-agent: finished";
 
-/// Shared with the other integration tests, so each rootfs is bootstrapped once.
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-cache")
-}
-
 fn sha256_file(p: &Path) -> String {
-    let bytes = fs::read(p).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn ok(cmd: &mut Command) -> std::process::Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
-    o
+    sha256_hex(&fs::read(p).unwrap())
 }
 
 /// Children killed on drop, so a failed assertion leaves no VM or mirror.
@@ -160,10 +142,12 @@ impl Offline {
     fn open(qcow2: &Path, offset: u64, dir: &Path) -> Self {
         let raw = dir.join("inspect.raw");
         let _ = fs::remove_file(&raw);
-        ok(Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(qcow2)
-            .arg(&raw));
+        run_checked(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(qcow2)
+                .arg(&raw),
+        );
         Offline { raw, offset }
     }
 
@@ -172,10 +156,12 @@ impl Offline {
     }
 
     fn read(&self, path: &str) -> Option<String> {
-        let o = ok(Command::new("debugfs")
-            .arg("-R")
-            .arg(format!("cat {path}"))
-            .arg(self.spec()));
+        let o = run_checked(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("cat {path}"))
+                .arg(self.spec()),
+        );
         let err = String::from_utf8_lossy(&o.stderr);
         if err.contains("File not found") {
             return None;
@@ -257,9 +243,11 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         ],
         "only the disk and its manifest, no leftovers"
     );
-    let check = ok(Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(&disk));
+    let check = run_checked(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&disk),
+    );
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("No errors were found"),
         "{}",
@@ -334,10 +322,12 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     let mut timings = Vec::new();
     for fw in [Firmware::SeaBios, Firmware::Ovmf] {
         let overlay = dir.join(format!("overlay-{}.qcow2", fw.name()));
-        ok(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&disk)
-            .arg(&overlay));
+        run_checked(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+                .arg(&disk)
+                .arg(&overlay),
+        );
         let started = Instant::now();
         let mut vm = start_vm(fw, &overlay, &seed, dir);
         let done_line = loop {
@@ -430,9 +420,11 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             fw.name(),
             tail(&serial, 3000)
         );
-        let o = ok(Command::new("debugfs")
-            .args(["-R", "stat /etc/resolv.conf"])
-            .arg(guest.spec()));
+        let o = run_checked(
+            Command::new("debugfs")
+                .args(["-R", "stat /etc/resolv.conf"])
+                .arg(guest.spec()),
+        );
         assert!(
             String::from_utf8_lossy(&o.stdout).contains("stub-resolv.conf"),
             "{}: /etc/resolv.conf is not systemd-resolved's link: {}",
@@ -442,10 +434,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         let eff = guest.json("/var/lib/rancher/k3s/standin/effective-config.json");
         assert_eq!(eff["role"], "server", "{}: {eff:#}", fw.name());
         assert_eq!(eff["status"], "running", "{}: {eff:#}", fw.name());
-        let token_sha: String = Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let token_sha = sha256_hex(token.as_bytes());
         assert_eq!(
             eff["token"]["sha256"],
             token_sha.as_str(),

@@ -6,13 +6,9 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-fn cache_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-cache")
-}
 
 #[test]
 fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
@@ -140,9 +136,6 @@ fn worker_template_from_mmdebstrap_is_proxmox_ready_and_reproducible() {
 
     // Same inputs and SOURCE_DATE_EPOCH: byte-identical template.
     build(&out2);
-    let digest = |p: &Path| {
-        use sha2::Digest;
-        node_spec::Sha256Hex::from_digest(&sha2::Sha256::digest(std::fs::read(p).unwrap()))
-    };
+    let digest = |p: &Path| sha256_hex(&std::fs::read(p).unwrap());
     assert_eq!(digest(&template), digest(&out2.join(name)));
 }

@@ -30,14 +30,6 @@ fn sbin(name: &str) -> PathBuf {
     panic!("{name} not found");
 }
 
-fn ok(cmd: &mut Command) -> Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
-    o
-}
-
 /// A raw GPT disk of `mib` MiB with the given sfdisk partition lines.
 fn gpt_disk(path: &Path, mib: u64, label: &str, parts: &str) {
     let f = fs::File::create(path).unwrap();
@@ -96,13 +88,15 @@ fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
     }
     std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
     let root_bytes = root_mib << 20;
-    ok(Command::new(sbin("mke2fs"))
-        .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs", "-E"])
-        .arg(format!("offset={}", 10240 * 512))
-        .arg("-d")
-        .arg(&tree)
-        .arg(&img)
-        .arg(format!("{}k", root_bytes / 1024 / 4 * 4)));
+    run_checked(
+        Command::new(sbin("mke2fs"))
+            .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs", "-E"])
+            .arg(format!("offset={}", 10240 * 512))
+            .arg("-d")
+            .arg(&tree)
+            .arg(&img)
+            .arg(format!("{}k", root_bytes / 1024 / 4 * 4)),
+    );
     img
 }
 
@@ -201,10 +195,12 @@ impl Case {
 }
 
 fn debugfs(spec: &str, request: &str) -> String {
-    let o = ok(Command::new(sbin("debugfs"))
-        .arg("-R")
-        .arg(request)
-        .arg(spec));
+    let o = run_checked(
+        Command::new(sbin("debugfs"))
+            .arg("-R")
+            .arg(request)
+            .arg(spec),
+    );
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -218,10 +214,12 @@ fn layer_is_applied_offline_and_the_disk_grown() {
     let raw = cloud_image(c.dir.path(), 256, None);
     // Vendors ship qcow2: convert the synthetic image, as a vendor would.
     let base = c.path("cloud.qcow2");
-    ok(Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&base));
+    run_checked(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&base),
+    );
     let o = c.build(&base, "qcow2:\n  size: 1G\n", None);
     assert!(o.status.success(), "{}", text(&o));
     let out = c.path("out");
@@ -236,9 +234,11 @@ fn layer_is_applied_offline_and_the_disk_grown() {
         0o644
     );
     let disk = out.join(DISK_NAME);
-    ok(Command::new("qemu-img")
-        .args(["check", "-f", "qcow2"])
-        .arg(&disk));
+    run_checked(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(&disk),
+    );
 
     let m: Value =
         serde_json::from_slice(&fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap())
@@ -255,12 +255,14 @@ fn layer_is_applied_offline_and_the_disk_grown() {
     // Inspect the result as raw: a valid GPT whose backup header moved to
     // the new end, and the layer inside the ext4 root.
     let check = c.path("check.raw");
-    ok(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(&disk)
-        .arg(&check));
+    run_checked(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&disk)
+            .arg(&check),
+    );
     assert_eq!(fs::metadata(&check).unwrap().len(), 1 << 30);
-    let v = ok(Command::new(sbin("sfdisk")).arg("--verify").arg(&check));
+    let v = run_checked(Command::new(sbin("sfdisk")).arg("--verify").arg(&check));
     let verify = text(&v);
     assert!(verify.contains("No errors detected"), "{verify}");
     let spec = format!("{}?offset={}", check.display(), 10240 * 512);
@@ -280,7 +282,7 @@ fn layer_is_applied_offline_and_the_disk_grown() {
     assert!(debugfs(&spec, "cat /etc/hostname").contains("localhost"));
     // Untouched vendor content stays, symlink included.
     assert!(debugfs(&spec, "stat /etc/os-release").contains("Type: symlink"));
-    ok(Command::new(sbin("e2fsck")).args(["-f", "-n"]).arg(&spec));
+    run_checked(Command::new(sbin("e2fsck")).args(["-f", "-n"]).arg(&spec));
 }
 
 #[test]
@@ -377,10 +379,12 @@ fn base_with_a_backing_file_is_refused() {
     // A qcow2 whose data would come from another file: here a harmless
     // image, in an attack a host file.
     let base = c.path("overlay.qcow2");
-    ok(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(&raw)
-        .arg(&base));
+    run_checked(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&raw)
+            .arg(&base),
+    );
     let o = c.build(&base, "", None);
     c.assert_refused(&o, "refers to another file");
     c.assert_refused(&o, "backing or data file");

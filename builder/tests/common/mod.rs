@@ -144,3 +144,28 @@ pub fn require_root(why: &str) {
         "{why} and must run as root (e.g. `sudo -E cargo test -p imgbuild`)"
     );
 }
+
+/// The download and bootstrap cache every integration test shares, so each
+/// rootfs is bootstrapped once per target directory.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("imgbuild-cache")
+}
+
+/// Lowercase hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    node_spec::Sha256Hex::from_digest(&sha2::Sha256::digest(bytes)).to_string()
+}
+
+/// Run a command, returning its output (never panics on a non-zero exit).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Run a command that must succeed; returns its whole output.
+pub fn run_checked(cmd: &mut Command) -> Output {
+    let o = run(cmd);
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    o
+}

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::common::{self, text};
+use crate::common::{self, run, text};
 
 /// The K3s version the shipped profiles pin.
 pub const K3S_VERSION: &str = "v1.34.3+k3s1";
@@ -26,17 +26,9 @@ pub const K3S_VERSION: &str = "v1.34.3+k3s1";
 /// PATH inside the containers (lxc-attach runs with a cleared environment).
 const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Run a command, returning its output (never panics on a non-zero exit).
-pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
 /// Run a command that must succeed; returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let o = run(cmd);
-    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    String::from_utf8_lossy(&common::run_checked(cmd).stdout).into_owned()
 }
 
 fn write_sysctl(path: &str, value: &str) {

@@ -9,6 +9,7 @@
 pub mod checks;
 pub mod cli;
 pub mod env;
+pub mod hostname;
 pub mod k3s;
 pub mod metadata;
 pub mod rootfs;

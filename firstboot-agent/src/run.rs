@@ -10,6 +10,7 @@ use node_spec::{BakedDefaults, DEFAULTS_PATH};
 
 use crate::checks::{self, network, Finding, Level};
 use crate::env::{self, Environment};
+use crate::hostname;
 use crate::k3s::{self, binary};
 use crate::metadata::{self, NodeConfig};
 use crate::rootfs::Root;
@@ -225,7 +226,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         cfg = Some(c);
         Ok(Outcome::msg(msg))
     })?;
-    let cfg = cfg.ok_or_else(|| anyhow!("metadata step produced no configuration"))?;
+    let mut cfg = cfg.ok_or_else(|| anyhow!("metadata step produced no configuration"))?;
     r.result.instance_id = Some(cfg.instance_id.clone());
     r.result.profile = Some(cfg.profile.clone());
     r.result.role = Some(cfg.role.to_string());
@@ -271,9 +272,21 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     }
 
     // 2. Host name.
+    let mut proxmox_names = false;
     r.step("hostname", |r| {
-        set_hostname(r.root, r.system, cfg.hostname.as_deref())
+        let o = hostname::apply(r.root, r.system, cfg.hostname.as_deref())?;
+        proxmox_names = o.proxmox_managed;
+        Ok(Outcome {
+            message: o.message,
+            findings: o.findings,
+            ..Outcome::default()
+        })
     })?;
+    // Proxmox puts its own name back at every `pct start`: K3s keeps the
+    // metadata's, so the node never re-registers under another name.
+    if proxmox_names && cfg.node_name.is_none() {
+        cfg.node_name = cfg.hostname.clone();
+    }
 
     // 3. Environment.
     let mut environment: Option<Environment> = None;
@@ -429,27 +442,6 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     root.write_atomic(state::DONE_FILE, b"", 0o644)?;
     println!("{}", summary(&r.result));
     Ok(r.result)
-}
-
-fn set_hostname(root: &Root, system: &dyn System, hostname: Option<&str>) -> Result<Outcome> {
-    let Some(name) = hostname else {
-        return Ok(Outcome::msg(
-            "no host name in metadata; kept the current one",
-        ));
-    };
-    let current = root.read_optional("/etc/hostname")?.unwrap_or_default();
-    if current.trim() != name {
-        root.write_atomic("/etc/hostname", format!("{name}\n").as_bytes(), 0o644)?;
-    }
-    let mut o = Outcome::msg(format!("host name {name}"));
-    if let Err(e) = system.set_hostname(name) {
-        o.findings.push(Finding::warn(
-            "hostname",
-            format!("/etc/hostname says {name}, but {e}"),
-            "the name applies from the next boot",
-        ));
-    }
-    Ok(o)
 }
 
 /// One-paragraph summary for the console.

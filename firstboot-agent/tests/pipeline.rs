@@ -410,3 +410,62 @@ fn damaged_airgap_archive_is_refused() {
     assert!(!r.join("etc/rancher/k3s/config.yaml").exists());
     assert!(sys.systemctl_calls().is_empty());
 }
+
+/// In a Proxmox container `pct` owns /etc/hostname and its block in
+/// /etc/hosts. Without a name in the metadata both stay as pct wrote them;
+/// with one, the agent renames the node, makes the name resolve beside pct's
+/// block, warns that `pct start` puts pct's name back, and pins the K3s
+/// node name so the node never re-registers under pct's name.
+#[test]
+fn proxmox_names_are_kept_unless_the_metadata_sets_one() {
+    const PVE_HOSTS: &str =
+        "127.0.0.1 localhost\n# --- BEGIN PVE ---\n10.1.2.3 pct-name\n# --- END PVE ---\n";
+    const PVE_RESOLV: &str = "# --- BEGIN PVE ---\nnameserver 10.1.2.1\n# --- END PVE ---\n";
+    let pct_root = |r: &Path| {
+        node_root(r, "");
+        write(r, "/etc/hostname", "pct-name\n");
+        write(r, "/etc/hosts", PVE_HOSTS);
+        write(r, "/etc/resolv.conf", PVE_RESOLV);
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    pct_root(r);
+    seed(r, "i1", "#cloud-config\nk3s:\n  node-label: [zone=a]\n");
+    let res = run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap();
+    assert!(res.finished);
+    let step = res.steps.iter().find(|s| s.name == "hostname").unwrap();
+    assert_eq!(
+        step.message,
+        "no host name in metadata; kept pct-name (set by Proxmox)"
+    );
+    assert_eq!(read(r, "/etc/hostname"), "pct-name\n");
+    assert_eq!(read(r, "/etc/hosts"), PVE_HOSTS);
+    assert_eq!(read(r, "/etc/resolv.conf"), PVE_RESOLV);
+    assert!(!read(r, "/etc/rancher/k3s/config.yaml").contains("node-name"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    pct_root(r);
+    seed(r, "i1", "#cloud-config\nhostname: meta-name\n");
+    let sys = fake_for(r);
+    let res = run(&Root::new(r), &sys, &RunOptions::default()).unwrap();
+    assert!(res.finished);
+    assert_eq!(read(r, "/etc/hostname"), "meta-name\n");
+    let hosts = read(r, "/etc/hosts");
+    assert!(
+        hosts.starts_with(PVE_HOSTS) && hosts.contains("\n127.0.1.1 meta-name\n"),
+        "{hosts}"
+    );
+    assert_eq!(read(r, "/etc/resolv.conf"), PVE_RESOLV);
+    assert!(
+        res.warnings
+            .iter()
+            .any(|w| w.contains("pct set <vmid> --hostname meta-name")),
+        "{:?}",
+        res.warnings
+    );
+    let config = read(r, "/etc/rancher/k3s/config.yaml");
+    assert!(config.contains("node-name: meta-name\n"), "{config}");
+    assert!(sys.calls().contains(&Call::SetHostname("meta-name".into())));
+}

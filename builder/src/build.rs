@@ -294,7 +294,11 @@ fn build_lxc(
     fetch: &FetchOptions,
     timings: &mut Timings,
 ) -> Result<Built> {
-    let (_, base, layer) = base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Lxc)?;
+    let (spec, base, layer) = base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Lxc)?;
+    // Before anything is written: a base pct cannot boot fails here.
+    let contract = timings.time("check-template", || {
+        check_template_contract(plan, spec, &base, &layer, opts)
+    })?;
 
     let name = plan.template_name();
     let out_path = opts.out_dir.join(&name);
@@ -331,7 +335,7 @@ fn build_lxc(
 
     // The sidecar files come after the artifact; if one fails, the artifact
     // goes too, so nothing that looks finished is left without its manifest.
-    let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, timings);
+    let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, &contract, timings);
     match result {
         Ok(b) => Ok(b),
         Err(e) => {
@@ -341,12 +345,48 @@ fn build_lxc(
     }
 }
 
+/// Reads the base once, read-only, and checks the template it makes with
+/// `layer` against what Proxmox needs for the recipe's distro
+/// ([`target::contract`]). Missing items fail the build with one error
+/// naming all of them; accepted ones (`lxc.require-network-stack: false`)
+/// are logged as warnings.
+fn check_template_contract(
+    plan: &Plan,
+    spec: &plan::schema::SourceSpec,
+    base: &Fetched,
+    layer: &Layer,
+    opts: &BuildOptions,
+) -> Result<target::ContractOutcome> {
+    let facts = target::scan_base(&base.path, &opts.cancel)
+        .with_context(|| format!("reading the lxc base {} to check it", base.origin))?;
+    let contract = target::ContractOptions {
+        distro: plan.recipe.distro,
+        release: plan.recipe.release.clone(),
+        require_network_stack: plan.profile.lxc.require_network_stack,
+    };
+    let label = target::BaseLabel {
+        recipe: plan.recipe_path.clone(),
+        origin: base.origin.clone(),
+        bootstrapped: matches!(spec, plan::schema::SourceSpec::Bootstrap(_)),
+    };
+    let outcome =
+        target::evaluate_contract(&facts, layer, &contract).into_result(&label, &contract)?;
+    for w in &outcome.warnings {
+        tracing::warn!(
+            "{}: the template has no working network set-up for Proxmox (lxc.require-network-stack: false): {w}",
+            plan.recipe_path.display()
+        );
+    }
+    Ok(outcome)
+}
+
 fn emit_lxc_sidecars(
     plan: &Plan,
     base: &Fetched,
     layer: &Layer,
     out_path: &Path,
     written: &target::TemplateOutput,
+    contract: &target::ContractOutcome,
     timings: &mut Timings,
 ) -> Result<Built> {
     let name = plan.template_name();
@@ -389,6 +429,19 @@ fn emit_lxc_sidecars(
         uncompressed_bytes: written.stats.bytes_out,
     });
     manifest.host_config = host_config;
+    manifest.pct = Some(emit::PctInfo {
+        plugin: contract.plugin.clone().unwrap_or_default(),
+        init: contract.init.clone().unwrap_or_default(),
+        network_stack: contract
+            .network_stack
+            .iter()
+            .map(|t| emit::NetworkTool {
+                what: t.what.clone(),
+                path: t.path.clone(),
+            })
+            .collect(),
+        warnings: contract.warnings.iter().map(ToString::to_string).collect(),
+    });
     let manifest_path = emit::manifest_path_for(out_path);
     emit::atomic_write(&manifest_path, manifest.to_json().as_bytes())?;
     Ok(Built {
@@ -546,6 +599,7 @@ fn common_manifest(
         os_release: parse_os_release(os_release.unwrap_or("")),
         tar: None,
         disk: None,
+        pct: None,
         host_config: Vec::new(),
         timings_ms: timings.0.clone(),
     })

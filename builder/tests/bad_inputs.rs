@@ -5,16 +5,33 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 
-/// A tiny rootfs tarball with the members `pct create` looks for.
+/// A tiny Debian rootfs tarball with what `pct create` and `pct start`
+/// need: `./sbin`, os-release, debian_version, systemd as /sbin/init,
+/// ifupdown and a DHCP client (empty executables stand in for programs).
 fn make_base(dir: &Path) -> PathBuf {
+    make_base_without(dir, &[])
+}
+
+/// [`make_base`] without the given paths (relative to the root).
+fn make_base_without(dir: &Path, leave_out: &[&str]) -> PathBuf {
     let root = dir.join("root");
     for d in [
-        "sbin", "etc/ssh", "usr/lib", "var/log", "bin", "lib", "tmp", "root", "home", "srv",
+        "sbin",
+        "etc/ssh",
+        "usr/lib",
+        "var/log",
+        "bin",
+        "lib/systemd",
+        "tmp",
+        "root",
+        "home",
+        "srv",
     ] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
@@ -24,6 +41,11 @@ fn make_base(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    std::fs::write(root.join("etc/debian_version"), "12.5\n").unwrap();
+    for exe in ["lib/systemd/systemd", "sbin/ifup", "sbin/dhclient"] {
+        write_exe(&root.join(exe));
+    }
+    std::os::unix::fs::symlink("/lib/systemd/systemd", root.join("sbin/init")).unwrap();
     std::fs::write(root.join("etc/ssh/ssh_host_rsa_key"), "secret").unwrap();
     std::fs::write(
         root.join("etc/machine-id"),
@@ -31,12 +53,51 @@ fn make_base(dir: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::write(root.join("var/log/dpkg.log"), "log").unwrap();
+    for p in leave_out {
+        std::fs::remove_file(root.join(p)).unwrap();
+    }
+    tar_gz(dir, &root)
+}
+
+/// A Rocky base like Rocky-9-Container-Base (a Docker base image): release
+/// files and /sbin, but neither systemd nor NetworkManager.
+fn make_rocky_container_base(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    for d in [
+        "etc", "usr/sbin", "usr/bin", "usr/lib", "var/log", "tmp", "root",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    std::fs::write(
+        root.join("usr/lib/os-release"),
+        "NAME=\"Rocky Linux\"\nID=\"rocky\"\nVERSION_ID=\"9.5\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    std::fs::write(
+        root.join("etc/rocky-release"),
+        "Rocky Linux release 9.5 (Blue Onyx)\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("rocky-release", root.join("etc/redhat-release")).unwrap();
+    write_exe(&root.join("usr/bin/bash"));
+    tar_gz(dir, &root)
+}
+
+fn write_exe(path: &Path) {
+    std::fs::write(path, "").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn tar_gz(dir: &Path, root: &Path) -> PathBuf {
     let tarball = dir.join("base.tar.gz");
     let o = Command::new("tar")
         .arg("czf")
         .arg(&tarball)
         .args(["--numeric-owner", "-C"])
-        .arg(&root)
+        .arg(root)
         .arg(".")
         .output()
         .unwrap();
@@ -45,8 +106,18 @@ fn make_base(dir: &Path) -> PathBuf {
 }
 
 fn write_recipe(dir: &Path, tarball: &Path, sha256: Option<&str>) -> PathBuf {
+    write_recipe_for(dir, "debian", "12", tarball, sha256)
+}
+
+fn write_recipe_for(
+    dir: &Path,
+    distro: &str,
+    release: &str,
+    tarball: &Path,
+    sha256: Option<&str>,
+) -> PathBuf {
     let mut s = format!(
-        "name: tiny\ndistro: debian\nrelease: \"12\"\nlxc:\n  tarball:\n    path: {}\n",
+        "name: tiny\ndistro: {distro}\nrelease: \"{release}\"\nlxc:\n  tarball:\n    path: {}\n",
         tarball.display()
     );
     if let Some(d) = sha256 {
@@ -58,10 +129,14 @@ fn write_recipe(dir: &Path, tarball: &Path, sha256: Option<&str>) -> PathBuf {
 }
 
 fn build(dir: &Path, recipe: &Path, out: &Path) -> std::process::Output {
+    build_profile(dir, &repo_root().join("profiles/worker.yaml"), recipe, out)
+}
+
+fn build_profile(dir: &Path, profile: &Path, recipe: &Path, out: &Path) -> std::process::Output {
     imgbuild(
         &[
             "build",
-            repo_root().join("profiles/worker.yaml").to_str().unwrap(),
+            profile.to_str().unwrap(),
             "--output",
             "lxc",
             "--recipe",
@@ -192,5 +267,190 @@ fn shipped_profiles_validate_from_the_cli() {
     assert_eq!(
         String::from_utf8_lossy(&o.stdout).matches("ok  ").count(),
         3
+    );
+}
+
+/// Everything under `dir`, recursively, hidden files included.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A failed contract leaves no artifact, manifest or `.partial` in out/
+/// and nothing new in the cache.
+fn assert_nothing_written(dir: &Path, out: &Path, cache_before: &[String]) {
+    assert!(tree(out).is_empty(), "left in out/: {:?}", tree(out));
+    assert_eq!(tree(&dir.join("cache")), cache_before, "the cache changed");
+}
+
+#[test]
+fn a_debian_base_without_ifupdown_and_dhcp_client_is_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base_without(dir.path(), &["sbin/ifup", "sbin/dhclient"]);
+    let recipe = write_recipe(dir.path(), &base, None);
+    let out = dir.path().join("out");
+    let cache_before = tree(&dir.path().join("cache"));
+    let o = build(dir.path(), &recipe, &out);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let head = format!("{}: the lxc base ", recipe.display());
+    for needle in [
+        head.as_str(),
+        "(debian 12) cannot become a Proxmox template: pct's debian set-up needs 2 things it lacks:",
+        "ifupdown: neither /sbin/ifup nor /usr/sbin/ifup exists",
+        "/etc/network/interfaces",
+        "use a base with ifupdown (or ifupdown2) installed",
+        "a DHCP client: none of /sbin/dhclient",
+        "inet dhcp",
+        "use a base with isc-dhcp-client (or dhcpcd-base, udhcpc) installed",
+        "require-network-stack: false",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    assert!(!err.contains("systemd as init"), "{err}");
+    assert_nothing_written(dir.path(), &out, &cache_before);
+}
+
+#[test]
+fn a_debian_base_without_systemd_or_debian_version_names_each_and_its_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base_without(dir.path(), &["lib/systemd/systemd", "etc/debian_version"]);
+    let recipe = write_recipe(dir.path(), &base, None);
+    let out = dir.path().join("out");
+    let cache_before = tree(&dir.path().join("cache"));
+    let o = build(dir.path(), &recipe, &out);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for needle in [
+        "needs 2 things it lacks:",
+        "systemd as init: /sbin/init leads through /sbin/init -> /lib/systemd/systemd to /lib/systemd/systemd, which is missing",
+        "use a base with systemd-sysv installed",
+        "/etc/debian_version: /etc/debian_version is missing",
+        "unable to read version info",
+        "use a base with base-files installed",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    // pct needs these itself: the switch is not offered.
+    assert!(!err.contains("require-network-stack"), "{err}");
+    assert_nothing_written(dir.path(), &out, &cache_before);
+}
+
+#[test]
+fn a_rocky_container_base_is_refused_with_the_bases_to_use_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_rocky_container_base(dir.path());
+    let recipe = write_recipe_for(dir.path(), "rocky", "9", &base, None);
+    let out = dir.path().join("out");
+    let cache_before = tree(&dir.path().join("cache"));
+    let o = build(dir.path(), &recipe, &out);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for needle in [
+        "(rocky 9) cannot become a Proxmox template: pct's centos set-up needs 2 things it lacks:",
+        "systemd as init: /sbin/init is missing (no /usr/sbin/init, via /sbin -> usr/sbin)",
+        "use a base with systemd installed",
+        "NetworkManager: /usr/sbin/NetworkManager is missing",
+        "/etc/sysconfig/network-scripts/ifcfg-eth0",
+        "use a base with NetworkManager installed",
+        "Rocky's Container-Base tarball is a Docker base image",
+        "rockylinux-9-default",
+        "rockylinux/9",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    assert_nothing_written(dir.path(), &out, &cache_before);
+}
+
+#[test]
+fn require_network_stack_false_builds_with_warnings_in_the_log_and_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base_without(dir.path(), &["sbin/ifup", "sbin/dhclient"]);
+    let recipe = write_recipe(dir.path(), &base, None);
+    let profile = dir.path().join("own-network.yaml");
+    let text_in = std::fs::read_to_string(repo_root().join("profiles/worker.yaml")).unwrap();
+    std::fs::write(
+        &profile,
+        format!("{text_in}lxc:\n  require-network-stack: false\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = build_profile(dir.path(), &profile, &recipe, &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("WARN"), "{log}");
+    assert!(
+        log.contains("ifupdown: neither /sbin/ifup nor /usr/sbin/ifup exists"),
+        "{log}"
+    );
+    let name = "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst";
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    let pct = &m["pct"];
+    assert_eq!(pct["plugin"], "debian");
+    assert_eq!(pct["init"], "/lib/systemd/systemd");
+    assert_eq!(pct["network-stack"], serde_json::json!([]));
+    let warnings: Vec<&str> = pct["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("ifupdown: "), "{warnings:?}");
+    assert!(warnings[1].starts_with("a DHCP client: "), "{warnings:?}");
+
+    // Without the switch the same base is refused.
+    let o = build(dir.path(), &recipe, &dir.path().join("out2"));
+    assert!(!o.status.success(), "{}", text(&o));
+}
+
+#[test]
+fn the_manifest_records_how_pct_will_set_the_container_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base(dir.path());
+    let recipe = write_recipe(dir.path(), &base, None);
+    let out = dir.path().join("out");
+    let o = build(dir.path(), &recipe, &out);
+    assert!(o.status.success(), "{}", text(&o));
+    let name = "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst";
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        m["pct"],
+        serde_json::json!({
+            "plugin": "debian",
+            "init": "/lib/systemd/systemd",
+            "network-stack": [
+                {"what": "ifupdown", "path": "/sbin/ifup"},
+                {"what": "DHCP client dhclient", "path": "/sbin/dhclient"},
+            ],
+        })
+    );
+    assert!(m["timings-ms"]["check-template"].is_u64(), "{m}");
+    let o = imgbuild(&["inspect", out.join(name).to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("pct        debian set-up, init /lib/systemd/systemd, network ifupdown /sbin/ifup + DHCP client dhclient /sbin/dhclient"),
+        "{shown}"
     );
 }

@@ -207,6 +207,24 @@ fn print_text(
         .map(|(k, v)| format!("{k} {v} ms"))
         .collect();
     println!("timings    {}", timings.join(", "));
+    if let Some(p) = &m.pct {
+        let network = if p.network_stack.is_empty() {
+            "none found".to_owned()
+        } else {
+            p.network_stack
+                .iter()
+                .map(|t| format!("{} {}", t.what, t.path))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        println!(
+            "pct        {} set-up, init {}, network {network}",
+            p.plugin, p.init
+        );
+        for w in &p.warnings {
+            println!("WARNING: {w}");
+        }
+    }
     if !m.host_config.is_empty() {
         println!("host conf  {}", m.host_config.join(", "));
     }

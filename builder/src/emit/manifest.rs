@@ -35,11 +35,41 @@ pub struct Manifest {
     pub tar: Option<TarInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskInfo>,
+    /// LXC: how Proxmox will set the container up, as checked at build time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pct: Option<PctInfo>,
     /// Host-side configuration files written next to the artifact.
     #[serde(default)]
     pub host_config: Vec<String>,
     /// Wall-clock milliseconds per pipeline step.
     pub timings_ms: BTreeMap<String, u64>,
+}
+
+/// The template contract's outcome (builder/src/target/contract): what
+/// `pct create`/`pct start` will find in the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PctInfo {
+    /// pve-container's set-up plugin for the distro: `debian`, `ubuntu` or
+    /// `centos` (Rocky).
+    pub plugin: String,
+    /// What `/sbin/init` resolves to (systemd).
+    pub init: String,
+    /// The network tools pct's configuration relies on, as found.
+    #[serde(default)]
+    pub network_stack: Vec<NetworkTool>,
+    /// Items the profile let the build go without (`lxc.require-network-stack: false`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NetworkTool {
+    /// e.g. `ifupdown`, `DHCP client dhclient`, `NetworkManager`.
+    pub what: String,
+    /// Its path in the image, symlinks resolved.
+    pub path: String,
 }
 
 /// What the qcow2 target did to the disk.

@@ -47,6 +47,12 @@ pub const PER_MACHINE_STATE: &[&str] = &[
 
 const SSH_KEYGEN_UNIT: &str = "imgbuild-ssh-keygen.service";
 
+/// The NoCloud seed directory cloud-init and the agent read first.
+pub const NOCLOUD_SEED_DIR: &str = "/var/lib/cloud/seed/nocloud";
+
+/// systemd's interactive first-boot wizard, masked in every image.
+pub const FIRSTBOOT_WIZARD_UNIT: &str = "systemd-firstboot.service";
+
 const SSH_KEYGEN_UNIT_TEXT: &str = "\
 [Unit]
 Description=Generate SSH host keys removed from the image at build time
@@ -117,6 +123,20 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs, target: OutputKind) -> L
         content: Content::Inline(Vec::new()),
     });
 
+    // `pct create` deletes the empty machine-id (pve-container
+    // src/PVE/LXC/Setup/Base.pm, clear_machine_id), so a container's first
+    // start is a systemd first boot, where systemd-firstboot asks on the
+    // console for whatever is unset (locale, keymap, timezone, root password)
+    // and the boot waits for a key press. A node is configured by its
+    // metadata and never interactively, so the wizard is masked: whichever
+    // prompts a distro's systemd has, none can block a boot. The machine-id
+    // itself is still generated per container by PID 1.
+    ops.push(Op::Symlink {
+        path: format!("/etc/systemd/system/{FIRSTBOOT_WIZARD_UNIT}"),
+        target: "/dev/null".into(),
+        meta: meta(0o777),
+    });
+
     // Host keys were removed above; regenerate them on first boot where
     // nothing else does (Proxmox does on `pct create`, cloud-init on VMs,
     // plain lxc-start and Debian's openssh-server do not).
@@ -162,6 +182,15 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs, target: OutputKind) -> L
             }
         });
     }
+
+    // Where a NoCloud seed goes. Shipped empty, so on a Proxmox host
+    // `pct mount` + `install -o 100000 -g 100000 -m 0600 user-data meta-data
+    // …/var/lib/cloud/seed/nocloud/` needs no directories of its own, whose
+    // owner an unprivileged container would not map.
+    ops.push(Op::Mkdir {
+        path: NOCLOUD_SEED_DIR.into(),
+        meta: meta(0o755),
+    });
 
     let mut defaults = plan.baked_defaults();
 
@@ -351,6 +380,12 @@ mod tests {
         ] {
             assert!(written.contains(&p), "{p} missing from {written:?}");
         }
+        assert!(layer.ops.iter().any(|op| matches!(op,
+            Op::Mkdir { path, meta } if path == NOCLOUD_SEED_DIR && meta.mode == 0o755)));
+        // The first-boot wizard cannot block a pct-created container's boot.
+        assert!(layer.ops.iter().any(|op| matches!(op,
+            Op::Symlink { path, target, .. }
+                if path == "/etc/systemd/system/systemd-firstboot.service" && target == "/dev/null")));
         assert!(layer.is_removed("/etc/ssh/ssh_host_ed25519_key"));
         assert!(layer.is_removed("/var/lib/cloud/instances/i-1/sem/x"));
         assert!(layer.is_removed("/etc/rancher/node/password"));

@@ -210,6 +210,14 @@ pub struct LxcSpec {
     /// zstd level for the template (1–19).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Refuse a base without the network stack Proxmox configures for the
+    /// distro (ifupdown and a DHCP client on Debian, systemd-networkd on
+    /// Ubuntu, NetworkManager with ifcfg-rh on Rocky). `false` turns those
+    /// items into warnings, for images that bring their own network set-up;
+    /// what `pct` itself needs (systemd as init, os-release, the distro's
+    /// version file) is always required.
+    #[serde(default = "yes")]
+    pub require_network_stack: bool,
 }
 
 impl Default for LxcSpec {
@@ -217,6 +225,7 @@ impl Default for LxcSpec {
         Self {
             revision: default_revision(),
             zstd_level: default_zstd_level(),
+            require_network_stack: true,
         }
     }
 }

@@ -242,3 +242,26 @@ fn bad_disk_sizes_are_located() {
     let e = err(&format!("{GOOD}qcow2:\n  size: 512M\n"));
     assert!(e.contains("qcow2.size: 512M is too small"), "{e}");
 }
+
+#[test]
+fn require_network_stack_defaults_to_true_and_is_checked_like_other_keys() {
+    let p = parse_profile(Path::new("p.yaml"), GOOD).unwrap();
+    assert!(p.lxc.require_network_stack);
+    let p = parse_profile(
+        Path::new("p.yaml"),
+        &format!("{GOOD}lxc:\n  require-network-stack: false\n"),
+    )
+    .unwrap();
+    assert!(!p.lxc.require_network_stack);
+    assert_eq!(p.lxc.zstd_level, 3);
+
+    let e = err(&format!("{GOOD}lxc:\n  require-network-stack: maybe\n"));
+    assert!(e.starts_with("profiles/p.yaml:7:"), "{e}");
+    assert!(e.contains("lxc.require-network-stack"), "{e}");
+    let e = err(&format!("{GOOD}lxc:\n  require-networkstack: false\n"));
+    assert!(
+        e.starts_with("profiles/p.yaml:7:3: lxc: unknown field `require-networkstack`"),
+        "{e}"
+    );
+    assert!(e.contains("require-network-stack"), "{e}");
+}

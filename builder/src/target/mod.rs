@@ -9,8 +9,12 @@
 //! - [`write_template`]: that stream, zstd-compressed, written atomically as a
 //!   Proxmox/LXC container template (`.tar.zst`).
 //! - [`pct_listing_check`]: the archive check `pct create` applies.
+//! - [`contract`]: what `pct create`/`pct start` need in the rootfs per
+//!   distro, checked on the base (one read-only pass, [`scan_base`]) before
+//!   anything is written.
 
 mod base;
+pub mod contract;
 pub mod disk;
 mod error;
 mod lxc;
@@ -23,6 +27,10 @@ mod tar_writer;
 mod tests;
 
 pub use base::{detect_compression, open_base, open_base_with_progress, Compression};
+pub use contract::{
+    evaluate as evaluate_contract, scan_base, BaseFacts, BaseLabel, ContractError, ContractOptions,
+    Outcome as ContractOutcome,
+};
 pub use error::TargetError;
 pub use lxc::{write_template, write_template_with_progress, LxcOptions, TemplateOutput};
 pub use proxmox::{pct_listing_check, PCT_MIN_MEMBERS};

@@ -222,6 +222,22 @@ impl<R: Read> TarReader<R> {
         Ok(want)
     }
 
+    /// Skips the rest of the current member's data with `skip` (a seek, for
+    /// a file read as stored) instead of reading it. A seek past the end of a
+    /// truncated file goes unnoticed here; the next [`Self::next_member`]
+    /// then finds the end of input and reports the truncation.
+    pub fn skip_data_with(
+        &mut self,
+        skip: impl FnOnce(&mut R, u64) -> io::Result<()>,
+    ) -> Result<(), ReadFailure> {
+        if self.data_left > 0 {
+            skip(&mut self.inner, self.data_left)?;
+            self.offset += self.data_left;
+            self.data_left = 0;
+        }
+        Ok(())
+    }
+
     /// After the first zero block: check the second one and read the input to
     /// its end, so a decompressor reaches (and verifies) its trailer.
     /// Returns the number of non-zero bytes found after the marker.

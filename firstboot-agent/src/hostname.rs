@@ -60,19 +60,26 @@ pub fn apply(root: &Root, system: &dyn System, hostname: Option<&str>) -> Result
     let mut findings = Vec::new();
     if current != name {
         root.write_atomic("/etc/hostname", format!("{name}\n").as_bytes(), 0o644)?;
-        if proxmox_managed {
-            findings.push(Finding::warn(
-                "hostname",
-                format!(
-                    "the metadata names this node {name}, but Proxmox calls the container {current} \
+    }
+    // pct's block names the container as Proxmox knows it; checked on every
+    // run, so a retried run warns again.
+    let pct_names = pve_block_names(&hosts);
+    if proxmox_managed && !pct_names.iter().any(|n| n == name) {
+        let pct_name = pct_names
+            .iter()
+            .find(|n| !n.starts_with("localhost") && *n != "ip6-localhost")
+            .map_or("something else", String::as_str);
+        findings.push(Finding::warn(
+            "hostname",
+            format!(
+                "the metadata names this node {name}, but Proxmox calls the container {pct_name} \
                      and writes that name back to /etc/hostname at every `pct start`"
-                ),
-                format!(
-                    "set it on the Proxmox host with `pct set <vmid> --hostname {name}`; \
+            ),
+            format!(
+                "set it on the Proxmox host with `pct set <vmid> --hostname {name}`; \
                      the K3s node name stays {name} either way"
-                ),
-            ));
-        }
+            ),
+        ));
     }
     if let Some(new_hosts) = hosts_resolving(&hosts, name) {
         root.write_atomic("/etc/hosts", new_hosts.as_bytes(), 0o644)?;
@@ -89,6 +96,24 @@ pub fn apply(root: &Root, system: &dyn System, hostname: Option<&str>) -> Result
         findings,
         proxmox_managed,
     })
+}
+
+/// The names (every field after the address) in pct's block of `/etc/hosts`.
+fn pve_block_names(hosts: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut inside = false;
+    for line in hosts.lines() {
+        let t = line.trim();
+        if t.starts_with(PVE_BLOCK_BEGIN) {
+            inside = true;
+        } else if t.starts_with("# --- END PVE ---") {
+            inside = false;
+        } else if inside {
+            let fields = t.split('#').next().unwrap_or("");
+            names.extend(fields.split_whitespace().skip(1).map(str::to_owned));
+        }
+    }
+    names
 }
 
 fn is_proxmox_managed(hosts: &str) -> bool {
@@ -170,6 +195,8 @@ mod tests {
 
     #[test]
     fn proxmox_block_is_recognised() {
+        assert_eq!(pve_block_names(PVE_HOSTS), vec!["k3s-worker-1"]);
+        assert!(pve_block_names("10.0.0.1 a\n").is_empty());
         assert!(is_proxmox_managed(PVE_HOSTS));
         assert!(!is_proxmox_managed("127.0.0.1 localhost\n"));
     }

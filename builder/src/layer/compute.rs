@@ -50,6 +50,13 @@ const SSH_KEYGEN_UNIT: &str = "imgbuild-ssh-keygen.service";
 /// The NoCloud seed directory cloud-init and the agent read first.
 pub const NOCLOUD_SEED_DIR: &str = "/var/lib/cloud/seed/nocloud";
 
+/// Mount units skipped inside containers (see [`compute_layer`]).
+pub const CONTAINER_SKIPPED_MOUNTS: &[&str] = &[
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+];
+
 /// systemd's interactive first-boot wizard, masked in every image.
 pub const FIRSTBOOT_WIZARD_UNIT: &str = "systemd-firstboot.service";
 
@@ -136,6 +143,25 @@ pub fn compute_layer(plan: &Plan, inputs: &LayerInputs, target: OutputKind) -> L
         target: "/dev/null".into(),
         meta: meta(0o777),
     });
+
+    // Kernel debug/trace/config filesystems cannot be mounted from a user
+    // namespace: in an unprivileged container (pct's default) their static
+    // units fail and the system is `degraded`. pct's preset cannot disable
+    // static units (Setup/Base.pm setup_systemd_preset), so they are skipped
+    // in containers here; VMs mount them as before.
+    for unit in CONTAINER_SKIPPED_MOUNTS {
+        ops.push(Op::WriteFile {
+            path: format!("/etc/systemd/system/{unit}.d/imgbuild-container.conf"),
+            meta: meta(0o644),
+            content: Content::Inline(
+                b"# Written by imgbuild: nothing in a container mounts this; an unprivileged one cannot.
+                  [Unit]
+ConditionVirtualization=!container
+"
+                    .to_vec(),
+            ),
+        });
+    }
 
     // Host keys were removed above; regenerate them on first boot where
     // nothing else does (Proxmox does on `pct create`, cloud-init on VMs,
@@ -382,6 +408,11 @@ mod tests {
         }
         assert!(layer.ops.iter().any(|op| matches!(op,
             Op::Mkdir { path, meta } if path == NOCLOUD_SEED_DIR && meta.mode == 0o755)));
+        assert!(inline(
+            &layer,
+            "/etc/systemd/system/sys-kernel-debug.mount.d/imgbuild-container.conf"
+        )
+        .contains("\nConditionVirtualization=!container\n"));
         // The first-boot wizard cannot block a pct-created container's boot.
         assert!(layer.ops.iter().any(|op| matches!(op,
             Op::Symlink { path, target, .. }

@@ -12,6 +12,8 @@ need+=(qemu-img:qemu-utils debugfs:e2fsprogs e2fsck:e2fsprogs mke2fs:e2fsprogs s
 need+=(mkfs.fat:dosfstools mmd:mtools mcopy:mtools grub-mkimage:grub-common)
 if [[ "${1:-build}" == test ]]; then
   need+=(lxc-start:lxc ip:iproute2)
+  # The LXC test's DHCP server on its bridge; pct's SSH host keys.
+  need+=(dnsmasq:dnsmasq-base ssh-keygen:openssh-client)
   # imgbuild seed (ISO and FAT cidata volumes) and its tests.
   need+=(mkfs.vfat:dosfstools xorriso:xorriso)
   # The qcow2 boot test: qemu under TCG with SeaBIOS and OVMF.
@@ -51,4 +53,13 @@ if ((${#missing[@]})); then
     fi
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" "${extra[@]}" >&2
+fi
+
+# Unprivileged containers: root's subordinate ids, as every Proxmox VE host
+# has them (`root:100000:65536`). With uidmap installed, LXC and
+# lxc-usernsexec map ids through newuidmap, which checks these files.
+if [[ "${1:-build}" == test && $(id -u) -eq 0 ]]; then
+  for f in /etc/subuid /etc/subgid; do
+    grep -qs '^root:100000:65536$' "$f" || echo 'root:100000:65536' >> "$f"
+  done
 fi

@@ -1,20 +1,27 @@
-//! The real end-to-end test: build the server and worker templates from a
-//! Debian 12 rootfs (mmdebstrap, cached), create two privileged LXC
-//! containers from them exactly as `pct create` extracts a template, push
-//! NoCloud seeds the way a Proxmox user does, boot them with `lxc-start` on
-//! a private bridge and check what firstboot-agent did — with the stand-in
-//! K3s release served from the host's bridge address.
+//! The real end-to-end test, on the platform as Proxmox users have it:
+//! build the server, worker and HA-server templates from a Debian 12 rootfs
+//! (mmdebstrap, cached), create containers from them the way `pct create`
+//! does (its extraction, its set-up code for the detected distro, the LXC
+//! config `pct start` writes — see `tests/pve-setup`), privileged and
+//! unprivileged (pct's default), with static addresses and with `ip=dhcp`
+//! from a DHCP server on the lab bridge, push NoCloud seeds as the README
+//! tells users to, boot them with `lxc-start` and check what systemd, the
+//! network and firstboot-agent did — with the stand-in K3s release served
+//! from the host's bridge address.
 //!
-//! Scenario: the worker boots first, while its server is down, and must
-//! fail its network preflight with a clear message after retrying within
-//! its bound; a new run succeeds once the server is up (retrying until the
-//! server answers); restarting both containers neither reinstalls K3s nor
-//! loses `/dev/kmsg`.
+//! Nodes: an unprivileged server on a static address (no host name in its
+//! metadata: pct's names stay), a privileged HA first server on a static
+//! address, a privileged worker on DHCP whose metadata renames it, and an
+//! unprivileged worker on DHCP. The first worker boots while its server is
+//! down and must fail its network preflight with a clear message after
+//! retrying within its bound; it succeeds on its own once the server is up.
+//! Restarting (with pct's pre-start set-up again) neither reinstalls K3s nor
+//! loses `/dev/kmsg`, and the renamed worker keeps its K3s node name.
 //!
-//! Needs root, `lxc`, `mmdebstrap`, `iproute2`, `zstd`, the static agent and
-//! the static stand-in (see `tests/k3s-standin/README.md`, "End-to-end
-//! tests"). Everything it creates on the host (bridge, containers, mirror)
-//! is removed when it ends, also on failure.
+//! Needs root, `lxc`, `mmdebstrap`, `iproute2`, `zstd`, `dnsmasq`, the static
+//! agent and the static stand-in (see `tests/k3s-standin/README.md`,
+//! "End-to-end tests"). Everything it creates on the host (bridge,
+//! containers, mirror, dnsmasq) is removed when it ends, also on failure.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -131,15 +138,19 @@ fn assert_template_holds_no_token(template: &Path, token: &str) {
     );
 }
 
-fn seed(node: &Node, instance_id: &str, hostname: &str, k3s: &str) {
+/// The NoCloud seed of a node; `hostname: None` leaves the name to Proxmox.
+fn seed(node: &Node, instance_id: &str, hostname: Option<&str>, k3s: &str) {
     node.push(
         "/var/lib/cloud/seed/nocloud/meta-data",
-        &format!("instance-id: {instance_id}\nlocal-hostname: {hostname}\n"),
+        &format!("instance-id: {instance_id}\n"),
         0o600,
     );
+    let name = hostname
+        .map(|h| format!("hostname: {h}\n"))
+        .unwrap_or_default();
     node.push(
         "/var/lib/cloud/seed/nocloud/user-data",
-        &format!("#cloud-config\nhostname: {hostname}\nk3s:\n{k3s}"),
+        &format!("#cloud-config\n{name}k3s:\n{k3s}"),
         0o600,
     );
 }
@@ -229,15 +240,78 @@ fn install_fingerprint(node: &Node) -> (u64, i64, i64, Value) {
     (m.ino(), m.mtime(), m.mtime_nsec(), state["k3s"].clone())
 }
 
+/// The files pct writes at create and at every start and the agent must
+/// leave alone unless the metadata names the node.
+fn pct_names(node: &Node) -> [String; 3] {
+    ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"].map(|f| {
+        node.read(f)
+            .unwrap_or_else(|| panic!("[{}] pct wrote no {f}", node.name))
+    })
+}
+
+/// What pct's Debian set-up wrote for eth0 (Setup/Debian.pm `setup_network`).
+fn assert_interfaces_written_by_pct(node: &Node, lab: &Lab, ipv4: Ipv4) {
+    let i = node
+        .read("/etc/network/interfaces")
+        .unwrap_or_else(|| panic!("[{}] pct wrote no /etc/network/interfaces", node.name));
+    let want = match ipv4 {
+        Ipv4::Static(o) => format!(
+            "iface eth0 inet static\n\taddress {}.{o}/24\n\tgateway {}\n",
+            lab.net,
+            lab.host_ip()
+        ),
+        Ipv4::Dhcp => "iface eth0 inet dhcp\n".to_owned(),
+    };
+    assert!(
+        i.contains("auto eth0\n") && i.contains(&want),
+        "[{}] /etc/network/interfaces lacks {want:?}:\n{i}",
+        node.name
+    );
+}
+
+/// eth0 carries the address pct configured (static) or a lease dnsmasq
+/// recorded for the node's MAC (DHCP); the default route goes to the host.
+fn assert_network(node: &Node, lab: &Lab, ipv4: Ipv4) -> String {
+    let ip = node.wait_ipv4(Duration::from_secs(60));
+    match ipv4 {
+        Ipv4::Static(o) => assert_eq!(ip, format!("{}.{o}", lab.net), "[{}]", node.name),
+        Ipv4::Dhcp => {
+            let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+            assert!(
+                ip.starts_with(&format!("{}.", lab.net))
+                    && (DHCP_FIRST..=DHCP_LAST).contains(&last),
+                "[{}] eth0 has {ip}, not a lease from the lab's pool",
+                node.name
+            );
+            let mac = node.ct.nets[0].hwaddr.to_lowercase();
+            let leases = lab.leases();
+            assert!(
+                leases.iter().any(|(m, a, _)| *m == mac && *a == ip),
+                "[{}] dnsmasq has no lease of {ip} for {mac}: {leases:?}",
+                node.name
+            );
+        }
+    }
+    let route = node.attach_out(&["ip", "-4", "route", "show", "default"]);
+    assert!(
+        route.contains(&format!("via {} dev eth0", lab.host_ip())),
+        "[{}] default route: {route:?}",
+        node.name
+    );
+    ip
+}
+
 #[test]
-fn server_and_worker_from_templates_join_over_a_private_bridge() {
+fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     // 1. Tools and binaries: fail with the command that provides them.
-    require_root("the LXC end-to-end test creates a bridge and privileged containers");
+    require_root("the LXC end-to-end test creates a bridge and containers");
     require_tool("lxc-start", "lxc");
     require_tool("lxc-attach", "lxc");
+    require_tool("lxc-usernsexec", "lxc");
     require_tool("mmdebstrap", "mmdebstrap");
     require_tool("ip", "iproute2");
     require_tool("zstd", "zstd");
+    require_tool("ssh-keygen", "openssh-client");
     let agent = agent_binary();
     assert!(
         agent.is_file(),
@@ -259,39 +333,116 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
     let out = lab.dir.join("out");
     let server_t = build_template("server", &out);
     let worker_t = build_template("worker", &out);
-    assert_template_holds_no_token(&server_t, &token);
-    assert_template_holds_no_token(&worker_t, &token);
+    let ha_t = build_template("ha-server", &out);
+    for t in [&server_t, &worker_t, &ha_t] {
+        assert_template_holds_no_token(t, &token);
+    }
 
-    // 3. + 4. Bridge, mirror, containers.
+    // 3. Bridge, mirror, DHCP.
     lab.create_bridge();
     lab.start_mirror(&standin);
+    lab.start_dhcp();
     let mirror = lab.mirror_url.clone();
-    let server = lab.create_node(&format!("ibt{pid}-srv"), &server_t, 10);
-    let worker = lab.create_node(&format!("ibt{pid}-wrk"), &worker_t, 20);
-    let server_url = format!("https://{}:6443", server.ip);
 
-    // 5. NoCloud seeds, as `pct push` would place them.
+    // 4. `pct create`, as a user would run it for each node.
+    let (server_ip4, ha_ip4, worker_ip4, worker2_ip4) =
+        (Ipv4::Static(10), Ipv4::Static(11), Ipv4::Dhcp, Ipv4::Dhcp);
+    let server = lab.create_node(
+        NodeSpec {
+            name: &format!("ibt{pid}-srv"),
+            hostname: "k3s-e2e-server",
+            unprivileged: true,
+            ipv4: server_ip4,
+        },
+        &server_t,
+    );
+    let ha = lab.create_node(
+        NodeSpec {
+            name: &format!("ibt{pid}-ha"),
+            hostname: "k3s-e2e-ha",
+            unprivileged: false,
+            ipv4: ha_ip4,
+        },
+        &ha_t,
+    );
+    // pct names it ct-worker; its metadata calls it k3s-e2e-worker.
+    let mut worker = lab.create_node(
+        NodeSpec {
+            name: &format!("ibt{pid}-wrk"),
+            hostname: "ct-worker",
+            unprivileged: false,
+            ipv4: worker_ip4,
+        },
+        &worker_t,
+    );
+    let mut worker2 = lab.create_node(
+        NodeSpec {
+            name: &format!("ibt{pid}-wrk2"),
+            hostname: "k3s-e2e-worker-2",
+            unprivileged: true,
+            ipv4: worker2_ip4,
+        },
+        &worker_t,
+    );
+    let server_url = format!("https://{}:6443", server.ip);
+    for (n, ipv4) in [
+        (&server, server_ip4),
+        (&ha, ha_ip4),
+        (&worker, worker_ip4),
+        (&worker2, worker2_ip4),
+    ] {
+        assert_interfaces_written_by_pct(n, &lab, ipv4);
+        assert!(
+            !n.path("/etc/machine-id").exists(),
+            "[{}] pct create removes the empty machine-id",
+            n.name
+        );
+    }
+    let pct_files: Vec<[String; 3]> = [&server, &ha, &worker, &worker2]
+        .iter()
+        .map(|n| pct_names(n))
+        .collect();
+    assert!(
+        pct_files[0][2].contains(&format!("nameserver {}\n", lab.host_ip())),
+        "{:?}",
+        pct_files[0]
+    );
+
+    // 5. NoCloud seeds, placed as the README says (`pct mount` + `install`).
     seed(
         &server,
         &format!("iid-e2e-server-{pid}"),
-        "k3s-e2e-server",
+        None,
         &format!("  role: server\n  token: {token}\n  mirror: {mirror}\n"),
+    );
+    seed(
+        &ha,
+        &format!("iid-e2e-ha-{pid}"),
+        None,
+        &format!("  token: {token}\n  mirror: {mirror}\n"),
     );
     // A short network budget so the failure is seen quickly.
     let net_timeout = 30;
     seed(
         &worker,
         &format!("iid-e2e-worker-{pid}"),
-        "k3s-e2e-worker",
+        Some("k3s-e2e-worker"),
         &format!(
             "  role: agent\n  server: {server_url}\n  token: {token}\n  mirror: {mirror}\n  network-timeout-secs: {net_timeout}\n"
         ),
     );
+    seed(
+        &worker2,
+        &format!("iid-e2e-worker2-{pid}"),
+        None,
+        &format!("  role: agent\n  server: {server_url}\n  token: {token}\n  mirror: {mirror}\n"),
+    );
 
-    // 7a. The worker boots while its server is down: the preflight retries
+    // 6. The worker boots while its server is down: the preflight retries
     // within its bound, then fails with a message that says what to fix.
     let since = SystemTime::now();
     let worker_started = worker.start();
+    worker.ip = assert_network(&worker, &lab, worker_ip4);
     let failed = worker.wait_result(
         since,
         Duration::from_secs(net_timeout + 120),
@@ -373,7 +524,7 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
         "a failed first-boot run is not retried on its own"
     );
 
-    // 7b. Without anyone touching the worker, its agent runs again while the
+    // 7. Without anyone touching the worker, its agent runs again while the
     // server is still down, and keeps retrying until the server has booted.
     let since = SystemTime::now();
     let since_unix = unix_now();
@@ -391,15 +542,26 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
                 .then_some(())
         },
     );
-    let server_since = SystemTime::now();
+    let others_since = SystemTime::now();
     let server_started = server.start();
-    let sres = server.wait_result(server_since, Duration::from_secs(180), finished_or_failed);
+    let ha_started = ha.start();
+    let worker2_started = worker2.start();
+    let sres = server.wait_result(others_since, Duration::from_secs(180), finished_or_failed);
     let server_secs = server_started.elapsed().as_secs_f64();
     assert_eq!(sres["finished"], true, "server did not finish: {sres:#}");
     let boot_secs = sres["boot-to-done-secs"].as_f64().unwrap_or(f64::MAX);
     assert!(
         boot_secs < server_secs + 5.0,
         "boot-to-done-secs {boot_secs} is not measured from the container's boot ({server_secs:.1} s wall)"
+    );
+    let hres = ha.wait_result(others_since, Duration::from_secs(180), finished_or_failed);
+    let ha_secs = ha_started.elapsed().as_secs_f64();
+    assert_eq!(hres["finished"], true, "HA server did not finish: {hres:#}");
+    let w2res = worker2.wait_result(others_since, Duration::from_secs(180), finished_or_failed);
+    let worker2_secs = worker2_started.elapsed().as_secs_f64();
+    assert_eq!(
+        w2res["finished"], true,
+        "worker 2 did not finish: {w2res:#}"
     );
     let wres = worker.wait_result(since, Duration::from_secs(180), finished_or_failed);
     let worker_secs = worker_started.elapsed().as_secs_f64();
@@ -418,6 +580,8 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
     eprintln!("\nboot-to-agent-done:");
     for (n, res, wall, what) in [
         (&server, &sres, server_secs, "from lxc-start"),
+        (&ha, &hres, ha_secs, "from lxc-start"),
+        (&worker2, &w2res, worker2_secs, "from lxc-start"),
         (
             &worker,
             &wres,
@@ -430,32 +594,67 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
             n.name, res["boot-to-done-secs"]
         );
     }
-
     let timings = serde_json::json!({
-        "server": {"container": server.name, "wall-secs-from-lxc-start": server_secs,
+        "server": {"container": server.name, "unprivileged": true, "wall-secs-from-lxc-start": server_secs,
                    "boot-to-done-secs": sres["boot-to-done-secs"]},
-        "worker": {"container": worker.name, "wall-secs-from-lxc-start": worker_secs,
+        "ha-server": {"container": ha.name, "unprivileged": false, "wall-secs-from-lxc-start": ha_secs,
+                   "boot-to-done-secs": hres["boot-to-done-secs"]},
+        "worker": {"container": worker.name, "unprivileged": false, "wall-secs-from-lxc-start": worker_secs,
                    "boot-to-done-secs": wres["boot-to-done-secs"],
                    "network-attempts": attempts},
+        "worker-2": {"container": worker2.name, "unprivileged": true, "wall-secs-from-lxc-start": worker2_secs,
+                   "boot-to-done-secs": w2res["boot-to-done-secs"]},
     });
     let timings_file = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e_lxc-timings.json");
     std::fs::write(&timings_file, format!("{timings:#}\n")).unwrap();
     eprintln!("  (recorded in {})", timings_file.display());
-    for (n, res) in [(&server, &sres), (&worker, &wres)] {
-        eprintln!("{} warnings: {:#}", n.name, res["warnings"]);
-    }
 
-    // 6. What each node got.
-    for (n, res, role, unit, host) in [
-        (&server, &sres, "server", "k3s.service", "k3s-e2e-server"),
+    // 9. What each node got: a fully booted system, the network pct
+    // configured, pct's names unless the metadata gave one, and K3s.
+    worker2.ip = assert_network(&worker2, &lab, worker2_ip4);
+    assert_network(&server, &lab, server_ip4);
+    assert_network(&ha, &lab, ha_ip4);
+    for (i, (n, res, role, unit, host, renamed)) in [
+        (
+            &server,
+            &sres,
+            "server",
+            "k3s.service",
+            "k3s-e2e-server",
+            false,
+        ),
+        (&ha, &hres, "server", "k3s.service", "k3s-e2e-ha", false),
         (
             &worker,
             &wres,
             "agent",
             "k3s-agent.service",
             "k3s-e2e-worker",
+            true,
         ),
-    ] {
+        (
+            &worker2,
+            &w2res,
+            "agent",
+            "k3s-agent.service",
+            "k3s-e2e-worker-2",
+            false,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        eprintln!("{} warnings: {:#}", n.name, res["warnings"]);
+        n.wait_running(Duration::from_secs(60));
+        // Unprivileged: the container's root is the host's 100000.
+        let uid_map = n.attach_out(&["cat", "/proc/self/uid_map"]);
+        let mapped = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "100000", "65536"];
+        assert_eq!(
+            mapped,
+            n.root_uid == 100_000,
+            "[{}] uid_map {uid_map:?}",
+            n.name
+        );
         assert_eq!(res["role"], role, "{res:#}");
         assert_eq!(res["unit"], unit, "{res:#}");
         assert_eq!(res["k3s-version"], K3S_VERSION, "{res:#}");
@@ -468,7 +667,7 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
         assert_active(n, unit);
         // The binary came from the mirror on the bridge (the first run says
         // so; the readiness run records "already installed") and is the
-        // pinned one.
+        // pinned one, installed by the container's own root.
         assert_eq!(
             journal_count(
                 n,
@@ -482,9 +681,60 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
         );
         let v = n.attach_ok(&["k3s", "--version"]);
         assert!(v.contains(K3S_VERSION), "[{}] k3s --version: {v}", n.name);
-        // Host name from the metadata (lxc.uts.name is the container name).
-        assert_eq!(n.attach_out(&["hostname"]), host);
+        assert_eq!(
+            std::fs::metadata(n.path("/usr/local/bin/k3s"))
+                .unwrap()
+                .uid(),
+            n.root_uid,
+            "[{}] k3s is not owned by the container's root",
+            n.name
+        );
+        // Names: pct's stay unless the metadata gives one.
+        let [pct_hostname, pct_hosts, pct_resolv] = &pct_files[i];
+        assert_eq!(n.attach_out(&["hostname"]), host, "[{}]", n.name);
         assert_eq!(n.read("/etc/hostname").unwrap().trim(), host);
+        let resolv = n.read("/etc/resolv.conf").unwrap();
+        if n.ct.nets[0].ip.as_deref() == Some("dhcp") {
+            // dhclient's hook replaces pct's file with the lease's name
+            // servers (dnsmasq gives the host), as on a real Proxmox node.
+            assert!(
+                resolv.contains(&format!("nameserver {}\n", lab.host_ip())),
+                "[{}] resolv.conf after DHCP:\n{resolv}",
+                n.name
+            );
+        } else {
+            assert_eq!(
+                &resolv, pct_resolv,
+                "[{}] resolv.conf is not pct's any more",
+                n.name
+            );
+        }
+        let hosts = n.read("/etc/hosts").unwrap();
+        if renamed {
+            assert_eq!(pct_hostname.trim(), "ct-worker");
+            assert!(
+                hosts.starts_with(pct_hosts.as_str())
+                    && hosts.contains(&format!("\n127.0.1.1 {host}\n")),
+                "[{}] /etc/hosts:\n{hosts}",
+                n.name
+            );
+            assert!(
+                res["warnings"].as_array().unwrap().iter().any(|w| w
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("pct set <vmid> --hostname {host}"))),
+                "[{}] no advice on pct's host name: {:#}",
+                n.name,
+                res["warnings"]
+            );
+        } else {
+            assert_eq!(pct_hostname.trim(), host);
+            assert_eq!(
+                &hosts, pct_hosts,
+                "[{}] /etc/hosts is not pct's any more",
+                n.name
+            );
+        }
         assert_kmsg(n);
         // The secret is in the 0600 env file only.
         let env_file = format!("/etc/systemd/system/{unit}.env");
@@ -509,32 +759,43 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
     );
     assert_eq!(scfg["disable"][0].as_str(), Some("traefik"), "{scfg:?}");
     assert!(scfg.get("server").is_none(), "{scfg:?}");
-    let wcfg = yaml_file(&worker, "/etc/rancher/k3s/config.yaml");
-    assert_eq!(
-        wcfg["server"].as_str(),
-        Some(server_url.as_str()),
-        "{wcfg:?}"
-    );
-    assert!(
-        wcfg["node-label"].as_sequence().is_some_and(|l| l
-            .iter()
-            .any(|x| x.as_str() == Some("node.kubernetes.io/pool=workers"))),
-        "{wcfg:?}"
-    );
-    assert_eq!(
-        wcfg["kube-proxy-arg"][0].as_str(),
-        Some("conntrack-max-per-core=0"),
-        "{wcfg:?}"
-    );
+    let hcfg = yaml_file(&ha, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(hcfg["cluster-init"].as_bool(), Some(true), "{hcfg:?}");
+    for (w, name) in [(&worker, "k3s-e2e-worker"), (&worker2, "k3s-e2e-worker-2")] {
+        let wcfg = yaml_file(w, "/etc/rancher/k3s/config.yaml");
+        assert_eq!(
+            wcfg["server"].as_str(),
+            Some(server_url.as_str()),
+            "{wcfg:?}"
+        );
+        assert!(
+            wcfg["node-label"].as_sequence().is_some_and(|l| l
+                .iter()
+                .any(|x| x.as_str() == Some("node.kubernetes.io/pool=workers"))),
+            "{wcfg:?}"
+        );
+        assert_eq!(
+            wcfg["kube-proxy-arg"][0].as_str(),
+            Some("conntrack-max-per-core=0"),
+            "{wcfg:?}"
+        );
+        // The renamed worker's K3s name is pinned; the other keeps pct's.
+        let pinned = wcfg.get("node-name").and_then(|v| v.as_str());
+        if w.name == worker.name {
+            assert_eq!(pinned, Some(name), "{wcfg:?}");
+        } else {
+            assert_eq!(pinned, None, "{wcfg:?}");
+        }
+    }
 
-    // The server's node token, and the worker joined with the same secret.
+    // The server's node token, and the workers joined with the same secret
+    // through the addresses pct configured.
     let rec = "/var/lib/rancher/k3s/standin/effective-config.json";
     let seff = server.read_json(rec).unwrap();
-    let weff = worker.read_json(rec).unwrap();
     assert_eq!(seff["status"], "running", "{seff:#}");
-    assert_eq!(weff["status"], "running", "{weff:#}");
     assert_eq!(seff["role"], "server");
-    assert_eq!(weff["role"], "agent");
+    let heff = ha.read_json(rec).unwrap();
+    assert_eq!(heff["status"], "running", "{heff:#}");
     let node_token_path = "/var/lib/rancher/k3s/server/node-token";
     assert_eq!(mode(&server, node_token_path), 0o600);
     let node_token = server.read(node_token_path).unwrap();
@@ -544,48 +805,65 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
         "node-token is not K10<ca hash>::server:<the seed's token>"
     );
     assert_eq!(seff["node_token_sha256"], sha256_hex(node_token.as_bytes()));
-    assert_eq!(
-        weff["token"]["sha256"], seff["token"]["sha256"],
-        "{weff:#}\n{seff:#}"
-    );
-    assert_eq!(
-        weff["token"]["secret_sha256"],
-        seff["token"]["secret_sha256"]
-    );
-    assert_eq!(weff["token"]["sha256"], sha256_hex(token.as_bytes()));
-    assert_eq!(weff["server_url"], server_url.as_str());
-    // The worker reached the server's 6443 and was accepted.
-    assert_eq!(weff["join"]["ok"], true, "{weff:#}");
-    assert!(
-        weff["join"]["server_line"]
-            .as_str()
-            .is_some_and(|l| l.contains("k3s-standin server k3s-e2e-server")),
-        "{weff:#}"
-    );
     let joins = server
         .read("/var/lib/rancher/k3s/standin/joins.jsonl")
         .unwrap_or_default();
-    let join: Value = joins
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|j| j["node_name"] == "k3s-e2e-worker")
-        .unwrap_or_else(|| panic!("the server recorded no join of the worker:\n{joins}"));
-    assert_eq!(join["accepted"], true, "{join}");
-    assert!(
-        join["peer"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with(&format!("{}:", worker.ip)),
-        "{join}"
-    );
+    for (w, name) in [(&worker, "k3s-e2e-worker"), (&worker2, "k3s-e2e-worker-2")] {
+        let weff = w.read_json(rec).unwrap();
+        assert_eq!(weff["status"], "running", "{weff:#}");
+        assert_eq!(weff["role"], "agent");
+        assert_eq!(weff["node_name"], name, "{weff:#}");
+        assert_eq!(
+            weff["token"]["sha256"], seff["token"]["sha256"],
+            "{weff:#}\n{seff:#}"
+        );
+        assert_eq!(
+            weff["token"]["secret_sha256"],
+            seff["token"]["secret_sha256"]
+        );
+        assert_eq!(weff["token"]["sha256"], sha256_hex(token.as_bytes()));
+        assert_eq!(weff["server_url"], server_url.as_str());
+        assert_eq!(weff["join"]["ok"], true, "{weff:#}");
+        assert!(
+            weff["join"]["server_line"]
+                .as_str()
+                .is_some_and(|l| l.contains("k3s-standin server k3s-e2e-server")),
+            "{weff:#}"
+        );
+        let join: Value = joins
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|j| j["node_name"] == name)
+            .unwrap_or_else(|| panic!("the server recorded no join of {name}:\n{joins}"));
+        assert_eq!(join["accepted"], true, "{join}");
+        assert!(
+            join["peer"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("{}:", w.ip)),
+            "{name} joined from {}, not its address {}",
+            join["peer"],
+            w.ip
+        );
+    }
     assert_eq!(mode(&server, "/etc/rancher/k3s/k3s.yaml"), 0o644);
 
-    // Distinct machine identities.
-    let (smid, wmid) = (machine_id(&server), machine_id(&worker));
-    assert_ne!(smid, wmid, "both containers have machine-id {smid}");
+    // Distinct machine identities, each generated in its container.
+    let ids: Vec<String> = [&server, &ha, &worker, &worker2]
+        .iter()
+        .map(|n| machine_id(n))
+        .collect();
+    for (i, a) in ids.iter().enumerate() {
+        assert!(
+            !ids[i + 1..].contains(a),
+            "two containers share machine-id {a}"
+        );
+    }
 
-    // 7c. Restart both: K3s is not reinstalled, the agent stays done, K3s
-    // comes back, and so does /dev/kmsg.
+    // 10. Restart the server and the renamed worker the way `pct start`
+    // does (its pre-start set-up again): K3s is not reinstalled, the agent
+    // stays done, K3s comes back, and so does /dev/kmsg. pct puts its own
+    // name back on the worker; K3s keeps the pinned one.
     let before = [install_fingerprint(&server), install_fingerprint(&worker)];
     let mirror_log = lab.mirror_log();
     let restart_at = unix_now();
@@ -595,7 +873,7 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
     server.start();
     worker.start();
     for (n, unit) in [(&server, "k3s.service"), (&worker, "k3s-agent.service")] {
-        n.wait_booted(Duration::from_secs(120));
+        n.wait_running(Duration::from_secs(120));
         poll(
             &format!("{unit} in {} after the restart", n.name),
             Duration::from_secs(90),
@@ -630,19 +908,22 @@ fn server_and_worker_from_templates_join_over_a_private_bridge() {
     assert_eq!(lab.mirror_log(), mirror_log, "the mirror was asked again");
     assert_eq!(
         machine_id(&server),
-        smid,
-        "the server's machine-id changed on restart"
+        ids[0],
+        "the server's machine-id changed"
     );
     assert_eq!(
         machine_id(&worker),
-        wmid,
-        "the worker's machine-id changed on restart"
+        ids[2],
+        "the worker's machine-id changed"
     );
+    assert_eq!(worker.attach_out(&["hostname"]), "ct-worker");
     let weff2 = worker.read_json(rec).unwrap();
     assert_eq!(weff2["join"]["ok"], true, "{weff2:#}");
+    assert_eq!(weff2["node_name"], "k3s-e2e-worker", "{weff2:#}");
 
     eprintln!(
-        "\nend-to-end LXC test passed in {:.0} s (server {server_secs:.1} s, worker {worker_secs:.1} s to agent done)",
+        "\nend-to-end LXC test passed in {:.0} s (server {server_secs:.1} s, HA server {ha_secs:.1} s, \
+         worker {worker_secs:.1} s, worker 2 {worker2_secs:.1} s to agent done)",
         test_started.elapsed().as_secs_f64()
     );
 }

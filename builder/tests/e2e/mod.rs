@@ -1,12 +1,17 @@
 //! Helpers for the real end-to-end LXC test (`e2e_lxc.rs`): a private
-//! bridge, a release mirror on the bridge address, privileged containers
-//! created from imgbuild templates the way `pct create` does, and a guard
-//! that tears all of it down again — also when a test panics.
+//! bridge with a DHCP server on it, a release mirror on the bridge address,
+//! and containers made from imgbuild templates the way Proxmox makes them —
+//! `pct create`'s extraction and set-up, the LXC config `pct start` writes,
+//! and its pre-start set-up before every start (all from the `pve-setup`
+//! crate, which follows pve-container's code) — plus a guard that tears all
+//! of it down again, also when a test panics.
 //!
 //! Network rule: everything stays on this machine. The bridge has its own
 //! /24 inside 10.0.0.0/8 with the host on .1; no NAT is set up, IPv4
 //! forwarding is switched off for packets arriving on the bridge and IPv6 is
 //! off on it, so the containers can reach the host and each other only.
+//! dnsmasq answers DHCP and DNS on the bridge address alone and forwards no
+//! query anywhere.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::common::{self, run, text};
+use crate::common::{self, require_tool, run, text};
 
 /// The K3s version the shipped profiles pin.
 pub const K3S_VERSION: &str = "v1.34.3+k3s1";
@@ -55,15 +60,42 @@ pub fn poll<T>(
     }
 }
 
-/// One privileged container of the lab.
+/// How `pct create --net0 …,ip=` configures a node's eth0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv4 {
+    /// `ip=<net>.<octet>/24,gw=<host>`.
+    Static(u8),
+    /// `ip=dhcp`: a lease from the lab's dnsmasq.
+    Dhcp,
+}
+
+/// One container as a user asks for it with `pct create`.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSpec<'a> {
+    /// The LXC name (Proxmox uses the vmid; here a name unique to the run).
+    pub name: &'a str,
+    /// `--hostname`.
+    pub hostname: &'a str,
+    /// `--unprivileged 1`, pct's default.
+    pub unprivileged: bool,
+    pub ipv4: Ipv4,
+}
+
+/// One container of the lab.
 #[derive(Debug, Clone)]
 pub struct Node {
     pub name: String,
+    /// The static address, or the DHCP lease once [`Node::wait_ipv4`] saw it.
     pub ip: String,
     pub dir: PathBuf,
     pub rootfs: PathBuf,
     pub log: PathBuf,
     pub lxcpath: PathBuf,
+    /// What `pct create` was given; `pct start` applies it again.
+    pub ct: pve_setup::CtConfig,
+    host: pve_setup::Host,
+    /// The container's root as the host sees it (100000 when unprivileged).
+    pub root_uid: u32,
 }
 
 impl Node {
@@ -80,18 +112,30 @@ impl Node {
         serde_json::from_str(&self.read(guest)?).ok()
     }
 
-    /// Write a file into the container's rootfs, owned by root, like
-    /// `pct push … --perms MODE` does.
+    /// Write a file into the stopped container's rootfs the way the README
+    /// tells Proxmox users to: `pct mount`, then `install -o <root> -g <root>
+    /// -m MODE FILE …/rootfs/DIR/`, owned by the container's root (100000 in
+    /// an unprivileged one). The directory must exist, as `install` needs.
     pub fn push(&self, guest: &str, content: &str, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
         let p = self.path(guest);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        assert!(
+            p.parent().unwrap().is_dir(),
+            "[{}] {} does not exist in the container: the template should ship it",
+            self.name,
+            Path::new(guest).parent().unwrap().display()
+        );
         fs::write(&p, content).unwrap();
+        std::os::unix::fs::chown(&p, Some(self.root_uid), Some(self.root_uid)).unwrap();
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    /// `lxc-start -d` with a DEBUG log; returns when the monitor has started.
+    /// `pct start`: pct's pre-start set-up of the rootfs (network files,
+    /// host name, hosts, resolv.conf), then `lxc-start -d` with a DEBUG
+    /// log; returns when the monitor has started.
     pub fn start(&self) -> Instant {
+        pve_setup::pre_start_hook(&self.rootfs, &self.ct, &self.host)
+            .unwrap_or_else(|e| panic!("[{}] pct's pre-start set-up: {e}", self.name));
         let started = Instant::now();
         run_ok(
             Command::new("lxc-start")
@@ -158,15 +202,47 @@ impl Node {
             .to_owned()
     }
 
-    /// Wait until systemd inside has finished booting (running or degraded).
-    pub fn wait_booted(&self, limit: Duration) -> String {
-        poll(
+    /// Wait until systemd inside has finished booting, and require that it
+    /// is `running`: a `degraded` system fails, naming its failed units.
+    pub fn wait_running(&self, limit: Duration) {
+        let state = poll(
             &format!("systemd in {} to finish booting", self.name),
             limit,
             Duration::from_millis(500),
             || {
                 let s = self.attach_out(&["systemctl", "is-system-running"]);
-                matches!(s.as_str(), "running" | "degraded" | "maintenance").then_some(s)
+                matches!(
+                    s.as_str(),
+                    "running" | "degraded" | "maintenance" | "stopping"
+                )
+                .then_some(s)
+            },
+        );
+        if state != "running" {
+            let failed = self.attach_out(&[
+                "systemctl",
+                "list-units",
+                "--failed",
+                "--plain",
+                "--no-legend",
+                "--no-pager",
+            ]);
+            panic!(
+                "[{}] systemctl is-system-running says {state}, not running; failed units:\n{failed}",
+                self.name
+            );
+        }
+    }
+
+    /// eth0's IPv4 address (`a.b.c.d`) once it has one.
+    pub fn wait_ipv4(&self, limit: Duration) -> String {
+        poll(
+            &format!("an IPv4 address on eth0 in {}", self.name),
+            limit,
+            Duration::from_millis(500),
+            || {
+                let out = self.attach_out(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+                parse_ipv4(&out)
             },
         )
     }
@@ -260,6 +336,14 @@ impl Node {
     }
 }
 
+/// The address in `ip -4 -o addr show` output (`… inet 10.1.2.3/24 brd …`).
+pub fn parse_ipv4(out: &str) -> Option<String> {
+    let mut words = out.split_whitespace();
+    words.find(|w| *w == "inet")?;
+    let cidr = words.next()?;
+    Some(cidr.split('/').next()?.to_owned())
+}
+
 /// Prefix of the lab's temp directory: `imgbuild-e2e-lxc-<pid>-XXXXXX`.
 const TMP_PREFIX: &str = "imgbuild-e2e-lxc-";
 
@@ -270,7 +354,8 @@ struct Teardown {
     bridge: Option<String>,
     lxcpath: PathBuf,
     nodes: Vec<String>,
-    mirror_pid: Option<u32>,
+    /// The mirror and dnsmasq.
+    pids: Vec<u32>,
     dir: PathBuf,
 }
 
@@ -286,7 +371,7 @@ impl Teardown {
                 .arg("-k")
                 .output();
         }
-        if let Some(pid) = self.mirror_pid {
+        for pid in &self.pids {
             let _ = Command::new("kill").arg(pid.to_string()).output();
         }
         if let Some(b) = &self.bridge {
@@ -308,7 +393,9 @@ fn install_signal_handler() {
         let r = ctrlc::set_handler(|| {
             let pending = PENDING.lock().map(|mut p| p.take()).unwrap_or(None);
             if let Some(t) = pending {
-                eprintln!("lab: interrupted; removing the containers, the mirror and the bridge");
+                eprintln!(
+                    "lab: interrupted; removing the containers, the mirror, dnsmasq and the bridge"
+                );
                 t.run();
             }
             std::process::exit(130);
@@ -346,20 +433,22 @@ fn cleanup_stale_runs() {
                     .collect()
             })
             .unwrap_or_default();
-        // The mirror of that run: a process serving from its directory.
-        let mirror_dir = dir.join("mirror");
-        let mirror_pid = fs::read_dir("/proc").ok().and_then(|rd| {
-            rd.flatten().find_map(|p| {
-                let pid: u32 = p.file_name().to_str()?.parse().ok()?;
-                let cmdline = fs::read(p.path().join("cmdline")).ok()?;
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                (args.iter().any(|a| *a == b"serve-mirror")
-                    && args
-                        .iter()
-                        .any(|a| *a == mirror_dir.as_os_str().as_encoded_bytes()))
-                .then_some(pid)
+        // The mirror and dnsmasq of that run: processes naming its directory.
+        let dir_bytes = dir.as_os_str().as_encoded_bytes().to_vec();
+        let pids = fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|p| {
+                        let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+                        let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+                        cmdline
+                            .split(|b| *b == 0)
+                            .any(|a| a.windows(dir_bytes.len()).any(|w| w == dir_bytes))
+                            .then_some(pid)
+                    })
+                    .collect()
             })
-        });
+            .unwrap_or_default();
         let bridge = format!("ibtest{}", pid % 10_000_000);
         let has_bridge = Path::new("/sys/class/net").join(&bridge).exists();
         eprintln!(
@@ -375,7 +464,7 @@ fn cleanup_stale_runs() {
             bridge: has_bridge.then_some(bridge),
             lxcpath,
             nodes,
-            mirror_pid,
+            pids,
             dir,
         }
         .run();
@@ -393,10 +482,15 @@ pub struct Lab {
     pub mirror_url: String,
     mirror: Option<Child>,
     mirror_stdout: Option<BufReader<ChildStdout>>,
+    dnsmasq: Option<Child>,
     bridge_created: bool,
     nodes: Vec<Node>,
     tmp: Option<tempfile::TempDir>,
 }
+
+/// The DHCP pool dnsmasq hands out: `<net>.100` to `<net>.199`.
+pub const DHCP_FIRST: u8 = 100;
+pub const DHCP_LAST: u8 = 199;
 
 impl Lab {
     /// An empty lab in a new temporary directory; nothing on the host yet.
@@ -408,6 +502,12 @@ impl Lab {
             .tempdir()
             .unwrap();
         let dir = tmp.path().to_path_buf();
+        // An unprivileged container's root (the host's uid 100000) must be
+        // able to reach its rootfs; a temp dir is 0700.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
         let lxcpath = dir.join("lxc");
         fs::create_dir_all(&lxcpath).unwrap();
         let pid = std::process::id();
@@ -419,6 +519,7 @@ impl Lab {
             mirror_url: String::new(),
             mirror: None,
             mirror_stdout: None,
+            dnsmasq: None,
             bridge_created: false,
             nodes: Vec::new(),
             tmp: Some(tmp),
@@ -431,7 +532,12 @@ impl Lab {
             bridge: self.bridge_created.then(|| self.bridge.clone()),
             lxcpath: self.lxcpath.clone(),
             nodes: self.nodes.iter().map(|n| n.name.clone()).collect(),
-            mirror_pid: self.mirror.as_ref().map(Child::id),
+            pids: self
+                .mirror
+                .iter()
+                .chain(self.dnsmasq.iter())
+                .map(Child::id)
+                .collect(),
             dir: self.dir.clone(),
         };
         if let Ok(mut p) = PENDING.lock() {
@@ -528,58 +634,152 @@ impl Lab {
         fs::read_to_string(self.dir.join("mirror.log")).unwrap_or_default()
     }
 
-    /// A privileged container from `template`, extracted with pct's flags,
-    /// configured with the template's generated `.lxc.conf` and a veth on the
-    /// lab bridge with address `<net>.<host_octet>`.
-    pub fn create_node(&mut self, name: &str, template: &Path, host_octet: u8) -> Node {
-        let dir = self.lxcpath.join(name);
-        let rootfs = dir.join("rootfs");
-        let t = Instant::now();
-        common::pct_extract(template, &rootfs);
+    /// DHCP and DNS on the bridge address, as a Proxmox user's router or
+    /// dnsmasq gives them: leases from the pool, the host as router and name
+    /// server; no upstream, so no query leaves the lab.
+    pub fn start_dhcp(&mut self) {
+        require_tool("dnsmasq", "dnsmasq-base");
+        let log = self.dir.join("dnsmasq.log");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--user=root",
+                "--group=root",
+                "--bind-interfaces",
+                "--except-interface=lo",
+            ])
+            .arg(format!("--interface={}", self.bridge))
+            .arg(format!("--listen-address={}", self.host_ip()))
+            .args(["--no-resolv", "--no-hosts", "--no-poll", "--log-dhcp"])
+            .arg(format!(
+                "--dhcp-range={0}.{DHCP_FIRST},{0}.{DHCP_LAST},255.255.255.0,1h",
+                self.net
+            ))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                self.dir.join("dnsmasq.leases").display()
+            ))
+            .arg(format!("--log-facility={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting dnsmasq: {e}"));
+        self.dnsmasq = Some(child);
+        self.sync();
+        poll(
+            "dnsmasq to start",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let l = fs::read_to_string(&log).unwrap_or_default();
+                if let Some(c) = self.dnsmasq.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        panic!("dnsmasq exited with {st}:\n{l}");
+                    }
+                }
+                l.contains("DHCP, IP range").then_some(())
+            },
+        );
         eprintln!(
-            "lab: extracted {} for {name} in {:.1} s",
+            "lab: dnsmasq on {} (DHCP {}.{DHCP_FIRST}-{DHCP_LAST}, DNS with no upstream)",
+            self.bridge, self.net
+        );
+    }
+
+    /// dnsmasq's lease file: `(mac, ip, hostname)` per lease.
+    pub fn leases(&self) -> Vec<(String, String, String)> {
+        fs::read_to_string(self.dir.join("dnsmasq.leases"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 4).then(|| (f[1].to_lowercase(), f[2].to_owned(), f[3].to_owned()))
+            })
+            .collect()
+    }
+
+    pub fn dnsmasq_log(&self) -> String {
+        fs::read_to_string(self.dir.join("dnsmasq.log")).unwrap_or_default()
+    }
+
+    /// A container made from `template` as Proxmox makes it:
+    /// `pct create <vmid> <template> --hostname H --net0
+    /// name=eth0,bridge=<lab bridge>,hwaddr=<generated>,ip=…[,gw=<host>]
+    /// --nameserver <host> --unprivileged 0|1`, then the template's
+    /// `.pve-privileged.conf` or `.pve-unprivileged.conf` lines appended to
+    /// its config, as the README says. Nothing else: no address from the
+    /// LXC side, no file written into the rootfs by hand.
+    pub fn create_node(&mut self, spec: NodeSpec<'_>, template: &Path) -> Node {
+        let dir = self.lxcpath.join(spec.name);
+        let rootfs = dir.join("rootfs");
+        let variant = if spec.unprivileged {
+            "unprivileged"
+        } else {
+            "privileged"
+        };
+        let host_lines_file = PathBuf::from(format!("{}.pve-{variant}.conf", template.display()));
+        let host_lines = fs::read_to_string(&host_lines_file)
+            .unwrap_or_else(|e| panic!("{}: {e}", host_lines_file.display()));
+        // Unique per run and per node: pct names the host side of the veth
+        // `veth<vmid>i<n>`, at most 15 characters.
+        let vmid = (std::process::id() % 100_000) * 10 + self.nodes.len() as u32;
+        let (ip, gw) = match spec.ipv4 {
+            Ipv4::Static(octet) => (format!("{}.{octet}/24", self.net), Some(self.host_ip())),
+            Ipv4::Dhcp => ("dhcp".to_owned(), None),
+        };
+        let ct = pve_setup::CtConfig {
+            vmid,
+            hostname: Some(spec.hostname.to_owned()),
+            nets: vec![pve_setup::NetConfig {
+                index: 0,
+                name: "eth0".into(),
+                bridge: self.bridge.clone(),
+                hwaddr: pve_setup::pve_mac(u64::from(vmid)),
+                ip: Some(ip),
+                gw,
+                ip6: None,
+                gw6: None,
+                mtu: None,
+            }],
+            nameserver: Some(self.host_ip()),
+            searchdomain: None,
+            unprivileged: spec.unprivileged,
+            timezone: None,
+            ssh_public_keys: None,
+            root_password: None,
+            arch: "amd64".into(),
+            tty: 2,
+            extra: pve_setup::parse_pve_conf(&host_lines),
+        };
+        let host = pve_setup::Host {
+            resolv_conf: fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        };
+        let t = Instant::now();
+        let distro = pve_setup::create(template, &rootfs, &ct, &host)
+            .unwrap_or_else(|e| panic!("pct create {vmid} {}: {e}", template.display()));
+        fs::write(dir.join("config"), pve_setup::lxc_config(&ct, &rootfs)).unwrap();
+        eprintln!(
+            "lab: pct create {vmid} ({}, {variant}, ip={}) as {distro:?} in {:.1} s",
             template.file_name().unwrap().to_string_lossy(),
+            ct.nets[0].ip.as_deref().unwrap_or("-"),
             t.elapsed().as_secs_f64()
         );
-        let lxc_conf = PathBuf::from(format!("{}.lxc.conf", template.display()));
-        assert!(
-            lxc_conf.is_file(),
-            "{} missing next to the template",
-            lxc_conf.display()
-        );
-        let ip = format!("{}.{host_octet}", self.net);
-        let config = format!(
-            "# {name}: privileged container for the imgbuild end-to-end test\n\
-             lxc.include = {}\n\
-             lxc.rootfs.path = dir:{}\n\
-             lxc.uts.name = {name}\n\
-             lxc.net.0.type = veth\n\
-             lxc.net.0.link = {}\n\
-             lxc.net.0.name = eth0\n\
-             lxc.net.0.flags = up\n\
-             lxc.net.0.ipv4.address = {ip}/24\n\
-             lxc.net.0.ipv4.gateway = {}\n",
-            lxc_conf.display(),
-            rootfs.display(),
-            self.bridge,
-            self.host_ip(),
-        );
-        fs::write(dir.join("config"), config).unwrap();
         let node = Node {
-            name: name.to_owned(),
-            ip,
-            log: self.dir.join(format!("{name}.log")),
+            name: spec.name.to_owned(),
+            ip: match spec.ipv4 {
+                Ipv4::Static(octet) => format!("{}.{octet}", self.net),
+                Ipv4::Dhcp => String::new(),
+            },
+            log: self.dir.join(format!("{}.log", spec.name)),
             dir,
             rootfs,
             lxcpath: self.lxcpath.clone(),
+            ct,
+            host,
+            root_uid: if spec.unprivileged { 100_000 } else { 0 },
         };
-        // No DNS server exists here; every URL the nodes use is an IP
-        // literal. Point the resolver at the host so nothing leaves the lab.
-        node.push(
-            "/etc/resolv.conf",
-            &format!("nameserver {}\n", self.host_ip()),
-            0o644,
-        );
         self.nodes.push(node.clone());
         self.sync();
         node
@@ -591,6 +791,7 @@ impl Lab {
             n.dump();
         }
         eprintln!("--- mirror log ---\n{}", self.mirror_log());
+        eprintln!("--- dnsmasq log ---\n{}", self.dnsmasq_log());
     }
 }
 
@@ -615,7 +816,7 @@ impl Drop for Lab {
                 .arg(&self.lxcpath)
                 .output();
         }
-        if let Some(mut c) = self.mirror.take() {
+        for mut c in self.mirror.take().into_iter().chain(self.dnsmasq.take()) {
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -1,5 +1,5 @@
 //! The build pipeline, top to bottom:
-//! [`resolve_plan`] → [`fetch_inputs`] → per output: fetch the base,
+//! [`resolve_plan`] → [`sweep_leftovers`] → [`fetch_inputs`] → per output: fetch the base,
 //! [`compute_layer`], apply it with a target, [`emit`] the artifact's manifest
 //! and host configuration.
 
@@ -71,6 +71,7 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
             target::disk::preflight(disk_base(spec, Path::new("")))?;
         }
     }
+    sweep_leftovers(opts);
     let fetch = FetchOptions {
         offline: opts.offline,
         progress: opts.progress,
@@ -96,6 +97,22 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
 /// Parse and validate the profile and its recipe.
 pub fn resolve_plan(profile: &Path, overrides: &Overrides) -> Result<Plan> {
     Ok(plan::load(profile, overrides)?)
+}
+
+/// Remove what killed builds left: the cache's `tmp/` entries and the
+/// output directory's temp files whose owner (the pid in the name) is gone,
+/// or that are a day old without one ([`target::leftovers`]). Each removal
+/// is logged; a directory that cannot be swept is a warning, not a failure.
+pub fn sweep_leftovers(opts: &BuildOptions) {
+    if let Err(e) = opts.cache.sweep_temps() {
+        tracing::warn!("{}", source::Chain(&e));
+    }
+    if let Err(e) = target::leftovers::sweep_output_dir(&opts.out_dir) {
+        tracing::warn!(
+            "cannot clean up {} after interrupted builds: {e}",
+            opts.out_dir.display()
+        );
+    }
 }
 
 /// Fetch and hash every host file the layer copies in.
@@ -334,7 +351,9 @@ fn build_lxc(
     }
 
     // The sidecar files come after the artifact; if one fails, the artifact
-    // goes too, so nothing that looks finished is left without its manifest.
+    // goes too, so nothing that looks finished is left without its manifest
+    // (not even after a second Ctrl-C, which exits at once).
+    let _until_described = target::leftovers::register(&out_path);
     let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, &contract, timings);
     match result {
         Ok(b) => Ok(b),
@@ -490,6 +509,7 @@ fn build_qcow2(
     let manifest = qcow2_manifest(plan, &base, &layer, &written, timings)?;
     let manifest_path = emit::manifest_path_for(&out_path);
     let staged = emit::stage_write(&manifest_path, manifest.to_json().as_bytes())?;
+    let _until_described = target::leftovers::register(&out_path);
     written.pending.commit()?;
     if let Err(e) = staged.commit() {
         let _ = std::fs::remove_file(&out_path);

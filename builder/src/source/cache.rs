@@ -6,21 +6,24 @@
 //! sha256/<digest>          verified blobs, read-only, named by their content
 //! urls/<sha256(url)>.json  last digest a URL resolved to (for --offline)
 //! bootstrap/<key>.json     digest of the rootfs made for a bootstrap spec
-//! tmp/                     downloads and bootstraps in progress
+//! tmp/                     downloads and bootstraps in progress:
+//!                          download-PID-XXXXXX.partial, bootstrap-PID-XXXXXX/
 //! ```
 //!
 //! A blob only enters `sha256/` by rename after it was verified and fsynced,
 //! so a reader never sees a partial file; two builds inserting the same digest
 //! rename identical content over each other, which is harmless. Temp files
 //! live in `tmp/` on the same filesystem (rename must not cross one) and are
-//! deleted on every error path by `tempfile`'s drop.
+//! deleted on every error path by `tempfile`'s drop. Their names carry the
+//! owner's pid, so [`Cache::sweep_temps`] at the start of a build removes
+//! what a killed one left (`crate::target::leftovers`).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use node_spec::Sha256Hex;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -28,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tempfile::{NamedTempFile, TempDir};
 
 use super::SourceError;
+use crate::target::leftovers;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cache {
@@ -118,21 +122,23 @@ impl Cache {
         Ok(dir)
     }
 
-    /// A temp file next to the blobs, deleted when dropped uncommitted.
+    /// A temp file next to the blobs (`tmp/<prefix><pid>-XXXXXX.partial`),
+    /// deleted when dropped uncommitted.
     pub(crate) fn temp_file(&self, prefix: &str) -> Result<NamedTempFile, SourceError> {
         let dir = self.tmp_dir()?;
         tempfile::Builder::new()
-            .prefix(prefix)
+            .prefix(&owned_prefix(prefix))
             .suffix(".partial")
             .tempfile_in(&dir)
             .map_err(|e| SourceError::io("creating a temp file in", &dir, e))
     }
 
-    /// A temp directory next to the blobs, deleted with its content when dropped.
+    /// A temp directory next to the blobs (`tmp/<prefix><pid>-XXXXXX`),
+    /// deleted with its content when dropped.
     pub(crate) fn temp_dir(&self, prefix: &str) -> Result<TempDir, SourceError> {
         let dir = self.tmp_dir()?;
         tempfile::Builder::new()
-            .prefix(prefix)
+            .prefix(&owned_prefix(prefix))
             .tempdir_in(&dir)
             .map_err(|e| SourceError::io("creating a temp directory in", &dir, e))
     }
@@ -176,45 +182,14 @@ impl Cache {
         Ok(dest)
     }
 
-    /// Delete leftovers in `tmp/` older than `age`. Temp files normally
-    /// vanish with their `tempfile` guard; only a killed process (SIGKILL,
-    /// power loss) leaves some. The age guard spares running builds.
-    /// Returns how many entries were removed.
-    pub fn remove_stale_temps(&self, age: Duration) -> Result<usize, SourceError> {
+    /// Delete what killed builds left in `tmp/`: entries whose owner (the
+    /// pid in the name) is gone, and entries without one (named by an older
+    /// imgbuild) older than [`leftovers::STALE_AGE`]. Temp files normally
+    /// vanish with their `tempfile` guard; only a process killed outright
+    /// (SIGKILL, power loss) leaves some. Returns what was removed.
+    pub fn sweep_temps(&self) -> Result<Vec<PathBuf>, SourceError> {
         let dir = self.root.join("tmp");
-        let entries = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(SourceError::io("listing", &dir, e)),
-        };
-        let now = SystemTime::now();
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| SourceError::io("listing", &dir, e))?;
-            let path = entry.path();
-            let meta = entry
-                .metadata()
-                .map_err(|e| SourceError::io("reading", &path, e))?;
-            let modified = meta
-                .modified()
-                .map_err(|e| SourceError::io("reading", &path, e))?;
-            // A modification time in the future counts as fresh.
-            if now.duration_since(modified).unwrap_or_default() < age {
-                continue;
-            }
-            let result = if meta.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
-            match result {
-                Ok(()) => removed += 1,
-                // Another process cleaned it up first.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SourceError::io("removing", &path, e)),
-            }
-        }
-        Ok(removed)
+        leftovers::sweep(&dir, temp_owner).map_err(|e| SourceError::io("cleaning up", &dir, e))
     }
 
     fn url_index_path(&self, url: &str) -> PathBuf {
@@ -253,6 +228,23 @@ impl Cache {
     pub fn record_bootstrap(&self, record: &BootstrapRecord) -> Result<(), SourceError> {
         write_json_atomic(&self.bootstrap_index_path(&record.key), record)
     }
+}
+
+/// `download-` → `download-<pid>-`: tempfile appends the random part.
+fn owned_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
+}
+
+/// Everything in `tmp/` is a temp of some build: `<what>-<pid>-XXXXXX…`,
+/// or without the pid from an older imgbuild.
+fn temp_owner(name: &str) -> Option<leftovers::Owner> {
+    let pid = name
+        .split_once('-')
+        .and_then(|(_, rest)| leftovers::pid_after(rest, "", '-'));
+    Some(match pid {
+        Some(pid) => leftovers::Owner::Pid(pid),
+        None => leftovers::Owner::Unknown,
+    })
 }
 
 /// Seconds since the Unix epoch, for index records.
@@ -319,6 +311,7 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), SourceE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn digest(s: &str) -> Sha256Hex {
         Sha256Hex::from_digest(&Sha256::digest(s.as_bytes()))
@@ -369,39 +362,42 @@ mod tests {
     }
 
     #[test]
-    fn stale_temps_are_removed_fresh_ones_kept() {
+    fn temps_of_gone_builds_and_old_unnamed_ones_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
-        assert_eq!(
-            cache.remove_stale_temps(Duration::from_secs(60)).unwrap(),
-            0
+        assert!(cache.sweep_temps().unwrap().is_empty());
+        let mine = cache.temp_file("download-").unwrap();
+        let name = mine.path().file_name().unwrap().to_string_lossy();
+        assert!(
+            name.starts_with(&format!("download-{}-", std::process::id())),
+            "{name}"
         );
-        let fresh = cache.temp_file("fresh-").unwrap();
-        let old_file = cache.tmp_dir().unwrap().join("download-old.partial");
-        fs::write(&old_file, b"half").unwrap();
-        let old_dir = cache.tmp_dir().unwrap().join("bootstrap-old");
-        fs::create_dir(&old_dir).unwrap();
-        fs::write(old_dir.join("rootfs.tar"), b"x").unwrap();
+        let tmp = cache.tmp_dir().unwrap();
+        // Beyond the kernel's pid_max: no such process.
+        let dead_file = tmp.join(format!("download-{}-AbCdEf.partial", 1u32 << 30));
+        fs::write(&dead_file, b"half").unwrap();
+        let dead_dir = tmp.join(format!("bootstrap-{}-AbCdEf", 1u32 << 30));
+        fs::create_dir(&dead_dir).unwrap();
+        fs::write(dead_dir.join("rootfs.tar"), b"x").unwrap();
+        let old_unnamed = tmp.join("download-old.partial");
+        fs::write(&old_unnamed, b"half").unwrap();
+        let new_unnamed = tmp.join("download-new.partial");
+        fs::write(&new_unnamed, b"half").unwrap();
         let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86400);
         File::options()
             .write(true)
-            .open(&old_file)
-            .unwrap()
-            .set_modified(two_days_ago)
-            .unwrap();
-        File::open(&old_dir)
+            .open(&old_unnamed)
             .unwrap()
             .set_modified(two_days_ago)
             .unwrap();
 
-        assert_eq!(
-            cache
-                .remove_stale_temps(Duration::from_secs(86400))
-                .unwrap(),
-            2
-        );
-        assert!(!old_file.exists() && !old_dir.exists());
-        assert!(fresh.path().exists());
+        let mut removed = cache.sweep_temps().unwrap();
+        removed.sort();
+        let mut expected = vec![dead_dir.clone(), dead_file.clone(), old_unnamed.clone()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(!dead_file.exists() && !dead_dir.exists() && !old_unnamed.exists());
+        assert!(mine.path().exists() && new_unnamed.exists());
     }
 
     #[test]

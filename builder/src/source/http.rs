@@ -287,6 +287,9 @@ fn download(
         hasher: Sha256::new(),
         written: 0,
     };
+    // Removed by a second Ctrl-C's exit too; a killed process leaves it to
+    // the next build's sweep (its name holds this pid).
+    let _registered = crate::target::leftovers::register(part.tmp.path());
     let bar = progress_bar(opts, &url_file_name(url));
     tracing::info!(%url, "downloading");
     let result = with_retries(url, opts, |_| {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     /// The base file could not be opened or its first bytes read.
-    #[error("cannot read base tarball {path}: {source}")]
+    #[error("cannot read base tarball {path}")]
     OpenBase {
         path: PathBuf,
         #[source]
@@ -36,8 +36,22 @@ pub enum TargetError {
         reason: String,
     },
 
+    /// A base member that could make a tool unpacking the base (or the
+    /// template made from it) write outside the rootfs; see
+    /// `target::entry_policy`.
+    #[error("{base}: member {entry} \"{member}\": {reason}")]
+    UnsafeMember {
+        base: String,
+        /// 1-based index of the member (extension headers not counted).
+        entry: u64,
+        /// The member's name as stored, control characters escaped.
+        member: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
     /// Writing the output failed (disk full, read-only file system, …).
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: String,
         #[source]
@@ -45,7 +59,7 @@ pub enum TargetError {
     },
 
     /// A host file the layer copies in could not be read.
-    #[error("cannot read {path} (copied into the image as {image_path}): {source}")]
+    #[error("cannot read {path} (copied into the image as {image_path})")]
     HostFileRead {
         path: PathBuf,
         image_path: String,

@@ -1,18 +1,24 @@
 //! The Proxmox/LXC container template: base tarball → layer applied →
-//! multi-threaded zstd → `out_path`, written atomically.
+//! multi-threaded zstd (on its own thread) → `out_path`, written atomically.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
-use sha2::{Digest, Sha256};
 
 use super::base::open_base_with_progress;
+use super::compressor::{Compressor, Stop};
+use super::leftovers;
 use super::rewrite::{rewrite_labelled, Labels, RewriteStats};
 use super::TargetError;
 use crate::layer::Layer;
+
+/// How long a cancel takes at most to stop [`write_template`], whatever the
+/// zstd level, on an idle machine: the compressor's poll interval plus the
+/// rewriter's check every few MB.
+pub const CANCEL_LATENCY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How the template is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +58,9 @@ pub struct TemplateOutput {
 /// The file appears at `out_path` only when complete (temp file in the same
 /// directory, fsync, rename, fsync of the directory); on any error or
 /// interruption the temp file is removed and an existing `out_path` is left
-/// as it was.
+/// as it was. A cancel takes effect within about [`CANCEL_LATENCY`] at any
+/// zstd level: compression runs on its own thread, which is abandoned
+/// (`super::compressor`).
 ///
 /// The output is byte-identical for the same inputs: member order and headers
 /// are fixed by the base and the layer, and zstd in multi-threaded mode cuts
@@ -99,14 +107,21 @@ pub fn write_template_with_progress(
     let file_name = out_path.file_name().ok_or_else(|| {
         TargetError::Options(format!("{} is not a file path", out_path.display()))
     })?;
+    // `.NAME.PID.XXXXXX.partial`: a later build removes it if this process
+    // dies without cleaning up (see `super::leftovers`).
     let temp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", file_name.to_string_lossy()))
+        .prefix(&format!(
+            ".{}.{}.",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ))
         .suffix(".partial")
         .tempfile_in(dir)
         .map_err(|source| TargetError::Write {
             path: format!("a temporary file in {}", dir.display()),
             source,
         })?;
+    let _registered = leftovers::register(temp.path());
     let temp_label = temp.path().display().to_string();
     let write_err = |source: io::Error| TargetError::Write {
         path: temp_label.clone(),
@@ -115,35 +130,22 @@ pub fn write_template_with_progress(
 
     let input = open_base_with_progress(base, progress)?;
     let file = temp.as_file().try_clone().map_err(write_err)?;
-    let hashing = HashingWriter {
-        inner: BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        written: 0,
-    };
-    let mut encoder =
-        zstd::stream::write::Encoder::new(hashing, opts.zstd_level).map_err(write_err)?;
-    encoder.include_checksum(true).map_err(write_err)?;
-    encoder.multithread(workers).map_err(write_err)?;
+    let mut compressor =
+        Compressor::start(file, opts.zstd_level, workers, cancel).map_err(write_err)?;
     let labels = Labels {
         base: base.display().to_string(),
         out: temp_label.clone(),
     };
-    // Tar writes many 512-byte headers; batch them before the encoder.
-    let mut tar_out = BufWriter::with_capacity(256 << 10, encoder);
-    let stats = rewrite_labelled(input, layer, &mut tar_out, cancel, &labels)?;
-    let encoder = tar_out
-        .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    let mut hashing = encoder.finish().map_err(write_err)?;
-    hashing.flush().map_err(write_err)?;
-    let HashingWriter {
-        inner,
-        hasher,
-        written,
-    } = hashing;
-    let file = inner.into_inner().map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
+    let stats = match rewrite_labelled(input, layer, &mut compressor, cancel, &labels) {
+        Ok(stats) => stats,
+        // A write that gave up because of the cancel flag.
+        Err(_) if cancel.load(Ordering::Relaxed) => return Err(TargetError::Interrupted),
+        Err(e) => return Err(e),
+    };
+    let compressed = compressor.finish().map_err(|stop| match stop {
+        Stop::Interrupted => TargetError::Interrupted,
+        Stop::Io(e) => write_err(e),
+    })?;
     // tempfile creates 0600; a template is read by pveam/pct and web servers.
     fs::set_permissions(
         temp.path(),
@@ -162,28 +164,8 @@ pub fn write_template_with_progress(
         })?;
 
     Ok(TemplateOutput {
-        sha256: node_spec::Sha256Hex::from_digest(&hasher.finalize()),
-        size: written,
+        sha256: compressed.sha256,
+        size: compressed.size,
         stats,
     })
-}
-
-/// Hashes and counts what goes to the file, so the digest needs no second read.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

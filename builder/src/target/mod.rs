@@ -9,15 +9,24 @@
 //! - [`write_template`]: that stream, zstd-compressed, written atomically as a
 //!   Proxmox/LXC container template (`.tar.zst`).
 //! - [`pct_listing_check`]: the archive check `pct create` applies.
+//! - `entry_policy`: what a base member may be (no name that escapes the
+//!   rootfs, nothing below a symlink, no escaping links, devices only in
+//!   /dev), applied by every reader of a base tarball.
+//! - [`leftovers`]: temporary files named by their owner's pid, swept at
+//!   the start of a build and removed on a forced exit.
 //! - [`contract`]: what `pct create`/`pct start` need in the rootfs per
 //!   distro, checked on the base (one read-only pass, [`scan_base`]) before
 //!   anything is written.
 
 mod base;
+mod compressor;
 pub mod contract;
 pub mod disk;
+mod entry_policy;
 mod error;
+pub mod leftovers;
 mod lxc;
+mod paths;
 mod proxmox;
 mod rewrite;
 mod tar_reader;
@@ -28,10 +37,12 @@ mod tests;
 
 pub use base::{detect_compression, open_base, open_base_with_progress, Compression};
 pub use contract::{
-    evaluate as evaluate_contract, scan_base, BaseFacts, BaseLabel, ContractError, ContractOptions,
-    Outcome as ContractOutcome,
+    check_base_entries, evaluate as evaluate_contract, scan_base, BaseFacts, BaseLabel,
+    ContractError, ContractOptions, Outcome as ContractOutcome,
 };
 pub use error::TargetError;
-pub use lxc::{write_template, write_template_with_progress, LxcOptions, TemplateOutput};
+pub use lxc::{
+    write_template, write_template_with_progress, LxcOptions, TemplateOutput, CANCEL_LATENCY,
+};
 pub use proxmox::{pct_listing_check, PCT_MIN_MEMBERS};
 pub use rewrite::{rewrite_tar, NameStyle, RewriteStats};

@@ -5,9 +5,18 @@
 //! Ordering rules (each one is what `pct create`'s
 //! `tar xpf … --skip-old-files` needs to end up with the layer's result):
 //! - Files and symlinks of the layer are appended after the base, in layer order.
+//! - Every base member must pass the entry policy (`super::entry_policy`):
+//!   nothing that escapes the rootfs, nothing below a symlink.
+//! - An added entry is never written through a symlink either: where its
+//!   path leads through one (`/lib/x` on merged-usr systems, where `./lib ->
+//!   usr/lib`), the link is resolved inside the rootfs, as the container's
+//!   kernel resolves it (an absolute target from the rootfs root), and the
+//!   entry is written under its real name (`./usr/lib/x`). So it lands where
+//!   the container finds it whichever tool unpacks the template, a link in
+//!   the base that points at `/etc` cannot make an unpacking host write to
+//!   its own `/etc`, and the template passes the same policy as a base.
 //! - Missing parents of an added entry are created (0755 root, the entry's
-//!   mtime) right before it. A parent that is a symlink in the base (`/lib` on
-//!   merged-usr systems) is left alone: tar resolves through it.
+//!   mtime) right before it.
 //! - A directory the layer creates is written where it first appears in the
 //!   base — at the base's own entry for it, or just before its first base
 //!   descendant — or, if the base has neither, in layer order. GNU tar with
@@ -26,6 +35,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use super::entry_policy::{check_layer_entry, unsafe_member, EntryPolicy};
+use super::paths::{ancestors, normalize, resolve_link};
 use super::tar_reader::{Member, ReadFailure, TarReader};
 use super::tar_writer::{added_entry_head, padding, CountingWriter};
 use super::TargetError;
@@ -37,6 +48,8 @@ const CANCEL_CHECK_BYTES: u64 = 4 << 20;
 const MAX_CAPTURE: u64 = 64 << 10;
 /// Hard links held back until the layer's replacement of their target is out.
 const MAX_DEFERRED_LINK_DATA: u64 = 16 << 20;
+/// The kernel's limit on symlinks followed in one lookup (`ELOOP`).
+const MAX_SYMLINKS: usize = 40;
 
 /// How the base names its members; added entries use the same style.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,9 +59,6 @@ pub enum NameStyle {
     DotSlash,
     /// `etc/hostname`.
     Bare,
-    /// `/etc/hostname`. Added entries are written bare: GNU tar strips the
-    /// leading `/` when extracting anyway and warns about each such name.
-    Absolute,
 }
 
 /// What a rewrite did and found, for the manifest and for distro detection.
@@ -195,6 +205,9 @@ struct Rewriter<'a, W: Write> {
     emitted: Vec<bool>,
     /// What the output holds so far, for parent creation.
     known: HashMap<String, Kind>,
+    /// Targets of the symlinks in `known`, to resolve added entries' parents.
+    symlink_targets: HashMap<String, String>,
+    policy: EntryPolicy,
     dropped: HashMap<String, DropReason>,
     deferred: Vec<DeferredLink>,
     deferred_paths: HashSet<String>,
@@ -237,6 +250,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                         reason: "the path must be absolute inside the image".into(),
                     });
                 }
+                check_layer_entry(raw, op)?;
                 let path = normalize(raw.as_bytes());
                 if path == "/" && !matches!(op, Op::Mkdir { .. }) {
                     return Err(TargetError::Layer {
@@ -281,6 +295,8 @@ impl<'a, W: Write> Rewriter<'a, W> {
             non_dir_written,
             pending_mkdirs,
             known: HashMap::new(),
+            symlink_targets: HashMap::new(),
+            policy: EntryPolicy::default(),
             dropped: HashMap::new(),
             deferred: Vec::new(),
             deferred_paths: HashSet::new(),
@@ -318,10 +334,13 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 continue;
             }
             self.stats.entries_in += 1;
+            let index = self.stats.entries_in;
+            self.policy
+                .check_member(index, &member)
+                .map_err(|refusal| unsafe_member(&self.labels.base, index, &member, refusal))?;
             let display = String::from_utf8_lossy(&member.path).into_owned();
             last_path = Some(display.clone());
             self.style.get_or_insert_with(|| detect_style(&member.path));
-            let index = self.stats.entries_in;
             self.base_member(&mut reader, member).map_err(|e| match e {
                 Step::Read(failure) => self.corrupt(index, display, failure),
                 Step::Target(e) => e,
@@ -349,9 +368,23 @@ impl<'a, W: Write> Rewriter<'a, W> {
         }
         for link in std::mem::take(&mut self.deferred) {
             self.check_cancel()?;
-            self.write(&link.raw)?;
             self.stats.entries_out += 1;
             self.stats.entries_passed += 1;
+            let replacement = self.written.get(&link.target).map(|&i| self.ops[i].op);
+            if let Some(Op::Symlink { target, meta, .. }) = replacement {
+                // A hard link to a symlink is a second symlink with the same
+                // target (what `link(2)` makes of one); written as such, so
+                // no tool that follows links while linking can be misled.
+                let name = self.render(&link.path, false);
+                let head =
+                    added_entry_head(&name, EntryType::Symlink, meta, 0, Some(target.as_bytes()));
+                self.write(&head)?;
+                self.record_output(&link.path, Kind::Symlink, &name);
+                self.symlink_targets
+                    .insert(link.path.clone(), target.clone());
+                continue;
+            }
+            self.write(&link.raw)?;
             self.record_output(&link.path, Kind::HardLink, &link.name);
             if is_distro_file(&link.path) {
                 self.captured
@@ -415,6 +448,11 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 self.stats.entries_passed += 1;
                 self.stats.entries_out += 1;
                 self.record_output(&path, kind, &member.path);
+                if kind == Kind::Symlink {
+                    let target = member.link.as_deref().unwrap_or_default();
+                    self.symlink_targets
+                        .insert(path.clone(), String::from_utf8_lossy(target).into_owned());
+                }
                 self.dropped.remove(&path);
                 if capture {
                     let link = member.link.as_deref().map(String::from_utf8_lossy);
@@ -447,6 +485,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 self.drain(reader)?;
                 self.stats.entries_dropped += 1;
                 self.known.remove(&path);
+                self.symlink_targets.remove(&path);
                 self.captured.remove(&path);
                 self.dropped.insert(path, reason);
             }
@@ -477,6 +516,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 self.stats.hard_links_deferred += 1;
                 self.deferred_paths.insert(path.clone());
                 self.known.remove(&path);
+                self.symlink_targets.remove(&path);
                 self.deferred.push(DeferredLink {
                     raw,
                     name: member.path,
@@ -545,18 +585,43 @@ impl<'a, W: Write> Rewriter<'a, W> {
     }
 
     fn emit_op_with_parents(&mut self, i: usize) -> Result<(), TargetError> {
-        let path = self.ops[i].path.clone();
+        let op_path = self.ops[i].path.clone();
         let mtime = match self.ops[i].op {
             Op::Mkdir { meta, .. } | Op::WriteFile { meta, .. } | Op::Symlink { meta, .. } => {
                 meta.mtime
             }
             Op::Remove { .. } => return Ok(()),
         };
+        let path = self.resolve_parents(&op_path)?;
+        if path != op_path {
+            tracing::debug!(layer = %op_path, written = %path, "layer entry below a symlink written under its real name");
+            let is_dir = matches!(self.ops[i].op, Op::Mkdir { .. });
+            match self.known.get(&path) {
+                None => {}
+                Some(Kind::Dir) if is_dir => {}
+                Some(_) => {
+                    return Err(TargetError::Layer {
+                        path: op_path,
+                        reason: format!(
+                            "through the base's symlinks it is {path}, which the base already \
+                             holds and `pct create` would keep; name it {path} in the profile so \
+                             the layer replaces it"
+                        ),
+                    })
+                }
+            }
+        }
         for parent in ancestors(&path).map(str::to_owned).collect::<Vec<_>>() {
             match self.known.get(&parent) {
                 Some(Kind::Dir) => {}
-                // Everything below a symlinked directory lives in its target.
-                Some(Kind::Symlink) => break,
+                Some(Kind::Symlink) => {
+                    return Err(TargetError::Layer {
+                        path: op_path,
+                        reason: format!(
+                            "internal: its parent {parent} is still a symlink after resolving"
+                        ),
+                    })
+                }
                 Some(Kind::Other | Kind::HardLink) => {
                     return Err(TargetError::Layer {
                         path: path.clone(),
@@ -567,7 +632,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                     })
                 }
                 None => match self.pending_mkdirs.get(&parent).copied() {
-                    Some(j) => self.emit_op(j)?,
+                    Some(j) => self.emit_op(j, &parent)?,
                     None => {
                         let meta = Meta {
                             mode: 0o755,
@@ -586,14 +651,42 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 },
             }
         }
-        self.emit_op(i)
+        self.emit_op(i, &path)
     }
 
-    fn emit_op(&mut self, i: usize) -> Result<(), TargetError> {
+    /// Where a layer path really is: its parents resolved through the
+    /// output's symlinks inside the rootfs (absolute targets from the
+    /// rootfs root, `..` stopping at it), the last component kept.
+    fn resolve_parents(&self, path: &str) -> Result<String, TargetError> {
+        let mut current = path.to_owned();
+        for _ in 0..MAX_SYMLINKS {
+            let link =
+                ancestors(&current).find_map(|a| self.symlink_targets.get(a).map(|t| (a.len(), t)));
+            let Some((at, target)) = link else {
+                return Ok(current);
+            };
+            let leads_to = resolve_link(&current[..at], target);
+            let rest = &current[at..];
+            current = if leads_to == "/" {
+                rest.to_owned()
+            } else {
+                format!("{leads_to}{rest}")
+            };
+        }
+        Err(TargetError::Layer {
+            path: path.to_owned(),
+            reason: format!(
+                "its parents lead through more than {MAX_SYMLINKS} symlinks (a loop) in the base"
+            ),
+        })
+    }
+
+    /// Writes op `i` at `path`: its own path with the parents resolved.
+    fn emit_op(&mut self, i: usize, path: &str) -> Result<(), TargetError> {
         self.check_cancel()?;
         self.emitted[i] = true;
-        let path = self.ops[i].path.clone();
-        self.pending_mkdirs.remove(&path);
+        self.pending_mkdirs.remove(&self.ops[i].path);
+        let path = path.to_owned();
         let op = self.ops[i].op;
         let name = self.render(&path, matches!(op, Op::Mkdir { .. }));
         let kind = match op {
@@ -606,6 +699,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 let head =
                     added_entry_head(&name, EntryType::Symlink, meta, 0, Some(target.as_bytes()));
                 self.write(&head)?;
+                self.symlink_targets.insert(path.clone(), target.clone());
                 if is_distro_file(&path) {
                     let resolved = resolve_link(&path, target);
                     self.captured
@@ -756,6 +850,9 @@ impl<'a, W: Write> Rewriter<'a, W> {
             Kind::Symlink | Kind::HardLink => name == b"sbin",
             Kind::Other => false,
         };
+        if kind != Kind::Symlink {
+            self.symlink_targets.remove(path);
+        }
         self.known.insert(path.to_owned(), kind);
     }
 
@@ -767,7 +864,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         }
         let mut name = match self.style.unwrap_or_default() {
             NameStyle::DotSlash => format!("./{rel}"),
-            NameStyle::Bare | NameStyle::Absolute => rel.to_owned(),
+            NameStyle::Bare => rel.to_owned(),
         };
         if dir {
             name.push('/');
@@ -853,92 +950,12 @@ fn is_distro_file(path: &str) -> bool {
     matches!(path.rsplit('/').next(), Some("os-release" | "lsb-release"))
 }
 
+/// The style of a base's first member (which passed the entry policy, so
+/// it is not absolute).
 fn detect_style(raw: &[u8]) -> NameStyle {
     if raw.starts_with(b"./") || raw == b"." {
         NameStyle::DotSlash
-    } else if raw.starts_with(b"/") {
-        NameStyle::Absolute
     } else {
         NameStyle::Bare
-    }
-}
-
-/// `./etc/x`, `etc/x/`, `/etc//x` → `/etc/x`; the root (`./`, `.`, `/`) → `/`.
-/// Names that are not UTF-8 are compared lossily: the layer only names UTF-8 paths.
-pub(super) fn normalize(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    let mut out = String::with_capacity(text.len() + 1);
-    for comp in text.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        out.push('/');
-        out.push_str(comp);
-    }
-    if out.is_empty() {
-        out.push('/');
-    }
-    out
-}
-
-/// Proper ancestors of a normalized path, shallowest first, root excluded:
-/// `/a/b/c` → `/a`, `/a/b`.
-fn ancestors(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/')
-        .map(|(i, _)| i)
-        .filter(|&i| i > 0)
-        .map(move |i| &path[..i])
-}
-
-/// Where a symlink at `link_path` pointing to `target` leads, as a
-/// normalized path inside the image (`..` at the root stays at the root).
-fn resolve_link(link_path: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        let parent = link_path.rsplit_once('/').map_or("", |(p, _)| p);
-        parent.split('/').filter(|c| !c.is_empty()).collect()
-    };
-    for comp in target.split('/') {
-        match comp {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalization() {
-        assert_eq!(normalize(b"./etc/x"), "/etc/x");
-        assert_eq!(normalize(b"etc/x/"), "/etc/x");
-        assert_eq!(normalize(b"/etc//x"), "/etc/x");
-        assert_eq!(normalize(b"./"), "/");
-        assert_eq!(normalize(b"."), "/");
-        assert_eq!(normalize(b"/"), "/");
-    }
-
-    #[test]
-    fn ancestor_paths() {
-        assert_eq!(ancestors("/a/b/c").collect::<Vec<_>>(), ["/a", "/a/b"]);
-        assert_eq!(ancestors("/a").count(), 0);
-    }
-
-    #[test]
-    fn symlink_resolution() {
-        assert_eq!(
-            resolve_link("/etc/os-release", "../usr/lib/os-release"),
-            "/usr/lib/os-release"
-        );
-        assert_eq!(
-            resolve_link("/etc/os-release", "/usr/lib/os-release"),
-            "/usr/lib/os-release"
-        );
-        assert_eq!(resolve_link("/etc/x", "../../../y"), "/y");
-        assert_eq!(resolve_link("/etc/x", "./y"), "/etc/y");
     }
 }

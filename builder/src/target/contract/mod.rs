@@ -33,7 +33,7 @@ mod tests;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use scan::scan_base;
+pub use scan::{check_base_entries, scan_base};
 pub use tree::{
     is_identity_file, BaseFacts, Entry, Kind, Node, Origin, Resolved, Tree, Unresolved,
 };

@@ -1,6 +1,6 @@
-//! The read-only pre-pass: one walk over the base tarball that records every
-//! member's type, mode and link target and the text of the few small distro
-//! files, writing nothing. An uncompressed base (what a bootstrap caches) is
+//! The read-only pre-pass: one walk over the base tarball that checks every
+//! member against the entry policy and records its type, mode and link
+//! target and the text of the few small distro files, writing nothing. An uncompressed base (what a bootstrap caches) is
 //! walked by seeking from header to header, so file data is never read.
 
 use std::fs::File;
@@ -12,7 +12,8 @@ use tar::EntryType;
 
 use super::tree::{is_identity_file, BaseFacts, Kind, Node};
 use crate::target::base::{detect_compression, open_base, Compression};
-use crate::target::rewrite::normalize;
+use crate::target::entry_policy::{unsafe_member, EntryPolicy};
+use crate::target::paths::normalize;
 use crate::target::tar_reader::{Member, ReadFailure, TarReader};
 use crate::target::TargetError;
 
@@ -52,6 +53,13 @@ pub fn scan_base(path: &Path, cancel: &AtomicBool) -> Result<BaseFacts, TargetEr
     }
 }
 
+/// Checks every member of the base tarball at `path` against the entry
+/// policy, reading nothing but headers when it is uncompressed: what runs
+/// before a rootfs is extracted on the build host.
+pub fn check_base_entries(path: &Path, cancel: &AtomicBool) -> Result<(), TargetError> {
+    scan_base(path, cancel).map(drop)
+}
+
 /// Walks every member; `skip` passes over data nobody needs.
 fn scan<R: Read>(
     mut reader: TarReader<R>,
@@ -60,6 +68,7 @@ fn scan<R: Read>(
     mut skip: impl FnMut(&mut R, u64) -> std::io::Result<()>,
 ) -> Result<BaseFacts, TargetError> {
     let mut facts = BaseFacts::default();
+    let mut policy = EntryPolicy::default();
     let mut index = 0u64;
     let mut last = "at the start of the archive".to_owned();
     let corrupt = |entry, member: &str, f: ReadFailure| TargetError::CorruptBase {
@@ -81,6 +90,9 @@ fn scan<R: Read>(
             continue;
         }
         index += 1;
+        policy
+            .check_member(index, &member)
+            .map_err(|refusal| unsafe_member(label, index, &member, refusal))?;
         let path = normalize(&member.path);
         let text = record(&mut facts, &path, &member);
         if text {

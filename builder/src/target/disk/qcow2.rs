@@ -19,6 +19,7 @@ use super::tools::Tools;
 use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
 use crate::layer::{Layer, Op};
 use crate::source::{hash_file, run_command, FetchOptions};
+use crate::target::leftovers;
 
 /// Where the disk comes from.
 #[derive(Debug, Clone, Copy)]
@@ -153,10 +154,13 @@ pub fn write_disk(
     let dir = crate::parent_dir(out);
     // Scratch beside the output: the final rename stays on one filesystem,
     // and dropping the directory on any error removes every partial file.
+    // Its name holds the pid, so a later build removes it if this one is
+    // killed (`target::leftovers`).
     let work = tempfile::Builder::new()
-        .prefix(".imgbuild-disk-")
+        .prefix(&format!(".imgbuild-disk-{}-", std::process::id()))
         .tempdir_in(dir)
         .with_context(|| format!("creating a work directory in {}", dir.display()))?;
+    let work_registered = leftovers::register(work.path());
     let base_info = match base {
         DiskBase::CloudImage(path) => Some(img_info(&tools, path, fetch)?),
         DiskBase::Rootfs(_) => None,
@@ -173,6 +177,7 @@ pub fn write_disk(
         (None, DiskBase::CloudImage(_)) => 0,
     };
     let scratch = scratch_dir(need)?;
+    let _scratch_registered = scratch.as_ref().map(|t| leftovers::register(t.path()));
     let scratch_path = scratch.as_ref().map(|t| t.path()).unwrap_or(work.path());
     let raw = scratch_path.join(RAW_NAME);
 
@@ -368,6 +373,7 @@ pub fn write_disk(
         os_release,
         pending: PendingDisk {
             _work: work,
+            _registered: work_registered,
             tmp: tmp_out,
             out: out.to_owned(),
         },
@@ -379,6 +385,7 @@ pub fn write_disk(
 #[derive(Debug)]
 pub struct PendingDisk {
     _work: tempfile::TempDir,
+    _registered: leftovers::Registered<'static>,
     tmp: PathBuf,
     out: PathBuf,
 }
@@ -392,10 +399,11 @@ impl PendingDisk {
     }
 }
 
-/// Prefix of scratch directories in memory; [`sweep_stale_scratch`] finds
-/// them by it.
+/// Prefix of scratch directories in memory (`imgbuild-disk-PID-XXXXXX`);
+/// [`sweep_stale_scratch`] finds them by it.
 const SCRATCH_PREFIX: &str = "imgbuild-disk-";
-/// The file naming the process that owns a scratch directory.
+/// The file naming the process that owns a scratch directory made before
+/// the pid was part of the name.
 const OWNER_FILE: &str = "owner.pid";
 
 /// Memory-backed scratch space (`$IMGBUILD_SCRATCH_DIR`, else `/dev/shm`)
@@ -421,12 +429,8 @@ fn scratch_dir(need: u64) -> Result<Option<tempfile::TempDir>> {
         }
     };
     let made = tempfile::Builder::new()
-        .prefix(SCRATCH_PREFIX)
-        .tempdir_in(&dir)
-        .and_then(|t| {
-            fs::write(t.path().join(OWNER_FILE), std::process::id().to_string())?;
-            Ok(t)
-        });
+        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&dir);
     match made {
         Ok(t) => {
             tracing::debug!(dir = %t.path().display(), "scratch space");
@@ -444,27 +448,20 @@ fn scratch_dir(need: u64) -> Result<Option<tempfile::TempDir>> {
 
 /// Remove scratch directories in `dir` whose owning process is gone (an
 /// imgbuild killed outright cannot clean up, and memory is not freed until
-/// they are removed).
+/// they are removed): by the pid in the name, else by an `owner.pid` file
+/// (older builds), else by age.
 fn sweep_stale_scratch(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
+    let owner = |name: &str| {
+        let rest = name.strip_prefix(SCRATCH_PREFIX)?;
+        let pid = leftovers::pid_after(rest, "", '-').or_else(|| {
+            fs::read_to_string(dir.join(name).join(OWNER_FILE))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+        });
+        Some(pid.map_or(leftovers::Owner::Unknown, leftovers::Owner::Pid))
     };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
-            continue;
-        }
-        let Ok(pid) = fs::read_to_string(e.path().join(OWNER_FILE)) else {
-            continue;
-        };
-        let alive = Path::new("/proc").join(pid.trim()).join("exe");
-        let owner_runs = fs::read_link(&alive)
-            .map(|exe| exe.to_string_lossy().contains("imgbuild"))
-            .unwrap_or(false);
-        if !owner_runs {
-            tracing::info!(dir = %e.path().display(), "removing scratch space left by an interrupted build");
-            let _ = fs::remove_dir_all(e.path());
-        }
+    if let Err(e) = leftovers::sweep(dir, owner) {
+        tracing::warn!(dir = %dir.display(), "cannot remove scratch space left by an interrupted build: {e}");
     }
 }
 

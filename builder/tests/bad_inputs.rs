@@ -4,6 +4,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+// Classes of bad input with a file each (tests/bad_inputs/*.rs).
+#[path = "bad_inputs/profile_values.rs"]
+mod profile_values;
+#[path = "bad_inputs/tar_policy.rs"]
+mod tar_policy;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

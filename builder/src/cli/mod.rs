@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use crate::build::{self, BuildOptions};
@@ -98,13 +98,17 @@ impl From<OutputArg> for OutputKind {
     }
 }
 
-/// Ctrl-C sets a flag the pipeline checks; the build then stops, removes its
-/// temporary files and exits with an error. A second Ctrl-C exits at once.
+/// Ctrl-C sets a flag the pipeline checks; the build then stops (within a
+/// second, at any zstd level), removes its temporary files and exits with an
+/// error. A second Ctrl-C exits at once, after removing the temporary files
+/// registered in `target::leftovers` (exit skips their destructors).
 fn install_interrupt_handler() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     if let Err(e) = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
+            let removed = crate::target::leftovers::remove_registered();
+            eprintln!("imgbuild: interrupted again; removed {removed} temporary file(s), exiting");
             std::process::exit(130);
         }
         eprintln!("imgbuild: interrupted; cleaning up (press Ctrl-C again to exit at once)");
@@ -134,8 +138,14 @@ impl BuildArgs {
             outputs: self.outputs.iter().map(|&o| o.into()).collect(),
             source_date_epoch: self.source_date_epoch,
         };
-        let built = build::run_build(&self.profile, &overrides, &opts)
-            .with_context(|| format!("building {}", self.profile.display()))?;
+        let built = build::run_build(&self.profile, &overrides, &opts).map_err(|e| {
+            // Plan errors name their file, line and key already.
+            if e.is::<plan::PlanErrors>() {
+                e
+            } else {
+                e.context(format!("building {}", self.profile.display()))
+            }
+        })?;
         for b in &built {
             println!("{}  {}", b.sha256, b.path.display());
             println!("  kind      {}", b.kind.as_str());
@@ -167,21 +177,30 @@ impl ValidateArgs {
                 recipe: self.recipe.clone(),
                 ..Overrides::default()
             };
-            match plan::load(p, &overrides) {
-                Ok(plan) => println!(
-                    "ok  {} (recipe {}: {} {}, K3s {} {})",
-                    p.display(),
-                    plan.recipe_path.display(),
-                    plan.recipe.distro.as_str(),
-                    plan.recipe.release,
-                    plan.profile.k3s.version,
-                    plan.profile.k3s.role,
-                ),
+            match plan::resolve(p, &overrides) {
+                Ok(plan) => {
+                    for w in &plan.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    let warned = match plan.warnings.len() {
+                        0 => String::new(),
+                        1 => ", 1 warning".to_owned(),
+                        n => format!(", {n} warnings"),
+                    };
+                    println!(
+                        "ok  {} (recipe {}: {} {}, K3s {} {}{warned})",
+                        p.display(),
+                        plan.recipe_path.display(),
+                        plan.recipe.distro.as_str(),
+                        plan.recipe.release,
+                        plan.profile.k3s.version,
+                        plan.profile.k3s.role,
+                    )
+                }
                 Err(errs) => {
                     failed += 1;
-                    for e in &errs.0 {
-                        eprintln!("{e}");
-                    }
+                    // One line per problem, each with its own cause.
+                    eprintln!("{errs}");
                 }
             }
         }

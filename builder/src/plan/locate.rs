@@ -45,10 +45,8 @@ pub fn locate(text: &str, path: &[Seg<'_>]) -> (usize, usize) {
                     let key_matches = body
                         .strip_prefix(k)
                         .is_some_and(|rest| rest.starts_with(':'))
-                        || body
-                            .strip_prefix('"')
-                            .and_then(|b| b.strip_prefix(k))
-                            .is_some_and(|rest| rest.starts_with("\":"));
+                        || quoted_key(body)
+                            .is_some_and(|(key, rest)| key == *k && rest.starts_with(':'));
                     if key_matches {
                         hit = Some((i, col));
                         break;
@@ -171,6 +169,118 @@ pub fn find_value(text: &str, parent: &str, value: &str) -> Option<(String, usiz
     None
 }
 
+/// The first and second place a key occurs in one mapping, 1-based
+/// (line, column) each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicate {
+    pub first: (usize, usize),
+    pub second: (usize, usize),
+}
+
+/// In the block mapping whose first key is at 1-based (`line`, `column`) —
+/// where serde_yaml reports a duplicate key — find where `key` occurs first
+/// and second. `None` for a flow mapping (`{a: 1, a: 2}`) or when not found.
+pub fn find_duplicate(text: &str, line: usize, column: usize, key: &str) -> Option<Duplicate> {
+    let start = line.checked_sub(1)?;
+    let indent = column.checked_sub(1)?;
+    let mut hits = Vec::new();
+    for (i, l) in text.lines().enumerate().skip(start) {
+        let trimmed = l.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let body = if i == start {
+            // The first key may follow a "- " item marker.
+            l.get(indent..)?
+        } else {
+            let ind = l.len() - trimmed.len();
+            if ind < indent {
+                break;
+            }
+            // Deeper lines belong to values; a "-" at the key's own
+            // indentation is a sequence value of the key before it.
+            if ind > indent || trimmed.starts_with('-') {
+                continue;
+            }
+            trimmed
+        };
+        if key_of(body).as_deref() == Some(key) {
+            hits.push((i + 1, indent + 1));
+            if hits.len() == 2 {
+                return Some(Duplicate {
+                    first: hits[0],
+                    second: hits[1],
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The key of a `key: value` line (plain, "double" or 'single' quoted).
+fn key_of(body: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if let Some((key, rest)) = quoted_key(body) {
+        return rest.starts_with(':').then_some(key.into());
+    }
+    let end = body
+        .find(": ")
+        .or_else(|| body.trim_end().strip_suffix(':').map(str::len))?;
+    Some(body[..end].trim_end().into())
+}
+
+/// A quoted scalar at the start of `body`, unescaped, and the text after it.
+/// Covers the escapes a key plausibly holds (`\n`, `\t`, `\e`, `\"`, `\\`,
+/// `\xNN`, `\uNNNN`; `''` in single quotes); `None` for anything else.
+fn quoted_key(body: &str) -> Option<(String, &str)> {
+    if let Some(rest) = body.strip_prefix('\'') {
+        let mut out = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '\'' {
+                if rest[i + 1..].starts_with('\'') {
+                    out.push('\'');
+                    chars.next();
+                } else {
+                    return Some((out, &rest[i + 1..]));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        return None;
+    }
+    let rest = body.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = rest.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '"' => return Some((out, &rest[i + 1..])),
+            '\\' => {
+                let (_, e) = chars.next()?;
+                let hex = |n: usize, chars: &mut std::str::CharIndices<'_>| {
+                    let digits: String = chars.by_ref().take(n).map(|(_, c)| c).collect();
+                    u32::from_str_radix(&digits, 16)
+                        .ok()
+                        .and_then(char::from_u32)
+                };
+                out.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    'e' => '\u{1b}',
+                    '0' => '\0',
+                    '"' | '\\' | '/' | ' ' => e,
+                    'x' => hex(2, &mut chars)?,
+                    'u' => hex(4, &mut chars)?,
+                    _ => return None,
+                });
+            }
+            c => out.push(c),
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +326,39 @@ outputs:
             (8, 5)
         );
         assert_eq!(locate(DOC, &[Seg::Key("outputs"), Seg::Index(1)]), (14, 1));
+    }
+
+    #[test]
+    fn finds_the_second_occurrence_of_a_duplicate_key() {
+        let doc = "name: a\nk3s:\n  version: v\n  role: agent\n  config:\n    role: x\n  role: server\nname: b\n";
+        assert_eq!(
+            find_duplicate(doc, 3, 3, "role"),
+            Some(Duplicate {
+                first: (4, 3),
+                second: (7, 3)
+            })
+        );
+        assert_eq!(
+            find_duplicate(doc, 1, 1, "name"),
+            Some(Duplicate {
+                first: (1, 1),
+                second: (8, 1)
+            })
+        );
+        let items = "files:\n  - path: /a\n    content: |\n      path: not a key\n    path: /b\n  - path: /c\n";
+        assert_eq!(
+            find_duplicate(items, 2, 5, "path"),
+            Some(Duplicate {
+                first: (2, 5),
+                second: (5, 5)
+            })
+        );
+        assert_eq!(find_duplicate("lxc: {a: 1, a: 2}\n", 1, 6, "a"), None);
+        let quoted = "sysctls:\n  \"a.b\": 1\n  a.b: 2\n";
+        assert_eq!(
+            find_duplicate(quoted, 2, 3, "a.b").map(|d| d.second),
+            Some((3, 3))
+        );
     }
 
     #[test]

@@ -8,10 +8,11 @@ mod error;
 mod locate;
 pub mod schema;
 mod validate;
+mod yaml;
 
 use std::path::{Path, PathBuf};
 
-pub use error::{PlanError, PlanErrors};
+pub use error::{PlanError, PlanErrors, PlanWarning};
 pub use locate::Seg;
 use node_spec::{BakedDefaults, ChecksDefaults, K3sDefaults, DEFAULTS_SCHEMA, DEFAULT_K3S_MIRROR};
 pub use schema::{OutputKind, Profile, Recipe};
@@ -37,6 +38,9 @@ pub struct Plan {
     pub recipe: Recipe,
     pub outputs: Vec<OutputKind>,
     pub source_date_epoch: u64,
+    /// Findings that do not stop a build (a secret readable by all, a
+    /// setuid-root file, an owner an unprivileged container cannot map).
+    pub warnings: Vec<PlanWarning>,
 }
 
 impl Plan {
@@ -120,70 +124,31 @@ impl Plan {
 
 /// Parse a profile. `path` only labels errors.
 pub fn parse_profile(path: &Path, text: &str) -> Result<Profile, PlanErrors> {
-    let profile: Profile = parse_yaml(path, text)?;
-    validate::profile(path, text, &profile)?;
-    Ok(profile)
+    parse_profile_with_warnings(path, text).map(|(p, _)| p)
+}
+
+/// Parse a profile and keep the warnings its values raise.
+pub fn parse_profile_with_warnings(
+    path: &Path,
+    text: &str,
+) -> Result<(Profile, Vec<PlanWarning>), PlanErrors> {
+    let profile: Profile = yaml::parse(path, text)?;
+    let warnings = validate::profile(path, text, &profile)?;
+    Ok((profile, warnings))
 }
 
 /// Parse a recipe. `path` only labels errors.
 pub fn parse_recipe(path: &Path, text: &str) -> Result<Recipe, PlanErrors> {
-    let recipe: Recipe = parse_yaml(path, text)?;
+    let recipe: Recipe = yaml::parse(path, text)?;
     validate::recipe(path, text, &recipe)?;
     Ok(recipe)
 }
 
-fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, PlanErrors> {
-    // A UTF-8 byte order mark is legal at the start of a YAML stream.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    serde_yaml::from_str(text).map_err(|e| PlanErrors(vec![yaml_error(path, text, &e)]))
-}
-
-/// Turn serde_yaml's "key.path: message at line L column C" into our format.
-fn yaml_error(path: &Path, text: &str, e: &serde_yaml::Error) -> PlanError {
-    let (line, column) = e
-        .location()
-        .map(|l| (l.line(), l.column()))
-        .unwrap_or((1, 1));
-    let mut msg = e.to_string();
-    if let Some(i) = msg.rfind(" at line ") {
-        msg.truncate(i);
-    }
-    // serde_yaml prefixes the key path ("k3s.version: …") when it knows it.
-    let (key, message) = match msg.split_once(": ") {
-        Some((k, m)) if !k.contains(' ') && !k.is_empty() => (k.to_owned(), m.to_owned()),
-        _ => ("(document)".to_owned(), msg.clone()),
-    };
-    // Errors raised by a value's own validation (K3s tag, digest, role) are
-    // reported by serde_yaml at the enclosing mapping; point at the value.
-    let (key, line, column) = match quoted_value(&message) {
-        Some(bad) => locate::find_value(text, &key, bad).unwrap_or((key, line, column)),
-        None => (key, line, column),
-    };
-    let message = if message.starts_with("missing field") {
-        format!("{message}; see docs/schema.md")
-    } else {
-        message
-    };
-    PlanError::Invalid {
-        path: path.to_owned(),
-        line,
-        column,
-        key,
-        message,
-    }
-}
-
-/// The leading `"…"` of a message such as `"1.34" is not a K3s release tag`.
-fn quoted_value(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix('"')?;
-    let end = rest.find("\" ")?;
-    Some(&rest[..end])
-}
-
-fn read(path: &Path) -> Result<String, PlanErrors> {
+fn read(path: &Path, what: &'static str) -> Result<String, PlanErrors> {
     std::fs::read_to_string(path).map_err(|source| {
         PlanErrors(vec![PlanError::Read {
             path: path.to_owned(),
+            what,
             source,
         }])
     })
@@ -194,7 +159,8 @@ fn read(path: &Path) -> Result<String, PlanErrors> {
 /// directory (`profiles/../image-recipes/<name>.yaml`), then in the profile's
 /// own directory.
 pub fn recipe_path_for(profile_path: &Path, recipe: &str) -> Vec<PathBuf> {
-    let dir = crate::parent_dir(profile_path);
+    // Not `parent_dir`: "" rather than "." keeps messages free of "./../".
+    let dir = profile_path.parent().unwrap_or(Path::new(""));
     if recipe.ends_with(".yaml") || recipe.ends_with(".yml") || recipe.contains('/') {
         return vec![dir.join(recipe)];
     }
@@ -207,10 +173,20 @@ pub fn recipe_path_for(profile_path: &Path, recipe: &str) -> Vec<PathBuf> {
 }
 
 /// Read and validate a profile, the recipe it names (or `overrides.recipe`)
-/// and the command-line choices into a [`Plan`].
+/// and the command-line choices into a [`Plan`], logging its warnings.
 pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErrors> {
-    let text = read(profile_path)?;
-    let profile = parse_profile(profile_path, &text)?;
+    let plan = resolve(profile_path, overrides)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(plan)
+}
+
+/// [`load`] without logging: the warnings are in [`Plan::warnings`] for the
+/// caller to show (as `imgbuild validate` does).
+pub fn resolve(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErrors> {
+    let text = read(profile_path, "profile")?;
+    let (profile, mut warnings) = parse_profile_with_warnings(profile_path, &text)?;
 
     let recipe_path = match &overrides.recipe {
         Some(p) => p.clone(),
@@ -220,26 +196,18 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
                 Some(p) => p.clone(),
                 None => {
                     let (line, column) = locate::locate(&text, &[Seg::Key("recipe")]);
-                    let tried = candidates
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ");
                     return Err(PlanErrors(vec![PlanError::Invalid {
                         path: profile_path.to_owned(),
                         line,
                         column,
                         key: "recipe".into(),
-                        message: format!(
-                            "recipe {:?} not found (looked for {tried}); name a file in image-recipes/ such as debian-12, or give a path ending in .yaml",
-                            profile.recipe
-                        ),
+                        message: recipe_not_found(&profile.recipe, &candidates),
                     }]));
                 }
             }
         }
     };
-    let recipe_text = read(&recipe_path)?;
+    let recipe_text = read(&recipe_path, "recipe")?;
     let recipe = parse_recipe(&recipe_path, &recipe_text)?;
 
     let outputs = if overrides.outputs.is_empty() {
@@ -247,14 +215,14 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
     } else {
         overrides.outputs.clone()
     };
-    validate::combination(
+    warnings.extend(validate::combination(
         profile_path,
         &text,
         &profile,
         &recipe_path,
         &recipe,
         &outputs,
-    )?;
+    )?);
 
     Ok(Plan {
         profile_path: profile_path.to_owned(),
@@ -263,7 +231,114 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
         recipe,
         outputs,
         source_date_epoch: overrides.source_date_epoch.unwrap_or(0),
+        warnings,
     })
+}
+
+/// "recipe "x" not found in DIR — did you mean y? …": the directories
+/// searched, the recipes they hold and the closest name.
+fn recipe_not_found(name: &str, candidates: &[PathBuf]) -> String {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for c in candidates {
+        let d = shown_path(crate::parent_dir(c));
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    let mut found: Vec<String> = dirs.iter().flat_map(|d| recipes_in(d)).collect();
+    found.sort();
+    found.dedup();
+    let searched = dirs
+        .iter()
+        .map(|d| {
+            if d.is_dir() {
+                d.display().to_string()
+            } else {
+                format!("{} (no such directory)", d.display())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" or ");
+    // A value with '/' or ending in .yaml is a path; a bare name is looked up.
+    let (what, wanted) = match candidates {
+        [file] => (
+            format!(
+                "recipe file {name:?} not found: there is no {}",
+                shown_path(file).display()
+            ),
+            file.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+        _ => (
+            format!("recipe {name:?} not found in {searched}"),
+            name.to_owned(),
+        ),
+    };
+    let names: Vec<&str> = found.iter().map(String::as_str).collect();
+    let suggestion = match (yaml::closest(&wanted, &names), candidates) {
+        (Some(best), [_]) => format!(
+            "did you mean {}? ",
+            Path::new(name)
+                .with_file_name(format!("{best}.yaml"))
+                .display()
+        ),
+        (Some(best), _) => format!("did you mean {best}? "),
+        (None, _) => String::new(),
+    };
+    let listed: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| {
+            let names = recipes_in(d);
+            (!names.is_empty()).then(|| format!("{} holds {}", d.display(), names.join(", ")))
+        })
+        .collect();
+    let list = if listed.is_empty() {
+        "no recipes are there; give the path of a recipe ending in .yaml, or --recipe FILE"
+            .to_owned()
+    } else {
+        format!(
+            "{}; or give the path of a recipe ending in .yaml",
+            listed.join("; ")
+        )
+    };
+    format!("{what} — {suggestion}{list}")
+}
+
+/// A path as the user should read it: absolute, without `.` and `..`
+/// (`profiles/../image-recipes` → `/work/image-recipes`); canonical when it
+/// exists, so a symlinked directory shows where it leads.
+fn shown_path(d: &Path) -> PathBuf {
+    if let Ok(c) = d.canonicalize() {
+        return c;
+    }
+    let abs = std::path::absolute(d).unwrap_or_else(|_| d.to_owned());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The recipe names (`*.yaml` stems) in `dir`, sorted; none when unreadable.
+fn recipes_in(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names
 }
 
 #[cfg(test)]

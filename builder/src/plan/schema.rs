@@ -118,11 +118,38 @@ pub struct Artifact {
     pub sha256_url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A sysctl's value: a number or a string (`"4096 87380 6291456"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum SysctlValue {
     Int(i64),
     Text(String),
+}
+
+// By hand rather than `untagged`, whose error names the Rust type
+// ("data did not match any variant of untagged enum SysctlValue").
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SysctlValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number or a string, e.g. 524288 or \"4096 87380 6291456\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SysctlValue, E> {
+                // Above i64::MAX (e.g. an unsigned 64-bit limit): keep the digits.
+                Ok(i64::try_from(v)
+                    .map_or_else(|_| SysctlValue::Text(v.to_string()), SysctlValue::Int))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl std::fmt::Display for SysctlValue {

@@ -4,14 +4,17 @@
 use std::path::Path;
 
 use super::locate::{locate, Seg};
-use super::schema::{Artifact, BootstrapTool, Distro, OutputKind, Profile, Recipe, SourceSpec};
-use super::{PlanError, PlanErrors};
+use super::schema::{
+    Artifact, BootstrapTool, Distro, FileSpec, OutputKind, Profile, Recipe, SourceSpec,
+};
+use super::{PlanError, PlanErrors, PlanWarning};
 
-/// Collects located errors for one file.
+/// Collects located errors and warnings for one file.
 struct Report<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<PlanError>,
+    warnings: Vec<PlanWarning>,
 }
 
 impl<'a> Report<'a> {
@@ -20,20 +23,41 @@ impl<'a> Report<'a> {
             path,
             text,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
-    fn error(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
+    fn located(&self, at: &[Seg<'_>]) -> (usize, usize, String) {
         let (line, column) = locate(self.text, at);
         let key = at
             .iter()
             .map(|s| match s {
+                // A hostile map key (`../../etc/passwd`, one with a newline)
+                // is quoted, so the key path stays one readable word.
+                Seg::Key(k)
+                    if k.is_empty()
+                        || !k
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) =>
+                {
+                    format!("{k:?}")
+                }
                 Seg::Key(k) => k.to_string(),
                 Seg::Index(i) => format!("[{i}]"),
             })
             .collect::<Vec<_>>()
             .join(".")
             .replace(".[", "[");
+        (line, column, key)
+    }
+
+    /// Whether the file spells out the key at `at` (it may be a default).
+    fn written(&self, at: &[Seg<'_>]) -> bool {
+        at.len() > 1 && locate(self.text, at) != locate(self.text, &at[..at.len() - 1])
+    }
+
+    fn error(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
+        let (line, column, key) = self.located(at);
         self.errors.push(PlanError::Invalid {
             path: self.path.to_owned(),
             line,
@@ -43,9 +67,28 @@ impl<'a> Report<'a> {
         });
     }
 
-    fn finish(self) -> Result<(), PlanErrors> {
+    /// Something a build goes on with but the user should hear about.
+    fn warn(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
+        let (line, column, key) = self.located(at);
+        self.warnings.push(PlanWarning {
+            path: self.path.to_owned(),
+            line,
+            column,
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn finish(mut self) -> Result<Vec<PlanWarning>, PlanErrors> {
+        // In file order, as an editor lists them (maps are checked in key order).
+        let at = |e: &PlanError| match e {
+            PlanError::Invalid { line, column, .. } => (*line, *column),
+            PlanError::Read { .. } => (0, 0),
+        };
+        self.errors.sort_by_key(|e| at(e));
+        self.warnings.sort_by_key(|w| (w.line, w.column));
         if self.errors.is_empty() {
-            Ok(())
+            Ok(self.warnings)
         } else {
             Err(PlanErrors(self.errors))
         }
@@ -56,12 +99,31 @@ impl<'a> Report<'a> {
 /// never from a profile that is baked into every node.
 const SECRET_CONFIG_KEYS: &[&str] = &["token", "agent-token", "datastore-endpoint"];
 
-/// Paths the builder itself writes; a profile file there would be overwritten.
-const RESERVED_PATHS: &[&str] = &[
+/// Paths the builder itself writes (the layer in `layer/compute.rs`): a
+/// profile file there would replace what the node needs, or be replaced.
+/// `/etc/hostname` and `/etc/resolv.conf` are written too but may be
+/// overridden on purpose. A unit test keeps this list in step with the layer.
+pub(super) const RESERVED_PATHS: &[&str] = &[
     node_spec::DEFAULTS_PATH,
     node_spec::AGENT_BINARY_PATH,
     node_spec::BAKED_K3S_PATH,
+    crate::layer::BUILD_INFO_PATH,
+    "/usr/share/doc/imgbuild/agent.md",
+    "/etc/sysctl.d/90-imgbuild.conf",
+    "/etc/modules-load.d/imgbuild.conf",
+    "/etc/systemd/system/firstboot-agent.service",
+    "/etc/systemd/system/multi-user.target.wants/firstboot-agent.service",
+    "/etc/systemd/system/imgbuild-ssh-keygen.service",
+    "/etc/systemd/system/multi-user.target.wants/imgbuild-ssh-keygen.service",
+    "/etc/systemd/system/systemd-firstboot.service",
+    "/etc/systemd/system/sys-kernel-debug.mount.d/imgbuild-container.conf",
+    "/etc/systemd/system/sys-kernel-tracing.mount.d/imgbuild-container.conf",
+    "/etc/systemd/system/sys-kernel-config.mount.d/imgbuild-container.conf",
 ];
+
+/// The first owner id an unprivileged Proxmox container cannot map: its
+/// idmap is container 0..65535 → host 100000..165535.
+const UNPRIVILEGED_ID_LIMIT: u32 = 65536;
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()
@@ -76,16 +138,238 @@ fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
-fn clean_abs_path(p: &str) -> bool {
-    p.starts_with('/')
-        && p.len() > 1
-        && !p.ends_with('/')
-        && p.split('/')
-            .skip(1)
-            .all(|c| !c.is_empty() && c != "." && c != "..")
+/// Why `name` is not a sysctl.d(5) variable name, if it is not. A name is
+/// components of letters, digits, `_`, `-` (and `*` globs) separated by `.`
+/// or `/`, relative to /proc/sys, optionally after one `-` (sysctl.d's
+/// "ignore a failure" prefix). Written as `name = value` on one line.
+fn sysctl_name_problem(name: &str) -> Option<String> {
+    const DO: &str = "write it the way sysctl.d(5) does, e.g. fs.inotify.max_user_watches";
+    let bare = name.strip_prefix('-').unwrap_or(name);
+    if bare.is_empty() {
+        return Some(format!("empty sysctl name — {DO}"));
+    }
+    if bare.starts_with('/') {
+        return Some(format!(
+            "{name:?} starts with '/': a sysctl is named relative to /proc/sys — {DO}"
+        ));
+    }
+    if bare.contains("..") || bare.split('/').any(|c| c == "..") {
+        return Some(format!(
+            "{name:?} contains '..': a sysctl name is dotted and cannot climb out of /proc/sys — {DO}"
+        ));
+    }
+    if let Some(c) = bare
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '=')
+    {
+        return Some(format!(
+            "{name:?} contains {c:?}: in /etc/sysctl.d/90-imgbuild.conf a name ends at whitespace or '=', and a newline starts another setting — {DO}"
+        ));
+    }
+    if bare.split(['.', '/']).any(str::is_empty) {
+        return Some(format!(
+            "{name:?} has an empty component (a leading, trailing or doubled '.' or '/') — {DO}"
+        ));
+    }
+    if let Some(c) = bare
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '*' | '.' | '/')))
+    {
+        return Some(format!(
+            "{name:?} contains {c:?}; a sysctl name is letters, digits, '_' and '-' separated by '.' or '/' — {DO}"
+        ));
+    }
+    None
 }
 
-pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanErrors> {
+/// Why `p` cannot be a `files[].path`, if it cannot.
+fn file_path_problem(p: &str) -> Option<String> {
+    const EG: &str = "e.g. /etc/motd";
+    if !p.starts_with('/') {
+        return Some(format!(
+            "{p:?} is not an absolute path — write the path inside the image from /, {EG}"
+        ));
+    }
+    if let Some(c) = p.chars().find(|c| c.is_control()) {
+        return Some(format!("{p:?} contains the control character {c:?} — {EG}"));
+    }
+    if p == "/" || p.ends_with('/') {
+        return Some(format!(
+            "{p:?} ends with '/': files[].path names a file, not a directory — {EG}"
+        ));
+    }
+    let parts: Vec<&str> = p.split('/').skip(1).collect();
+    if parts.contains(&"..") {
+        return Some(format!(
+            "{p:?} contains '..' — write the normalized path without '..', {EG}"
+        ));
+    }
+    if parts.iter().any(|c| c.is_empty() || *c == ".") {
+        return Some(format!(
+            "{p:?} is not normalized — write it without '//' or '/./', {EG}"
+        ));
+    }
+    if parts.iter().any(|c| c.len() > 255) {
+        return Some(format!(
+            "{p:?} has a component longer than 255 bytes, which no Linux file system stores"
+        ));
+    }
+    let why = match parts[0] {
+        "proc" => "/proc is the kernel's procfs, mounted over the image at boot, so the file would be hidden — set kernel parameters with sysctls:",
+        "sys" => "/sys is sysfs, mounted over the image at boot, so the file would be hidden — load modules with modules: or write a udev rule under /etc/udev/rules.d/",
+        "dev" => "/dev is a devtmpfs at boot (and `pct create` skips ./dev/* when it extracts a template), so the file would never be seen — create device settings with a udev rule under /etc/udev/rules.d/",
+        _ => return None,
+    };
+    Some(format!("{p} is under /{}: {why}", parts[0]))
+}
+
+/// Files whose content is a secret: readable by others, they leak it.
+fn holds_secrets(p: &str) -> bool {
+    let name = p.rsplit('/').next().unwrap_or(p);
+    let lower = p.to_ascii_lowercase();
+    matches!(
+        p,
+        "/etc/shadow" | "/etc/gshadow" | "/etc/shadow-" | "/etc/gshadow-"
+    ) || (p.starts_with("/etc/ssh/") && name.ends_with("_key"))
+        || p.starts_with("/etc/ssl/private/")
+        || (lower.contains("/.ssh/id_") && !lower.ends_with(".pub"))
+        || lower.contains("token")
+        || lower.contains("secret")
+}
+
+/// Errors and warnings for one `files[i]` entry.
+fn file_spec(r: &mut Report<'_>, i: usize, f: &FileSpec, lxc: bool) {
+    let at = |k| [Seg::Key("files"), Seg::Index(i), Seg::Key(k)];
+    if let Some(why) = file_path_problem(&f.path) {
+        r.error(&at("path"), why);
+    } else if RESERVED_PATHS.contains(&f.path.as_str()) {
+        r.error(
+            &at("path"),
+            format!(
+                "{} is written by imgbuild itself — choose another path",
+                f.path
+            ),
+        );
+    } else if f.path == "/etc/machine-id" {
+        r.error(
+            &at("path"),
+            "/etc/machine-id is emptied by imgbuild so that each node makes its own at first boot; a baked one would be shared by every node — leave it out",
+        );
+    } else {
+        if f.path.starts_with("/etc/ssh/ssh_host_") {
+            r.warn(
+                &at("path"),
+                format!("{} is an ssh host key: every node made from this image would share it — leave it out; each node makes its own at first boot", f.path),
+            );
+        }
+        if f.path.starts_with("/run/") || f.path.starts_with("/var/run/") {
+            r.warn(
+                &at("path"),
+                format!("{} is under /run, a tmpfs mounted at boot, so the file is hidden on a running node — write it elsewhere, or create it at boot with a rule in /etc/tmpfiles.d/", f.path),
+            );
+        }
+    }
+    match (&f.content, &f.source) {
+        (Some(_), Some(_)) => r.error(&at("source"), "give either content or source, not both"),
+        (None, None) => r.error(
+            &[Seg::Key("files"), Seg::Index(i)],
+            "needs content (inline text) or source (a file next to the profile)",
+        ),
+        _ => {}
+    }
+    let Some(mode) = parse_mode(&f.mode) else {
+        r.error(
+            &at("mode"),
+            format!(
+                "{:?} is not a file mode; expected octal digits in quotes, e.g. \"0644\"",
+                f.mode
+            ),
+        );
+        return;
+    };
+    // A default mode is reported at the path, the line the user wrote.
+    let (mode_at, default) = if r.written(&at("mode")) {
+        (at("mode"), "")
+    } else {
+        (at("path"), " (the default)")
+    };
+    if holds_secrets(&f.path) && mode & 0o044 != 0 {
+        let who = if mode & 0o004 != 0 {
+            "every user"
+        } else {
+            "its group"
+        };
+        r.warn(
+            &mode_at,
+            format!(
+                "mode {:04o}{default} lets {who} read {}, which holds secrets — use mode \"0600\"",
+                mode, f.path
+            ),
+        );
+    }
+    if mode & 0o6000 != 0 && (f.uid == 0 || f.gid == 0) {
+        let what = match (mode & 0o4000 != 0, mode & 0o2000 != 0) {
+            (true, true) => "set-user-ID and set-group-ID",
+            (true, false) => "set-user-ID",
+            _ => "set-group-ID",
+        };
+        r.warn(
+            &at("mode"),
+            format!(
+                "mode {:04o} makes {} {what} with root ownership: whoever runs it gets root's rights — drop the {:o} bits (e.g. \"{:04o}\") unless it must grant them",
+                mode,
+                f.path,
+                mode & 0o6000,
+                mode & 0o777
+            ),
+        );
+    }
+    if mode & 0o002 != 0 {
+        r.warn(
+            &at("mode"),
+            format!(
+                "mode {:04o} lets every user change {} — drop the world-write bit (e.g. \"{:04o}\")",
+                mode,
+                f.path,
+                mode & 0o7775
+            ),
+        );
+    }
+    if lxc {
+        for (key, id) in [("uid", f.uid), ("gid", f.gid)] {
+            if id >= UNPRIVILEGED_ID_LIMIT {
+                r.warn(
+                    &at(key),
+                    format!(
+                        "{key} {id} is beyond what an unprivileged Proxmox container maps (ids 0-65535, to 100000-165535 on the host): there the file belongs to nobody (65534) — use an id below 65536"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A DNS host name: labels of letters, digits, `-` (and `_`), 1–63 bytes
+/// each, 253 in all, an optional final dot.
+fn is_host_name(n: &str) -> bool {
+    let n = n.strip_suffix('.').unwrap_or(n);
+    !n.is_empty()
+        && n.len() <= 253
+        && n.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+pub(super) fn profile(
+    path: &Path,
+    text: &str,
+    p: &Profile,
+) -> Result<Vec<PlanWarning>, PlanErrors> {
     let mut r = Report::new(path, text);
     if !is_name(&p.name) {
         r.error(
@@ -167,21 +451,17 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
     }
 
     for (key, value) in &p.sysctls {
-        let ok = !key.is_empty()
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));
+        let at = [Seg::Key("sysctls"), Seg::Key(key.as_str())];
         let v = value.to_string();
-        if !ok {
+        if let Some(why) = sysctl_name_problem(key) {
+            r.error(&at, why);
+        } else if let Some(c) = v.chars().find(|c| c.is_control()) {
             r.error(
-                &[Seg::Key("sysctls"), Seg::Key(key.as_str())],
-                "not a sysctl name; expected e.g. fs.inotify.max_user_watches",
+                &at,
+                format!("the value {v:?} contains {c:?}; each sysctl is one line `name = value` — give the value on one line"),
             );
-        } else if v.contains('\n') || v.trim().is_empty() {
-            r.error(
-                &[Seg::Key("sysctls"), Seg::Key(key.as_str())],
-                "value must be a single non-empty line",
-            );
+        } else if v.trim().is_empty() {
+            r.error(&at, "the value is empty — give a number or a string");
         }
     }
     for (i, m) in p.modules.iter().enumerate() {
@@ -192,42 +472,33 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
         {
             r.error(
                 &[Seg::Key("modules"), Seg::Index(i)],
-                format!("{m:?} is not a kernel module name; expected e.g. br_netfilter"),
+                format!("{m:?} is not a kernel module name — modules-load.d(5) takes one name per line: letters, digits, '_' and '-', without '/', spaces or .ko, e.g. br_netfilter"),
             );
         }
     }
 
+    let lxc = p.outputs.contains(&OutputKind::Lxc);
     for (i, f) in p.files.iter().enumerate() {
-        let at = |k| [Seg::Key("files"), Seg::Index(i), Seg::Key(k)];
-        if !clean_abs_path(&f.path) {
-            r.error(
-                &at("path"),
-                format!(
-                    "{:?} must be an absolute path without '.', '..' or a trailing '/'",
-                    f.path
-                ),
-            );
-        } else if RESERVED_PATHS.contains(&f.path.as_str()) {
-            r.error(
-                &at("path"),
-                format!("{} is written by imgbuild itself", f.path),
-            );
+        file_spec(&mut r, i, f, lxc);
+        for (j, g) in p.files[..i].iter().enumerate() {
+            if g.path == f.path {
+                r.error(
+                    &[Seg::Key("files"), Seg::Index(i), Seg::Key("path")],
+                    format!("{} is also files[{j}].path — give each file once", f.path),
+                );
+            } else if let Some((dir, file)) = nested(&g.path, &f.path) {
+                r.error(
+                    &[Seg::Key("files"), Seg::Index(i), Seg::Key("path")],
+                    format!("{file} would be inside {dir}, which files[] also writes as a file — choose one of them"),
+                );
+            }
         }
-        match (&f.content, &f.source) {
-            (Some(_), Some(_)) => r.error(&at("source"), "give either content or source, not both"),
-            (None, None) => r.error(
-                &[Seg::Key("files"), Seg::Index(i)],
-                "needs content (inline text) or source (a file next to the profile)",
-            ),
-            _ => {}
-        }
-        if parse_mode(&f.mode).is_none() {
+    }
+    for (i, n) in p.checks.dns_names.iter().enumerate() {
+        if !is_host_name(n) {
             r.error(
-                &at("mode"),
-                format!(
-                    "{:?} is not a file mode; expected octal digits in quotes, e.g. \"0644\"",
-                    f.mode
-                ),
+                &[Seg::Key("checks"), Seg::Key("dns-names"), Seg::Index(i)],
+                format!("{n:?} is not a host name — expected e.g. registry.lan"),
             );
         }
     }
@@ -280,6 +551,18 @@ pub(super) fn profile(path: &Path, text: &str, p: &Profile) -> Result<(), PlanEr
     r.finish()
 }
 
+/// `(dir, file)` when one of two paths lies inside the other.
+fn nested<'a>(a: &'a str, b: &'a str) -> Option<(&'a str, &'a str)> {
+    let inside = |dir: &str, p: &str| p.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+    if inside(a, b) {
+        Some((a, b))
+    } else if inside(b, a) {
+        Some((b, a))
+    } else {
+        None
+    }
+}
+
 /// `"0644"` → `0o644`. Accepts 3 or 4 octal digits up to 07777.
 pub fn parse_mode(s: &str) -> Option<u32> {
     if !(3..=4).contains(&s.len()) {
@@ -318,7 +601,7 @@ fn artifact(r: &mut Report<'_>, at: &[Seg<'_>], a: &Artifact) {
     }
 }
 
-pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<(), PlanErrors> {
+pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<Vec<PlanWarning>, PlanErrors> {
     let mut r = Report::new(path, text);
     if !is_name(&rc.name.replace('.', "-")) {
         r.error(
@@ -422,7 +705,7 @@ pub(super) fn combination(
     recipe_path: &Path,
     rc: &Recipe,
     outputs: &[OutputKind],
-) -> Result<(), PlanErrors> {
+) -> Result<Vec<PlanWarning>, PlanErrors> {
     let mut r = Report::new(profile_path, profile_text);
     for (i, o) in outputs.iter().enumerate() {
         if rc.source(*o).is_none() {

@@ -24,7 +24,9 @@ const FIRST_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    #[error("cannot run `{command}`: {source}")]
+    // Causes are `#[source]`s, printed by the error chain (`{:#}`), not
+    // repeated in the message.
+    #[error("cannot run `{command}`")]
     Spawn {
         command: String,
         #[source]
@@ -36,7 +38,7 @@ pub enum CommandError {
         status: ExitStatus,
         stderr_tail: String,
     },
-    #[error("waiting for `{command}`: {source}")]
+    #[error("waiting for `{command}`")]
     Wait {
         command: String,
         #[source]

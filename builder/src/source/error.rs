@@ -21,7 +21,9 @@ pub enum SourceError {
     #[error("{url}: only http:// and https:// URLs are supported")]
     UnsupportedUrl { url: String },
 
-    #[error("{action} {}: {source}", path.display())]
+    // The cause is the `#[source]`, printed by the chain (`{:#}`), not here:
+    // one convention crate-wide (see `plan::PlanError`).
+    #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -65,6 +67,9 @@ pub enum SourceError {
         available: Vec<String>,
     },
 
+    /// `--offline` and nothing in the cache: `what` names the URL or
+    /// bootstrap, the digest looked for and the cache (see
+    /// `source::offline_miss`).
     #[error("{what}: not in cache; run once without --offline")]
     NotCached { what: String },
 
@@ -100,10 +105,53 @@ impl SourceError {
     }
 }
 
+/// An error with its causes, `: `-separated, as anyhow's `{:#}` prints
+/// them: for logging a typed error (`tracing::warn!("{}", Chain(&e))`),
+/// whose own `Display` leaves the cause to the chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 fn status_hint(status: u16) -> &'static str {
     match status {
         404 | 410 => " (not found: the URL moved or the release was removed; update the recipe)",
         401 | 403 => " (access denied)",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_is_shown_once_whichever_way_it_is_printed() {
+        let e = SourceError::io(
+            "opening",
+            "/x/base.tar",
+            std::io::Error::from_raw_os_error(2),
+        );
+        assert_eq!(e.to_string(), "opening /x/base.tar");
+        let chained = Chain(&e).to_string();
+        assert_eq!(
+            chained,
+            "opening /x/base.tar: No such file or directory (os error 2)"
+        );
+        let via_anyhow = format!("{:#}", anyhow::Error::from(e).context("fetching the base"));
+        assert_eq!(
+            via_anyhow,
+            "fetching the base: opening /x/base.tar: No such file or directory (os error 2)"
+        );
     }
 }

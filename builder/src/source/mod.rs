@@ -36,7 +36,7 @@ pub use bootstrap::{bootstrap_key, bootstrap_rootfs, BOOTSTRAP_FORMAT};
 pub use cache::{BootstrapRecord, Cache, UrlRecord};
 pub use checksums::{parse_checksums, select_checksum, url_file_name};
 pub use command::{find_in_path, run_command, run_command_stdin, CommandError};
-pub use error::SourceError;
+pub use error::{Chain, SourceError};
 
 /// How a fetch may behave. Built by the CLI from `--offline`, whether stderr
 /// is a terminal, and the Ctrl-C flag.
@@ -119,7 +119,12 @@ pub fn fetch_base(
         SourceSpec::Tarball(art) | SourceSpec::CloudImage(art) => {
             fetch_artifact(art, base_dir, cache, opts)
         }
-        SourceSpec::Bootstrap(b) => bootstrap_rootfs(b, arch, cache, opts),
+        SourceSpec::Bootstrap(b) => bootstrap_rootfs(b, arch, cache, opts).map_err(|e| match e {
+            SourceError::NotCached { what } => SourceError::NotCached {
+                what: format!("{what}, looked for in {}", cache.root().display()),
+            },
+            e => e,
+        }),
     }
 }
 
@@ -154,7 +159,11 @@ pub fn fetch_artifact(
             art.sha256_url.as_deref(),
             cache,
             opts,
-        ),
+        )
+        .map_err(|e| match e {
+            SourceError::NotCached { .. } => offline_miss(url, art.sha256.as_ref(), cache),
+            e => e,
+        }),
         (Some(path), Some(url)) => Err(SourceError::InvalidArtifact {
             what: format!("{path} / {url}"),
             reason: "give exactly one of `path` or `url`, not both".into(),
@@ -164,6 +173,30 @@ pub fn fetch_artifact(
             reason: "give one of `path` or `url`".into(),
         }),
     }
+}
+
+/// The `--offline` miss for `url`, saying which digest was looked for and
+/// where, or that there was none to look for.
+fn offline_miss(url: &str, pinned: Option<&Sha256Hex>, cache: &Cache) -> SourceError {
+    let blob = |d: &Sha256Hex| cache.blob_path(d).display().to_string();
+    let what = match pinned {
+        Some(d) => format!("{url} (pinned sha256 {d}; looked for {})", blob(d)),
+        // Offline, an unpinned URL is served by the digest last recorded for
+        // it. The fetch has read that record already, so an unreadable one
+        // was reported there and cannot reach this point.
+        None => match cache.lookup_url(url) {
+            Ok(Some(rec)) => format!(
+                "{url} (sha256 {}, the digest last recorded for this URL; looked for {})",
+                rec.sha256,
+                blob(&rec.sha256)
+            ),
+            Ok(None) | Err(_) => format!(
+                "{url} (no sha256 is pinned and none is recorded for this URL in {}, so offline mode has no digest to look for: pin `sha256:` in the recipe to build offline)",
+                cache.root().display()
+            ),
+        },
+    };
+    SourceError::NotCached { what }
 }
 
 /// A local file, hashed in place (never copied) and checked against

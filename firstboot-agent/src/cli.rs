@@ -11,7 +11,7 @@ use crate::checks::{render_table, Level};
 use crate::rootfs::Root;
 use crate::run::{self, RunOptions};
 use crate::state::{RunResult, State};
-use crate::system::{RealSystem, System};
+use crate::system::{self, System};
 
 /// First-boot agent of imgbuild K3s images: reads cloud-init NoCloud
 /// metadata, prepares the node and installs the pinned K3s.
@@ -34,7 +34,10 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RootArg {
-    /// Directory every path is relative to.
+    /// Directory every path is relative to. Only `/` is this machine: with
+    /// any other directory, actions on the machine (systemctl, modprobe,
+    /// sysctl, mount, sethostname, swapoff) are recorded as "would run", not
+    /// performed.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,
 }
@@ -71,9 +74,16 @@ pub struct StatusArgs {
 }
 
 impl Cli {
-    /// Run the chosen command against the real system.
+    /// Run the chosen command on the system [`system::select`] picks for
+    /// its `--root`: the real one for `/`, a recording dry run otherwise.
     pub fn run(self) -> Result<ExitCode> {
-        self.run_with(&RealSystem)
+        let root = match self.command {
+            Command::Run(ref a) => &a.root.root,
+            Command::Check(ref a) => &a.root.root,
+            Command::Status(a) => return a.run(),
+        };
+        let selected = system::select(root)?;
+        self.run_with(selected.system())
     }
 
     pub fn run_with(self, system: &dyn System) -> Result<ExitCode> {
@@ -135,7 +145,15 @@ impl StatusArgs {
 pub fn render_status(state: &State, result: Option<&RunResult>) -> String {
     let mut out = String::new();
     let Some(instance) = &state.instance_id else {
-        return "firstboot-agent has not run on this node yet\n".into();
+        return match result.filter(|r| r.dry_run) {
+            Some(r) => format!(
+                "firstboot-agent has not run on this node yet; the last run was a dry run (--root was not /) for instance {} with {} action(s) left out (see {})\n",
+                r.instance_id.as_deref().unwrap_or("?"),
+                r.would_run.len(),
+                crate::state::RESULT_FILE
+            ),
+            None => "firstboot-agent has not run on this node yet\n".into(),
+        };
     };
     out.push_str(&format!(
         "instance:  {instance}\nfinished:  {}\n",
@@ -158,6 +176,11 @@ pub fn render_status(state: &State, result: Option<&RunResult>) -> String {
         ));
     }
     if let Some(r) = result {
+        if r.dry_run {
+            out.push_str(
+                "last run: a dry run (--root was not /); nothing was done on the machine\n",
+            );
+        }
         for e in &r.errors {
             out.push_str(&format!("error:     {e}\n"));
         }

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod env;
 pub mod hostname;
 pub mod k3s;
+pub mod leftovers;
+pub mod message;
 pub mod metadata;
 pub mod rootfs;
 pub mod run;

@@ -6,22 +6,25 @@ use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// A file operation that failed, with the path it was about.
+use crate::leftovers::{temp_prefix, AGENT_TEMP};
+use crate::message::io_cause;
+
+/// A file operation that failed, with the path it was about. The cause is
+/// part of the message, not a `source()` (see [`crate::message`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{action} {path}: {source}")]
+#[error("{action} {}: {}", path.display(), io_cause(cause))]
 pub struct FileError {
     pub action: &'static str,
     pub path: PathBuf,
-    #[source]
-    pub source: io::Error,
+    pub cause: io::Error,
 }
 
 impl FileError {
-    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         Self {
             action,
             path: path.into(),
-            source,
+            cause,
         }
     }
 }
@@ -41,9 +44,10 @@ impl Root {
         &self.dir
     }
 
-    /// Whether this is the running system's own root.
+    /// Whether this is the running system's own root (`/` once symlinks
+    /// and `..` are resolved).
     pub fn is_live(&self) -> bool {
-        self.dir == Path::new("/")
+        fs::canonicalize(&self.dir).is_ok_and(|d| d == Path::new("/"))
     }
 
     /// `abs` (an absolute path on the node) under this root.
@@ -86,14 +90,15 @@ impl Root {
 /// Write `content` to `path` so that a reader sees either the old file or the
 /// whole new one: a temp file in the same directory (created 0600, so a secret
 /// is never readable by others even briefly), fsync, chmod, rename, fsync the
-/// directory.
+/// directory. The temp file is named `.firstboot-agent-<pid>-<random>`, so a
+/// later run can tell one left by a killed run ([`crate::leftovers`]).
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
     let dir = path
         .parent()
         .ok_or_else(|| FileError::new("writing", path, io::ErrorKind::InvalidInput.into()))?;
     fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".firstboot-agent-")
+        .prefix(&temp_prefix(AGENT_TEMP))
         .tempfile_in(dir)
         .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
     tmp.write_all(content)
@@ -119,7 +124,11 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), FileError> {
         .parent()
         .ok_or_else(|| FileError::new("linking", link, io::ErrorKind::InvalidInput.into()))?;
     let name = link.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{}.tmp-link", name.unwrap_or_default()));
+    let tmp = dir.join(format!(
+        "{}link-{}",
+        temp_prefix(AGENT_TEMP),
+        name.unwrap_or_default()
+    ));
     let _ = fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp).map_err(|e| FileError::new("linking", &tmp, e))?;
     fs::rename(&tmp, link).map_err(|e| FileError::new("renaming into place", link, e))?;
@@ -150,11 +159,32 @@ mod tests {
     }
 
     #[test]
+    fn file_errors_name_the_path_and_the_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        std::fs::create_dir_all(root.path("/x/state.json")).unwrap();
+        let e = root.read_optional("/x/state.json").unwrap_err();
+        let shown = format!(
+            "{:#}",
+            anyhow::Error::from(e).context("reading the agent state")
+        );
+        assert_eq!(
+            shown,
+            format!(
+                "reading the agent state: reading {}/x/state.json: Is a directory — a directory is in the way; move it aside",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
     fn root_joins_absolute_paths() {
         let root = Root::new("/tmp/r");
         assert_eq!(root.path("/etc/hostname"), Path::new("/tmp/r/etc/hostname"));
         assert!(!root.is_live());
         assert!(Root::new("/").is_live());
+        assert!(Root::new("/tmp/..").is_live());
+        assert!(Root::new("//").is_live());
     }
 
     #[test]

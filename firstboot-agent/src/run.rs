@@ -3,7 +3,7 @@
 //! resumes; every step is idempotent, and steps with lasting side effects
 //! that already succeeded for this instance are skipped.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use node_spec::{BakedDefaults, DEFAULTS_PATH};
@@ -12,7 +12,9 @@ use crate::checks::{self, network, Finding, Level};
 use crate::env::{self, Environment};
 use crate::hostname;
 use crate::k3s::{self, binary};
-use crate::metadata::{self, NodeConfig};
+use crate::leftovers;
+use crate::message::plain_serde;
+use crate::metadata::{self, token_file, NodeConfig};
 use crate::rootfs::Root;
 use crate::state::{self, K3sRecord, RunResult, State, StepRecord, StepResult, StepStatus};
 use crate::system::System;
@@ -42,6 +44,15 @@ ExecStart=/usr/local/sbin/firstboot-agent run
 StandardOutput=journal+console
 ";
 
+/// A step failed. The message is the cause, once, with what to do; the run
+/// stays retryable.
+#[derive(Debug, thiserror::Error)]
+#[error("step {step} failed: {message}; after fixing it, run `firstboot-agent run` again (firstboot-agent.service retries every 30 s)")]
+pub struct StepFailed {
+    pub step: String,
+    pub message: String,
+}
+
 /// What a step reports besides success.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -68,10 +79,22 @@ struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// A dry run ([`System::acts_on_host`] is false) leaves state.json and
+    /// the `done` marker alone: the node's real first boot must still do
+    /// everything the dry run only recorded.
+    fn dry_run(&self) -> bool {
+        !self.system.acts_on_host()
+    }
+
     fn save(&mut self) -> Result<()> {
-        self.state
-            .save(self.root)
-            .context("recording the agent state")?;
+        if self.dry_run() {
+            self.result.dry_run = true;
+            self.result.would_run = self.system.would_run();
+        } else {
+            self.state
+                .save(self.root)
+                .context("recording the agent state")?;
+        }
         let pid1 = self.root.read_optional("/proc/1/stat")?;
         if let Some(up) = self
             .root
@@ -82,6 +105,14 @@ impl Runner<'_> {
             self.result.boot_to_done_secs = Some(up);
         }
         self.result.save(self.root).context("writing result.json")
+    }
+
+    /// Mark the node finished (not in a dry run).
+    fn mark_done(&mut self) -> Result<()> {
+        if !self.dry_run() {
+            self.root.write_atomic(state::DONE_FILE, b"", 0o644)?;
+        }
+        Ok(())
     }
 
     fn record(
@@ -112,17 +143,32 @@ impl Runner<'_> {
     }
 
     /// Run one step: time it, record it, save state; a failure is recorded
-    /// and returned (the node stays retryable).
+    /// and returned (the node stays retryable). The failure is not logged
+    /// here: the caller prints it once.
     fn step(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<Outcome>) -> Result<()> {
         tracing::info!(step = name, "starting");
         let started = Instant::now();
+        let recorded_before = self.system.would_run().len();
         let outcome = f(self).and_then(|o| match checks::failures(&o.findings) {
             Some(fail) => Err(anyhow!(fail)),
             None => Ok(o),
         });
         let ms = started.elapsed().as_millis() as u64;
+        let left_out: Vec<String> = self
+            .system
+            .would_run()
+            .into_iter()
+            .skip(recorded_before)
+            .map(|a| a.trim_start_matches("would run: ").to_owned())
+            .collect();
+        let dry_note = if left_out.is_empty() {
+            String::new()
+        } else {
+            format!(" (dry run, would run: {})", left_out.join("; "))
+        };
         match outcome {
-            Ok(o) => {
+            Ok(mut o) => {
+                o.message.push_str(&dry_note);
                 let mut warnings = Vec::new();
                 for w in o.findings.iter().filter(|f| f.level == Level::Warn) {
                     tracing::warn!(step = name, "{w}");
@@ -143,13 +189,18 @@ impl Runner<'_> {
                 self.save()
             }
             Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(step = name, "{msg}");
+                let mut msg = format!("{e:#}{dry_note}");
                 self.record(name, StepStatus::Failed, ms, msg.clone(), 1);
                 self.result.errors.push(format!("{name}: {msg}"));
                 self.result.finished = false;
-                self.save()?;
-                Err(e.context(format!("step {name} failed; fix the cause and run `firstboot-agent run` again (or reboot)")))
+                if let Err(save) = self.save() {
+                    msg.push_str(&format!(" (recording the failure failed too: {save:#})"));
+                }
+                Err(StepFailed {
+                    step: name.to_owned(),
+                    message: msg,
+                }
+                .into())
             }
         }
     }
@@ -174,10 +225,13 @@ impl Runner<'_> {
 
 /// Read the defaults the builder baked into the image.
 pub fn load_defaults(root: &Root) -> Result<BakedDefaults> {
-    let text = root
-        .read_optional(DEFAULTS_PATH)?
-        .ok_or_else(|| anyhow!("{DEFAULTS_PATH} is missing; this image was not built by imgbuild, or the file was removed"))?;
-    BakedDefaults::from_yaml(&text).map_err(|e| anyhow!("{DEFAULTS_PATH}: {e}"))
+    let text = root.read_optional(DEFAULTS_PATH)?.ok_or_else(|| {
+        anyhow!(
+            "{DEFAULTS_PATH} is missing — this image was not built by imgbuild, or the file was removed; rebuild the image"
+        )
+    })?;
+    BakedDefaults::from_yaml(&text)
+        .map_err(|e| anyhow!("{DEFAULTS_PATH}: {}", plain_serde(&e.to_string())))
 }
 
 /// Metadata, merged over the defaults.
@@ -196,7 +250,10 @@ pub fn load_node_config(root: &Root, system: &dyn System) -> Result<NodeConfig> 
     } else {
         format!("user-data from {}", md.source)
     };
-    Ok(metadata::merge::merge(&defaults, &md, &ud_path)?)
+    let mut cfg = metadata::merge::merge(&defaults, &md, &ud_path)?;
+    let warnings = token_file::check(root, &cfg)?;
+    cfg.warnings.extend(warnings);
+    Ok(cfg)
 }
 
 /// `firstboot-agent run`.
@@ -208,6 +265,18 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         state,
         result: RunResult::default(),
     };
+    r.result.dry_run = r.dry_run();
+    if r.dry_run() {
+        tracing::info!(
+            "dry run: --root {} is not /, so actions on this machine (systemctl, modprobe, sysctl, mount, sethostname, swapoff) are recorded, not performed",
+            root.dir().display()
+        );
+    }
+
+    // 0. Temp files of killed runs (the agent's own, named with their pid).
+    let swept = leftovers::sweep(root, system, SystemTime::now());
+    r.result.removed_temp_files = swept.removed;
+    r.result.warnings.extend(swept.failed);
 
     // 1. Metadata (read every run: it carries the instance-id).
     let mut cfg = None;
@@ -223,8 +292,13 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         for n in &c.notes {
             tracing::info!("ignored: {n}");
         }
+        let findings = c.warnings.clone();
         cfg = Some(c);
-        Ok(Outcome::msg(msg))
+        Ok(Outcome {
+            message: msg,
+            findings,
+            ..Outcome::default()
+        })
     })?;
     let mut cfg = cfg.ok_or_else(|| anyhow!("metadata step produced no configuration"))?;
     r.result.instance_id = Some(cfg.instance_id.clone());
@@ -251,7 +325,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             r.result.finished = true;
             r.state.finished = true;
             r.save()?;
-            root.write_atomic(state::DONE_FILE, b"", 0o644)?;
+            r.mark_done()?;
             return Ok(r.result);
         }
         r.state = State {
@@ -390,10 +464,11 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
                 unit: cfg.unit_name().to_owned(),
                 sha256: sha256.clone(),
             });
-            Ok(Outcome::msg(format!(
-                "{} enabled and started",
-                cfg.unit_name()
-            )))
+            Ok(Outcome::msg(if r.dry_run() {
+                format!("{} would be enabled and started", cfg.unit_name())
+            } else {
+                format!("{} enabled and started", cfg.unit_name())
+            }))
         })?;
     }
 
@@ -424,11 +499,31 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
                 ..Outcome::default()
             })
         })?;
-        println!(
-            "firstboot-agent: {} started ({}); readiness is confirmed by {READY_UNIT}",
-            cfg.unit_name(),
-            cfg.topology.as_str()
+        if r.dry_run() {
+            println!("{}", dry_run_summary(root, &r.result));
+        } else {
+            println!(
+                "firstboot-agent: {} started ({}); readiness is confirmed by {READY_UNIT}",
+                cfg.unit_name(),
+                cfg.topology.as_str()
+            );
+        }
+        return Ok(r.result);
+    }
+    if r.dry_run() {
+        // K3s was not started, so there is nothing to wait for.
+        r.record(
+            "k3s-ready",
+            StepStatus::Skipped,
+            0,
+            format!(
+                "dry run: {} was not started, so its readiness was not awaited",
+                cfg.unit_name()
+            ),
+            0,
         );
+        r.save()?;
+        println!("{}", dry_run_summary(root, &r.result));
         return Ok(r.result);
     }
     r.step("k3s-ready", |r| {
@@ -439,9 +534,41 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     r.state.finished = true;
     r.result.finished = true;
     r.save()?;
-    root.write_atomic(state::DONE_FILE, b"", 0o644)?;
+    r.mark_done()?;
     println!("{}", summary(&r.result));
     Ok(r.result)
+}
+
+/// The console summary of a dry run: what was left out, one per line.
+pub fn dry_run_summary(root: &Root, res: &RunResult) -> String {
+    let mut out = format!(
+        "firstboot-agent: dry run — --root {} is not /, so nothing on this machine was changed; \
+         files were written under {} only, and state.json and the done marker were left alone. \
+         K3s {} {} ({}) via {}, instance {}, {} steps{}",
+        root.dir().display(),
+        root.dir().display(),
+        res.k3s_version.as_deref().unwrap_or("?"),
+        res.role.as_deref().unwrap_or("?"),
+        res.topology.as_deref().unwrap_or("?"),
+        res.unit.as_deref().unwrap_or("?"),
+        res.instance_id.as_deref().unwrap_or("?"),
+        res.steps.len(),
+        if res.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", res.warnings.len())
+        },
+    );
+    if res.would_run.is_empty() {
+        out.push_str("; no action on the machine was needed");
+    } else {
+        out.push_str(&format!("; {} action(s) left out:", res.would_run.len()));
+        for a in &res.would_run {
+            out.push_str("\n  ");
+            out.push_str(a);
+        }
+    }
+    out
 }
 
 /// One-paragraph summary for the console.
@@ -488,6 +615,7 @@ pub fn check(root: &Root, system: &dyn System, timeout: std::time::Duration) -> 
                     c.topology.as_str()
                 ),
             ));
+            out.extend(c.warnings.iter().cloned());
             c
         }
         Err(e) => {

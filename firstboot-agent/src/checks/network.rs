@@ -197,13 +197,17 @@ fn probe(root: &Root, system: &dyn System, targets: &Targets) -> Result<Vec<Find
             )),
             Ok(_) => out.push(Finding::fail(
                 format!("dns {host}"),
-                format!("{host} resolves to no address ({why})"),
-                "check the nameservers in /etc/resolv.conf and the DNS record",
+                format!("{host} resolves to no address ({why}); {}", resolvers_asked(root, system)),
+                "check those nameservers and the name's DNS record",
             )),
             Err(e) => out.push(Finding::fail(
                 format!("dns {host}"),
-                format!("{host} does not resolve ({why}): {e}"),
-                "check the nameservers in /etc/resolv.conf (Proxmox: nameserver= in the cloud-init or container options) and the name",
+                format!(
+                    "{host} does not resolve ({why}): {}; {}",
+                    e.reason(),
+                    resolvers_asked(root, system)
+                ),
+                "check those nameservers (Proxmox: nameserver= in the cloud-init or container options) and the name",
             )),
         }
     }
@@ -222,7 +226,12 @@ fn probe(root: &Root, system: &dyn System, targets: &Targets) -> Result<Vec<Find
             .any(|a| match system.tcp_connect(*a, Duration::from_secs(5)) {
                 Ok(()) => true,
                 Err(e) => {
-                    last_err = Some(e.to_string());
+                    // The address is news only when a name was looked up.
+                    last_err = Some(if host.parse::<IpAddr>().is_ok() {
+                        e.reason()
+                    } else {
+                        format!("{a}: {}", e.reason())
+                    });
                     false
                 }
             });
@@ -243,6 +252,36 @@ fn probe(root: &Root, system: &dyn System, targets: &Targets) -> Result<Vec<Find
         }
     }
     Ok(out)
+}
+
+/// Which resolver a failed lookup asked: the nameservers of the
+/// resolv.conf behind [`System::resolve`] (the node's, or this machine's
+/// for a dry run). Static glibc reads /etc/hosts first, then asks these.
+pub fn resolvers_asked(root: &Root, system: &dyn System) -> String {
+    let (path, shown) = system.resolv_conf(root.dir());
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let ns = parse_resolv_conf(&text);
+            if ns.is_empty() {
+                format!("{shown} lists no nameserver, so the resolver asked 127.0.0.1")
+            } else {
+                format!(
+                    "the resolver asked {} (nameservers in {shown}) after /etc/hosts",
+                    ns.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{shown} does not exist, so the resolver asked 127.0.0.1")
+        }
+        Err(e) => format!(
+            "{shown} could not be read ({}), so the resolver's nameservers are unknown",
+            crate::message::io_text(&e)
+        ),
+    }
 }
 
 /// A warning when resolv.conf lists only loopback resolvers and systemd-resolved's
@@ -305,11 +344,9 @@ pub fn preflight(
         let elapsed = system.now().duration_since(start);
         if failed.is_none() || elapsed + delay > timeout {
             findings.push(resolv_conf_finding(root)?);
-            if let Some(msg) = &failed {
-                tracing::warn!(
-                    attempts,
-                    "network preflight gave up after {elapsed:?}: {msg}"
-                );
+            if failed.is_some() {
+                // The failures themselves are reported once, by the step.
+                tracing::warn!(attempts, "network preflight gave up after {elapsed:?}");
             }
             return Ok((findings, attempts));
         }
@@ -433,8 +470,21 @@ fe80000000000000021e67fffe3a4b5c 02 40 20 80     eth0
         assert!(sys.slept() <= Duration::from_secs(30), "{:?}", sys.slept());
         let msg = crate::checks::failures(&f).unwrap();
         assert!(
-            msg.contains("server.lan does not resolve") && msg.contains("resolv.conf"),
+            msg.contains(
+                "server.lan does not resolve (K3s server): Name or service not known; \
+                 the resolver asked 10.0.0.1 (nameservers in /etc/resolv.conf) after /etc/hosts — check those nameservers"
+            ),
             "{msg}"
+        );
+        std::fs::write(root.path("/etc/resolv.conf"), "search lan\n").unwrap();
+        assert_eq!(
+            resolvers_asked(&root, &sys),
+            "/etc/resolv.conf lists no nameserver, so the resolver asked 127.0.0.1"
+        );
+        let dry = crate::system::DryRunSystem::new(root.dir());
+        assert!(
+            resolvers_asked(&root, &dry).contains("this machine's /etc/resolv.conf"),
+            "a dry run asks this machine's resolver"
         );
     }
 

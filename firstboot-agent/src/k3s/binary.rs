@@ -51,7 +51,7 @@ pub enum DownloadError {
         pinned: Sha256Hex,
         listed: Sha256Hex,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
 }
 
@@ -174,9 +174,28 @@ fn open_url(url: &str, version: &str) -> Result<Box<dyn Read + Send>, DownloadEr
         }),
         Err(ureq::Error::Transport(t)) => Err(DownloadError::Transport {
             url: url.to_owned(),
-            message: t.to_string(),
+            message: transport_message(&t),
         }),
     }
+}
+
+/// ureq's transport error without the URL (the message names it already)
+/// and with its cause once: `Connection Failed: Connection refused`.
+fn transport_message(t: &ureq::Transport) -> String {
+    let mut parts = vec![t.kind().to_string()];
+    if let Some(m) = t.message() {
+        parts.push(m.to_owned());
+    }
+    if let Some(cause) = std::error::Error::source(t) {
+        let text = match cause.downcast_ref::<io::Error>() {
+            Some(io) => crate::message::io_text(io),
+            None => cause.to_string(),
+        };
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn with_retries<T>(
@@ -211,7 +230,7 @@ fn fetch_text(url: &str, version: &str) -> Result<String, DownloadError> {
         .map_err(|e| DownloadError::CutOff {
             url: url.to_owned(),
             received: buf.len() as u64,
-            message: e.to_string(),
+            message: crate::message::io_text(&e),
         })?;
     Ok(buf)
 }
@@ -231,7 +250,9 @@ fn stream_install(
         .ok_or_else(|| FileError::new("installing", dest, io::ErrorKind::InvalidInput.into()))?;
     fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".k3s.download-")
+        .prefix(&crate::leftovers::temp_prefix(
+            crate::leftovers::DOWNLOAD_TEMP,
+        ))
         .tempfile_in(dir)
         .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
     let mut hasher = Sha256::new();
@@ -246,7 +267,7 @@ fn stream_install(
                 return Err(DownloadError::CutOff {
                     url: url.to_owned(),
                     received,
-                    message: e.to_string(),
+                    message: crate::message::io_text(&e),
                 })
             }
         };

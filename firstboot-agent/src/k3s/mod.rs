@@ -27,7 +27,7 @@ pub enum K3sError {
     },
     #[error("air-gap archive {path} is missing from the image")]
     AirgapMissing { path: String },
-    #[error("`systemctl {args}` failed: {stderr}")]
+    #[error("`systemctl {args}` failed{}{stderr} — see `systemctl status` and `journalctl -xe`", if stderr.is_empty() { "" } else { ": " })]
     Systemctl { args: String, stderr: String },
     #[error("{unit} failed to start; see `journalctl -u {unit}` and `systemctl status {unit}`")]
     UnitFailed { unit: String },
@@ -37,9 +37,9 @@ pub enum K3sError {
         secs: u64,
         missing: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
-    #[error("{0}")]
+    #[error(transparent)]
     System(#[from] crate::system::SystemError),
 }
 

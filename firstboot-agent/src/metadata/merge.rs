@@ -10,7 +10,10 @@ use node_spec::{
 };
 use serde::Serialize;
 
+use super::values::{multi_line_in, node_name_problem, valid_hostname};
 use super::{Metadata, MetadataError};
+use crate::checks::Finding;
+use crate::message::{check_one_line, first_control};
 
 /// The K3s API port servers listen on and joining nodes dial.
 pub const K3S_API_PORT: u16 = 6443;
@@ -66,6 +69,12 @@ impl Token {
         let t = raw.trim();
         if t.is_empty() {
             return Err("is empty".into());
+        }
+        if let Some((pos, c)) = first_control(t) {
+            return Err(format!(
+                "contains {} at character {pos}; a K3s token is a single word — copy it again without it",
+                crate::message::describe_char(c)
+            ));
         }
         if t.chars()
             .any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\')
@@ -138,6 +147,11 @@ impl ServerUrl {
         if host.is_empty() {
             return Err(format!("{raw:?} has no host; {hint}"));
         }
+        if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{raw:?} has spaces or control characters in its host; {hint}"
+            ));
+        }
         let port = match port {
             None => K3S_API_PORT,
             Some(p) => p
@@ -184,6 +198,12 @@ pub struct NodeConfig {
     pub ready_timeout: Duration,
     /// Notes for the log (ignored user-data parts and such).
     pub notes: Vec<String>,
+    /// The user-data file as messages name it, and the line of each key
+    /// under `k3s:`, for errors found after the merge (token-file checks).
+    pub user_data_path: String,
+    pub k3s_lines: BTreeMap<String, usize>,
+    /// Warnings about the metadata, raised by the metadata step.
+    pub warnings: Vec<Finding>,
 }
 
 impl NodeConfig {
@@ -217,19 +237,6 @@ pub fn url_host_port(url: &str) -> Option<(String, u16)> {
         Some((h, p)) => Some((h.to_owned(), p.parse().ok()?)),
         None => Some((authority.to_owned(), default_port)),
     }
-}
-
-fn valid_hostname(name: &str) -> bool {
-    name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
 }
 
 fn string_list(
@@ -269,6 +276,78 @@ pub fn merge(
         key: format!("k3s.{key}"),
         message,
     };
+    // meta-data sits next to user-data in every kind of seed.
+    let meta_data_path = user_data_path.strip_suffix("user-data").map_or_else(
+        || format!("meta-data of {}", md.source),
+        |dir| format!("{dir}meta-data"),
+    );
+    let one_line = |key: &str, value: &str| check_one_line(value).map_err(|m| invalid(key, m));
+
+    // Every string below ends up in a file (config.yaml, the env file, a
+    // unit, /etc/hostname, /etc/hosts, state.json) or on the console: none
+    // may carry a newline or another control character.
+    check_one_line(&md.meta.instance_id).map_err(|m| MetadataError::Invalid {
+        path: meta_data_path.clone(),
+        line: None,
+        key: "instance-id".into(),
+        message: m,
+    })?;
+    check_one_line(&defaults.profile).map_err(|m| MetadataError::Invalid {
+        path: DEFAULTS_PATH.into(),
+        line: None,
+        key: "profile".into(),
+        message: m,
+    })?;
+    for (key, value) in &defaults.k3s.config {
+        if let Some((at, m)) =
+            multi_line_in(&serde_yaml::Value::String(key.clone()), "config (a key)")
+                .or_else(|| multi_line_in(value, &format!("config.{key}")))
+        {
+            return Err(MetadataError::Invalid {
+                path: DEFAULTS_PATH.into(),
+                line: None,
+                key: format!("k3s.{at}"),
+                message: m,
+            });
+        }
+    }
+    for (key, value) in &k.config {
+        if let Some((at, m)) =
+            multi_line_in(&serde_yaml::Value::String(key.clone()), "config (a key)")
+                .or_else(|| multi_line_in(value, &format!("config.{key}")))
+        {
+            return Err(MetadataError::Invalid {
+                path: user_data_path.to_owned(),
+                line: line("config"),
+                key: format!("k3s.{at}"),
+                message: m,
+            });
+        }
+    }
+    for (key, value) in [
+        ("server", &k.server),
+        ("token-file", &k.token_file),
+        ("mirror", &k.mirror),
+    ] {
+        if let Some(v) = value {
+            one_line(key, v)?;
+        }
+    }
+    for (key, values) in [
+        ("node-label", &k.node_label),
+        ("node-taint", &k.node_taint),
+        ("check-names", &k.check_names),
+        ("check-endpoints", &k.check_endpoints),
+    ] {
+        for v in values {
+            one_line(key, v)?;
+        }
+    }
+    if let Some(n) = &k.node_name {
+        if let Some(m) = node_name_problem(n) {
+            return Err(invalid("node-name", m));
+        }
+    }
 
     // Secrets never live in the defaults (the same file ships in every image).
     for key in ["token", "agent-token"] {
@@ -295,30 +374,43 @@ pub fn merge(
     }
 
     // Host name: user-data hostname, else the first label of fqdn, else
-    // meta-data local-hostname.
+    // meta-data local-hostname. Errors name the file and key it came from.
     let hostname = md
         .user
         .hostname
         .clone()
+        .map(|h| (h, user_data_path.to_owned(), "hostname"))
         .or_else(|| {
-            md.user
-                .fqdn
-                .as_ref()
-                .and_then(|f| f.split('.').next().map(str::to_owned))
+            md.user.fqdn.as_ref().and_then(|f| {
+                f.split('.')
+                    .next()
+                    .map(|h| (h.to_owned(), user_data_path.to_owned(), "fqdn"))
+            })
         })
-        .or_else(|| md.meta.local_hostname.clone());
-    if let Some(h) = &hostname {
-        if !valid_hostname(h) || h.len() > 64 {
+        .or_else(|| {
+            md.meta
+                .local_hostname
+                .clone()
+                .map(|h| (h, meta_data_path.clone(), "local-hostname"))
+        });
+    if let Some((h, path, key)) = &hostname {
+        let problem = check_one_line(h).err().or_else(|| {
+            (!valid_hostname(h) || h.len() > 64).then(|| {
+                format!(
+                    "{h:?} is not a valid host name — use letters, digits and `-` (at most 64 characters)"
+                )
+            })
+        });
+        if let Some(message) = problem {
             return Err(MetadataError::Invalid {
-                path: user_data_path.to_owned(),
+                path: path.clone(),
                 line: None,
-                key: "hostname".into(),
-                message: format!(
-                    "{h:?} is not a valid host name (letters, digits and `-`, at most 64 characters)"
-                ),
+                key: (*key).into(),
+                message,
             });
         }
     }
+    let hostname = hostname.map(|(h, _, _)| h);
 
     let role = k.role.unwrap_or(defaults.k3s.role);
 
@@ -508,6 +600,9 @@ pub fn merge(
             "ready-timeout-secs",
         )?,
         notes: md.user.ignored.clone(),
+        user_data_path: user_data_path.to_owned(),
+        k3s_lines: md.user.k3s_lines.clone(),
+        warnings: Vec::new(),
     })
 }
 
@@ -627,6 +722,87 @@ k3s:
         let secret = defaults("  config:\n    token: abc\n");
         let e = merged(&secret, "").unwrap_err();
         assert!(e.contains(DEFAULTS_PATH), "{e}");
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_file_and_key() {
+        let d = defaults("");
+        for (user, expect) in [
+            (
+                "#cloud-config\nk3s:\n  node-name: \"w1\\nevil: x\"\n",
+                "/ud:3: k3s.node-name: contains a newline (\\n) at character 3;",
+            ),
+            (
+                "#cloud-config\nhostname: \"h\\n1\"\n",
+                "/ud: hostname: contains a newline",
+            ),
+            (
+                "#cloud-config\nk3s:\n  node-label: [\"a=b\\tc\"]\n",
+                "/ud:3: k3s.node-label: contains a tab",
+            ),
+            (
+                "#cloud-config\nk3s:\n  role: agent\n  server: \"https://s:6443\\r\"\n  token: pw\n",
+                "/ud:4: k3s.server: contains a carriage return",
+            ),
+            (
+                "#cloud-config\nk3s:\n  config:\n    tls-san: [ok, \"a\\u001b[31m\"]\n",
+                "/ud:3: k3s.config.tls-san[1]: contains an escape character",
+            ),
+            (
+                "#cloud-config\nk3s:\n  config:\n    \"bad\\nkey\": 1\n",
+                "/ud:3: k3s.config (a key): contains a newline",
+            ),
+            (
+                "#cloud-config\nk3s:\n  token-file: \"/etc/t\\n\"\n",
+                "/ud:3: k3s.token-file: contains a newline",
+            ),
+            (
+                "#cloud-config\nk3s:\n  role: agent\n  server: https://s:6443\n  token: \"pw\\nK3S_URL=x\"\n",
+                "/ud:5: k3s.token: the token contains a newline",
+            ),
+        ] {
+            let e = merged(&d, user).unwrap_err();
+            assert!(e.starts_with(expect), "{user:?}:\n{e}");
+            assert!(e.contains(" — ") || e.contains("copy it again"), "{e}");
+        }
+        let mut m = md("");
+        m.meta.instance_id = "i\n1".into();
+        let e = merge(&d, &m, "/seed/user-data").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/seed/meta-data: instance-id: contains a newline"),
+            "{e}"
+        );
+        m.meta.instance_id = "i1".into();
+        m.meta.local_hostname = Some("h\u{7}".into());
+        let e = merge(&d, &m, "/seed/user-data").unwrap_err().to_string();
+        assert!(
+            e.starts_with("/seed/meta-data: local-hostname: contains the control character U+0007"),
+            "{e}"
+        );
+        let secret = defaults("  config:\n    node-ip: \"10.0.0.1\\n\"\n");
+        let e = merged(&secret, "").unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "{DEFAULTS_PATH}: k3s.config.node-ip: contains a newline"
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_names_follow_kubernetes_rules() {
+        let d = defaults("");
+        for good in ["w1", "worker-1.zone-a", "a"] {
+            let c = merged(&d, &format!("#cloud-config\nk3s:\n  node-name: {good}\n")).unwrap();
+            assert_eq!(c.node_name.as_deref(), Some(good));
+        }
+        for bad in ["Worker", "w_1", "-w", "w..1", "\"w 1\""] {
+            let e = merged(&d, &format!("#cloud-config\nk3s:\n  node-name: {bad}\n")).unwrap_err();
+            assert!(
+                e.starts_with("/ud:3: k3s.node-name:") && e.contains("e.g. worker-1"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

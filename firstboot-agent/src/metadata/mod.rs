@@ -4,7 +4,9 @@
 
 pub mod merge;
 pub mod nocloud;
+pub mod token_file;
 pub mod userdata;
+pub(crate) mod values;
 
 use std::io::Read;
 use std::path::Path;
@@ -19,7 +21,7 @@ pub use userdata::{K3sMeta, MetaData, UserData, MAX_METADATA_BYTES};
 /// stays retryable (nothing has been changed yet when these are raised).
 #[derive(Debug, thiserror::Error)]
 pub enum MetadataError {
-    #[error("{path}:{line}:{column}: {message}")]
+    #[error("{path}:{line}:{column}: {}", crate::message::plain_serde(message))]
     Parse {
         path: String,
         line: usize,
@@ -43,16 +45,10 @@ pub enum MetadataError {
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("no NoCloud metadata found (looked at: {}); attach a cloud-init drive (label cidata), push meta-data and user-data into /var/lib/cloud/seed/nocloud/, or boot with ds=nocloud;s=file:///path/", searched.join(", "))]
     NotFound { searched: Vec<String> },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
     #[error("reading the cidata volume {device}: {message}")]
     Volume { device: String, message: String },
-    #[error("{path}: {source}")]
-    Defaults {
-        path: String,
-        #[source]
-        source: node_spec::DefaultsError,
-    },
 }
 
 /// Metadata as read from one NoCloud seed.
@@ -152,10 +148,24 @@ pub fn load(root: &Root, system: &dyn System) -> Result<Metadata, MetadataError>
     let mut md = found.ok_or(MetadataError::NotFound { searched })?;
     // Values on the kernel command line win, as in cloud-init.
     if let Some(seed) = cmd_seed {
+        let refuse = |key: &str, message: String| MetadataError::Invalid {
+            path: "/proc/cmdline".into(),
+            line: None,
+            key: format!("ds=nocloud;{key}="),
+            message,
+        };
         if let Some(i) = seed.instance_id {
+            crate::message::check_one_line(&i).map_err(|m| refuse("i", m))?;
             md.meta.instance_id = i;
         }
         if let Some(h) = seed.local_hostname {
+            crate::message::check_one_line(&h).map_err(|m| refuse("h", m))?;
+            if !values::valid_hostname(&h) || h.len() > 64 {
+                return Err(refuse(
+                    "h",
+                    format!("{h:?} is not a valid host name — use letters, digits and `-` (at most 64 characters)"),
+                ));
+            }
             md.meta.local_hostname = Some(h);
         }
     }
@@ -181,7 +191,7 @@ fn read_volume(
         .mount_readonly(device, &mount_point, fs)
         .map_err(|e| MetadataError::Volume {
             device: shown_dev.display().to_string(),
-            message: e.to_string(),
+            message: format!("could not mount it: {}", e.reason()),
         })?;
     let source = format!("cidata volume {} ({})", shown_dev.display(), fs.as_str());
     let shown = format!("{}:", shown_dev.display());
@@ -191,7 +201,11 @@ fn read_volume(
     let md = result?;
     unmounted.map_err(|e| MetadataError::Volume {
         device: shown_dev.display().to_string(),
-        message: e.to_string(),
+        message: format!(
+            "could not unmount {}: {} — unmount it by hand",
+            mount_point.display(),
+            e.reason()
+        ),
     })?;
     Ok(md)
 }

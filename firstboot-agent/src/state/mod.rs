@@ -18,15 +18,28 @@ const SCHEMA: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("{path}:{line}:{column}: {message}; move the file away to start over (K3s, if installed, stays)")]
+    #[error(
+        "{path}:{line}:{column}: {} — move the file away to start over (K3s, if installed, stays)",
+        crate::message::plain_serde(message)
+    )]
     Parse {
         path: String,
         line: usize,
         column: usize,
         message: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     File(#[from] FileError),
+}
+
+/// serde_json's message without its ` at line L column C` (the error names
+/// the position itself).
+fn json_message(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    match m.rfind(" at line ") {
+        Some(i) => m[..i].to_owned(),
+        None => m,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +109,7 @@ impl State {
                 path: STATE_FILE.into(),
                 line: e.line(),
                 column: e.column(),
-                message: e.to_string(),
+                message: json_message(&e),
             }),
         }
     }
@@ -142,6 +155,16 @@ pub struct RunResult {
     /// Seconds from the start of PID 1 (the VM's or the container's boot) to
     /// the end of the run.
     pub boot_to_done_secs: Option<f64>,
+    /// The run was against a `--root` other than `/`: actions on the
+    /// machine were recorded in `would-run`, not performed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// `would run: <command>` for each action a dry run left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_run: Vec<String>,
+    /// Temp files of killed runs removed at the start of this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_temp_files: Vec<String>,
 }
 
 impl RunResult {
@@ -152,7 +175,7 @@ impl RunResult {
                     path: RESULT_FILE.into(),
                     line: e.line(),
                     column: e.column(),
-                    message: e.to_string(),
+                    message: json_message(&e),
                 })
             })
             .transpose()
@@ -225,6 +248,13 @@ mod tests {
         let e = State::load(&root).unwrap_err().to_string();
         assert!(
             e.starts_with("/var/lib/firstboot-agent/state.json:3:"),
+            "{e}"
+        );
+        assert!(!e.contains(" at line "), "position given twice: {e}");
+        std::fs::write(root.path(STATE_FILE), "{\"schema\": \"one\"}").unwrap();
+        let e = State::load(&root).unwrap_err().to_string();
+        assert!(
+            e.contains("expected a whole number") && !e.contains("u32"),
             "{e}"
         );
     }

@@ -59,6 +59,8 @@ pub struct FakeSystem {
     pub fail_hostname: bool,
     pub fail_swapoff: bool,
     pub fail_rshared: bool,
+    /// Pids [`System::pid_alive`] calls dead; every other pid is alive.
+    pub dead_pids: BTreeSet<u32>,
 }
 
 impl Default for FakeSystem {
@@ -79,6 +81,7 @@ impl Default for FakeSystem {
             fail_hostname: false,
             fail_swapoff: false,
             fail_rshared: false,
+            dead_pids: BTreeSet::new(),
         }
     }
 }
@@ -130,14 +133,14 @@ impl System for FakeSystem {
         if args.first() == Some(&"start") {
             for (path, content) in &self.files_on_start {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(|source| SystemError::Io {
+                    std::fs::create_dir_all(parent).map_err(|cause| SystemError::Io {
                         action: "fake start".into(),
-                        source,
+                        cause,
                     })?;
                 }
-                std::fs::write(path, content).map_err(|source| SystemError::Io {
+                std::fs::write(path, content).map_err(|cause| SystemError::Io {
                     action: "fake start".into(),
-                    source,
+                    cause,
                 })?;
             }
         }
@@ -174,9 +177,9 @@ impl System for FakeSystem {
             .get(device)
             .ok_or_else(|| Self::failure("mount", "wrong fs type, bad superblock"))?;
         for (name, content) in files {
-            std::fs::write(target.join(name), content).map_err(|source| SystemError::Io {
+            std::fs::write(target.join(name), content).map_err(|cause| SystemError::Io {
                 action: "fake mount".into(),
-                source,
+                cause,
             })?;
         }
         Ok(())
@@ -257,5 +260,9 @@ impl System for FakeSystem {
     fn sleep(&self, duration: Duration) {
         self.record(Call::Sleep(duration));
         self.elapsed.set(self.elapsed.get() + duration);
+    }
+
+    fn pid_alive(&self, pid: u32) -> bool {
+        !self.dead_pids.contains(&pid)
     }
 }

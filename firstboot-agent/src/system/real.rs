@@ -23,6 +23,11 @@ fn tail(text: &str) -> String {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
+    run_with_status(program, args).map(|(out, _)| out)
+}
+
+/// Run a command; its output and how it ended (`exit status 3`).
+fn run_with_status(program: &str, args: &[&str]) -> Result<(CommandOutput, String), SystemError> {
     let command = std::iter::once(program)
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
@@ -31,19 +36,26 @@ fn run(program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
     let out = Command::new(program)
         .args(args)
         .output()
-        .map_err(|source| SystemError::Spawn {
+        .map_err(|cause| SystemError::Spawn {
             command: command.clone(),
-            source,
+            cause,
         })?;
-    Ok(CommandOutput {
-        success: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    let status = match out.status.code() {
+        Some(c) => format!("exit status {c}"),
+        None => "killed by a signal".into(),
+    };
+    Ok((
+        CommandOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        status,
+    ))
 }
 
 fn run_checked(program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
-    let out = run(program, args)?;
+    let (out, status) = run_with_status(program, args)?;
     if out.success {
         Ok(out)
     } else {
@@ -52,7 +64,7 @@ fn run_checked(program: &str, args: &[&str]) -> Result<CommandOutput, SystemErro
                 .chain(args.iter().copied())
                 .collect::<Vec<_>>()
                 .join(" "),
-            status: "non-zero exit".into(),
+            status,
             stderr: tail(&out.stderr),
         })
     }
@@ -82,14 +94,14 @@ impl System for RealSystem {
                 fs.as_str(),
                 target.display()
             ),
-            source: e.into(),
+            cause: e.into(),
         })
     }
 
     fn unmount(&self, target: &Path) -> Result<(), SystemError> {
         umount2(target, MntFlags::empty()).map_err(|e| SystemError::Io {
             action: format!("unmounting {}", target.display()),
-            source: e.into(),
+            cause: e.into(),
         })
     }
 
@@ -103,7 +115,7 @@ impl System for RealSystem {
         )
         .map_err(|e| SystemError::Io {
             action: "making / rshared (mount --make-rshared /)".into(),
-            source: e.into(),
+            cause: e.into(),
         })
     }
 
@@ -113,18 +125,18 @@ impl System for RealSystem {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(|source| SystemError::Io {
+            .map_err(|cause| SystemError::Io {
                 action: action.clone(),
-                source,
+                cause,
             })?;
         f.write_all(value.as_bytes())
-            .map_err(|source| SystemError::Io { action, source })
+            .map_err(|cause| SystemError::Io { action, cause })
     }
 
     fn set_hostname(&self, name: &str) -> Result<(), SystemError> {
         nix::unistd::sethostname(name).map_err(|e| SystemError::Io {
             action: format!("setting the hostname to {name}"),
-            source: e.into(),
+            cause: e.into(),
         })
     }
 
@@ -136,18 +148,18 @@ impl System for RealSystem {
         (host, port)
             .to_socket_addrs()
             .map(|it| it.collect())
-            .map_err(|source| SystemError::Io {
+            .map_err(|cause| SystemError::Io {
                 action: format!("resolving {host}"),
-                source,
+                cause,
             })
     }
 
     fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> Result<(), SystemError> {
         TcpStream::connect_timeout(&addr, timeout)
             .map(drop)
-            .map_err(|source| SystemError::Io {
+            .map_err(|cause| SystemError::Io {
                 action: format!("connecting to {addr}"),
-                source,
+                cause,
             })
     }
 
@@ -157,6 +169,27 @@ impl System for RealSystem {
 
     fn sleep(&self, duration: Duration) {
         std::thread::sleep(duration);
+    }
+
+    fn pid_alive(&self, pid: u32) -> bool {
+        pid_alive(pid)
+    }
+}
+
+/// Signal 0 asks the kernel whether the process exists without touching
+/// it; EPERM means it exists but belongs to someone else.
+pub(super) fn pid_alive(pid: u32) -> bool {
+    use nix::errno::Errno;
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if raw <= 0 {
+        return false; // 0 and negative pids name process groups, not a process
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(Errno::ESRCH) => false,
+        Err(_) => true, // unsure: keep the file
     }
 }
 
@@ -174,6 +207,25 @@ mod tests {
     fn failing_command_names_itself() {
         let e = run_checked("sh", &["-c", "echo boom >&2; exit 3"]).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("sh -c") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("sh -c") && msg.contains("(exit status 3): boom"),
+            "{msg}"
+        );
+        let e = run_checked("/nonexistent/tool", &["x"]).unwrap_err();
+        assert_eq!(
+            format!("{:#}", anyhow::Error::from(e)),
+            "could not run `/nonexistent/tool x`: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn liveness_of_processes() {
+        assert!(pid_alive(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!pid_alive(pid), "a reaped child is gone");
+        assert!(!pid_alive(0));
+        assert!(!pid_alive(u32::MAX));
     }
 }

@@ -128,6 +128,15 @@ pub fn render_sysctl_conf(builder_keys: &[String]) -> String {
     out
 }
 
+/// `done` when the system acts, `would` when it only records (a dry run).
+fn said(system: &dyn System, done: String, would: String) -> String {
+    if system.acts_on_host() {
+        done
+    } else {
+        would
+    }
+}
+
 fn read(root: &Root, p: &str) -> Result<String, FileError> {
     root.read_optional(p).map(Option::unwrap_or_default)
 }
@@ -248,7 +257,14 @@ fn rshared(
         return Ok(());
     }
     match system.make_root_rshared() {
-        Ok(()) => out.push(Finding::pass("mount propagation", format!("made / rshared; {RSHARED_UNIT} repeats it each boot"))),
+        Ok(()) => out.push(Finding::pass(
+            "mount propagation",
+            said(
+                system,
+                format!("made / rshared; {RSHARED_UNIT} repeats it each boot"),
+                format!("would make / rshared now (dry run); {RSHARED_UNIT} does it each boot"),
+            ),
+        )),
         Err(e) => out.push(Finding::warn(
             "mount propagation",
             format!("could not make / rshared: {e}"),
@@ -298,7 +314,14 @@ fn modules(
             ));
         } else {
             match system.modprobe(m) {
-                Ok(()) => out.push(Finding::pass(what, format!("loaded now; persisted in {MODULES_FILE}"))),
+                Ok(()) => out.push(Finding::pass(
+                    what,
+                    said(
+                        system,
+                        format!("loaded now; persisted in {MODULES_FILE}"),
+                        format!("would be loaded now (dry run); listed in {MODULES_FILE}"),
+                    ),
+                )),
                 Err(e) => out.push(Finding::warn(what, format!("could not load: {e}"), "install the kernel modules package for the running kernel (e.g. linux-modules-extra)")),
             }
         }
@@ -357,7 +380,11 @@ fn sysctls(
             if changed.is_empty() {
                 "all as K3s expects".to_owned()
             } else {
-                format!("set {}", changed.join(" "))
+                said(
+                    system,
+                    format!("set {}", changed.join(" ")),
+                    format!("would set {} (dry run)", changed.join(" ")),
+                )
             },
         ));
     }
@@ -404,7 +431,11 @@ fn swap(
     match system.swapoff_all() {
         Ok(()) => out.push(Finding::pass(
             "swap",
-            format!("turned off {}", active.join(", ")),
+            said(
+                system,
+                format!("turned off {}", active.join(", ")),
+                format!("would turn off {} (dry run)", active.join(", ")),
+            ),
         )),
         Err(e) if env.in_container() => out.push(Finding::warn(
             "swap",

@@ -21,6 +21,11 @@ pub(super) const BLOCK: usize = 512;
 /// being buffered (real ones are a few hundred bytes; ACL-heavy ones a few KB).
 const MAX_EXTENSION_SIZE: u64 = 16 << 20;
 
+/// Largest member size accepted: a signed 64-bit count, GNU tar's own limit.
+/// Anything larger is a corrupt size field (or a lying PAX `size` record),
+/// and its padded length would not even fit in a `u64`.
+const MAX_MEMBER_SIZE: u64 = i64::MAX as u64;
+
 /// Offset of the GNU `isextended` flag in an old-GNU sparse header, and in
 /// each following sparse extension block.
 const GNU_SPARSE_ISEXTENDED: usize = 482;
@@ -145,9 +150,7 @@ impl<R: Read> TarReader<R> {
                 }
                 raw_head.extend_from_slice(&block);
                 let start = raw_head.len();
-                let padded = padded_len(size);
-                raw_head.resize(start + padded as usize, 0);
-                self.read_exact(&mut raw_head[start..])?;
+                self.read_append(&mut raw_head, padded_len(size) as usize)?;
                 let data = &raw_head[start..start + size as usize];
                 if entry_type.is_pax_global_extensions() {
                     if start != BLOCK {
@@ -187,6 +190,12 @@ impl<R: Read> TarReader<R> {
                 }
             }
             let data_len = pax.size.unwrap_or(size);
+            if data_len > MAX_MEMBER_SIZE {
+                return Err(failure(format!(
+                    "member size {data_len} is more than a tar archive can hold: \
+                     the header (or its PAX `size` record) is corrupt"
+                )));
+            }
             self.data_left = padded_len(data_len);
             let path = pax
                 .sparse_name
@@ -232,7 +241,9 @@ impl<R: Read> TarReader<R> {
     ) -> Result<(), ReadFailure> {
         if self.data_left > 0 {
             skip(&mut self.inner, self.data_left)?;
-            self.offset += self.data_left;
+            // Saturating: a copy that stopped short at the end of input
+            // still "skipped" all of it; the next read reports the truncation.
+            self.offset = self.offset.saturating_add(self.data_left);
             self.data_left = 0;
         }
         Ok(())
@@ -300,6 +311,20 @@ impl<R: Read> TarReader<R> {
             }
         }
         Ok(true)
+    }
+
+    /// Appends `len` bytes to `buf`, growing it as the data arrives: a
+    /// header that claims megabytes in a short file must not cost megabytes.
+    fn read_append(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), ReadFailure> {
+        let mut chunk = [0u8; 8 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            self.read_exact(&mut chunk[..n])?;
+            buf.extend_from_slice(&chunk[..n]);
+            left -= n;
+        }
+        Ok(())
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadFailure> {
@@ -426,6 +451,10 @@ pub(super) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, R
 }
 
 #[cfg(test)]
+#[path = "tar_reader_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -443,6 +472,71 @@ mod tests {
         assert!(parse_pax_records(b"99 path=x\n").is_err());
         assert!(parse_pax_records(b"x path=x\n").is_err());
         assert!(parse_pax_records(b"9 pathx\n").is_err());
+    }
+
+    fn header(path: &str, kind: EntryType, size: u64) -> Vec<u8> {
+        let mut h = Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_size(size);
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn first_member(archive: &[u8]) -> Result<Option<Member>, ReadFailure> {
+        TarReader::new(archive).next_member()
+    }
+
+    // Found by fuzz_tar_reader_edited_tarballs: a size of u64::MAX (GNU
+    // base-256 field, or a PAX `size` record) overflowed padding it to blocks.
+    #[test]
+    fn size_field_beyond_tar_limits_is_corrupt() {
+        let mut archive = header("big", EntryType::Regular, u64::MAX);
+        archive.resize(3 * BLOCK, 0);
+        let e = first_member(&archive).unwrap_err().reason;
+        assert!(e.contains("member size 18446744073709551615"), "{e}");
+    }
+
+    #[test]
+    fn pax_size_beyond_tar_limits_is_corrupt() {
+        let record = b"29 size=18446744073709551615\n";
+        let mut archive = header("./PaxHeaders/big", EntryType::XHeader, record.len() as u64);
+        archive.extend_from_slice(record);
+        archive.resize(2 * BLOCK, 0);
+        archive.extend_from_slice(&header("big", EntryType::Regular, 0));
+        archive.resize(5 * BLOCK, 0);
+        let e = first_member(&archive).unwrap_err().reason;
+        assert!(e.contains("PAX `size` record"), "{e}");
+    }
+
+    /// A reader that notes the largest buffer it was asked to fill: the
+    /// buffer a header's size allocated.
+    struct Probe<'a> {
+        data: &'a [u8],
+        largest: usize,
+    }
+
+    impl Read for Probe<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.largest = self.largest.max(buf.len());
+            self.data.read(buf)
+        }
+    }
+
+    // Found by fuzz_rewrite_tar (17 MB held for 2.6 KB of input): the data of
+    // an extension header was allocated at its claimed size before reading.
+    #[test]
+    fn extension_header_data_is_allocated_as_it_arrives() {
+        let mut archive = header("././@LongLink", EntryType::GNULongName, 16 << 20);
+        archive.resize(3 * BLOCK, b'a');
+        let mut probe = Probe {
+            data: &archive,
+            largest: 0,
+        };
+        let e = TarReader::new(&mut probe).next_member().unwrap_err().reason;
+        assert!(e.contains("truncated"), "{e}");
+        assert!(probe.largest <= 64 << 10, "{} byte buffer", probe.largest);
     }
 
     #[test]

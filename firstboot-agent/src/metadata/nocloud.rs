@@ -53,11 +53,17 @@ pub fn parse_cmdline(cmdline: &str) -> Option<CmdlineSeed> {
     Some(seed)
 }
 
-/// A seed directory from an `s=` value: `file:///path/` or `/path/`.
-/// `Err` carries the unsupported URL.
+/// A seed directory from an `s=` value: `file:///path/` (or
+/// `file://localhost/path/`) or `/path/`. `Err` carries the unsupported URL,
+/// a remote `file://host/…` included: the seed must be on this machine.
 pub fn seed_dir_from(seed_from: &str) -> Result<String, String> {
-    if let Some(p) = seed_from.strip_prefix("file://") {
-        Ok(p.to_owned())
+    if let Some(rest) = seed_from.strip_prefix("file://") {
+        let path = rest.strip_prefix("localhost").unwrap_or(rest);
+        if path.starts_with('/') {
+            Ok(path.to_owned())
+        } else {
+            Err(seed_from.to_owned())
+        }
     } else if seed_from.starts_with('/') {
         Ok(seed_from.to_owned())
     } else {
@@ -210,6 +216,20 @@ pub(crate) mod tests {
         assert_eq!(parse_cmdline("ds=nocloud").unwrap(), CmdlineSeed::default());
         assert!(parse_cmdline("ds=ec2 root=/dev/sda").is_none());
         assert!(parse_cmdline("root=/dev/sda").is_none());
+    }
+
+    // Found by fuzz_kernel_cmdline: `file://host/path` became the relative
+    // seed dir `host/path`.
+    #[test]
+    fn file_urls_name_a_local_absolute_path() {
+        assert_eq!(seed_dir_from("file:///srv/seed/").unwrap(), "/srv/seed/");
+        assert_eq!(
+            seed_dir_from("file://localhost/srv/seed/").unwrap(),
+            "/srv/seed/"
+        );
+        for url in ["file://seed-host/srv/seed/", "file://", "file://seed/"] {
+            assert_eq!(seed_dir_from(url).unwrap_err(), url);
+        }
     }
 
     #[test]

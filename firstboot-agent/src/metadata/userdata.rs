@@ -80,7 +80,8 @@ struct CloudConfig {
     k3s: Option<K3sMeta>,
 }
 
-/// Decode bytes as text: size cap, UTF-8, no BOM, LF line ends.
+/// Decode bytes as text: size cap, UTF-8, no BOM, LF line ends (CRLF, a
+/// lone CR and the Unicode breaks NEL, LS and PS all become LF).
 pub fn decode_text(path: &str, bytes: &[u8]) -> Result<String, MetadataError> {
     if bytes.len() as u64 > MAX_METADATA_BYTES {
         return Err(MetadataError::TooLarge {
@@ -97,10 +98,8 @@ pub fn decode_text(path: &str, bytes: &[u8]) -> Result<String, MetadataError> {
         });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        let line = 1 + bytes[..e.valid_up_to()]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count();
+        let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+        let line = 1 + lf_line_ends(valid).matches('\n').count();
         MetadataError::Unsupported {
             path: path.to_owned(),
             line,
@@ -108,7 +107,16 @@ pub fn decode_text(path: &str, bytes: &[u8]) -> Result<String, MetadataError> {
         }
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    Ok(text.replace("\r\n", "\n"))
+    Ok(lf_line_ends(text))
+}
+
+/// libyaml (and cloud-init's PyYAML) break lines at CRLF, CR, NEL, LS and PS
+/// as well as LF; the line-based checks here (first line, comment-only, key
+/// lines) must see the same lines, or such a file reads as one comment line
+/// and its `k3s:` is ignored.
+fn lf_line_ends(text: &str) -> String {
+    text.replace("\r\n", "\n")
+        .replace(['\r', '\u{85}', '\u{2028}', '\u{2029}'], "\n")
 }
 
 /// Turn a serde_yaml error into one naming the file and line (shifted by
@@ -126,8 +134,79 @@ fn yaml_error(path: &str, line_offset: usize, e: &serde_yaml::Error) -> Metadata
         path: path.to_owned(),
         line,
         column,
-        message,
+        message: shorten_quoted(&message),
     }
+}
+
+/// serde quotes the offending value or key whole (`invalid type: string
+/// "…"`, ``unknown field `…` ``); a long one (a block of text, a pasted
+/// token) is cut to its first characters, so the message stays short and
+/// does not copy the input into the journal.
+fn shorten_quoted(message: &str) -> String {
+    const KEEP: usize = 40;
+    let mut out = String::with_capacity(message.len().min(1024));
+    let mut quote: Option<char> = None;
+    let (mut kept, mut escaped, mut cut) = (0usize, false, false);
+    for c in message.chars() {
+        match quote {
+            None => {
+                if c == '"' || c == '`' {
+                    quote = Some(c);
+                    (kept, escaped, cut) = (0, false, false);
+                }
+                out.push(c);
+            }
+            Some(q) if c == q && !escaped => {
+                if cut {
+                    out.push('…');
+                }
+                out.push(c);
+                quote = None;
+            }
+            Some(q) => {
+                escaped = q == '"' && c == '\\' && !escaped;
+                if kept < KEEP {
+                    out.push(c);
+                    kept += 1;
+                } else {
+                    cut = true;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Deepest run of unclosed `[` / `{` accepted before YAML parsing. serde_yaml
+/// refuses nesting past 128 anyway, but only after libyaml has scanned it,
+/// and that scan is quadratic in the depth: a megabyte of `x: [` lines took
+/// over a minute. Counted without regard to quotes or comments, so only text
+/// with a thousand unbalanced brackets in its strings could trip it.
+const MAX_FLOW_DEPTH: usize = 1000;
+
+fn check_flow_depth(path: &str, text: &str, line_offset: usize) -> Result<(), MetadataError> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        for (column, b) in line.bytes().enumerate() {
+            match b {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => continue,
+            }
+            if depth > MAX_FLOW_DEPTH {
+                return Err(MetadataError::Parse {
+                    path: path.to_owned(),
+                    line: i + 1 + line_offset,
+                    column: column + 1,
+                    message: format!(
+                        "more than {MAX_FLOW_DEPTH} nested `[` or `{{`; \
+                         YAML nesting is limited to 128 levels"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// True when the text holds nothing but comments and blank lines.
@@ -151,6 +230,7 @@ pub fn parse_meta_data(path: &str, bytes: &[u8]) -> Result<MetaData, MetadataErr
     if only_comments(&text) {
         return Err(missing());
     }
+    check_flow_depth(path, &text, 0)?;
     let value: serde_yaml::Value =
         serde_yaml::from_str(&text).map_err(|e| yaml_error(path, 0, &e))?;
     let map = value.as_mapping().ok_or_else(|| MetadataError::Parse {
@@ -234,6 +314,7 @@ fn parse_cloud_config(
     if only_comments(text) {
         return Ok(UserData::default());
     }
+    check_flow_depth(path, text, line_offset)?;
     let cc: CloudConfig =
         serde_yaml::from_str(text).map_err(|e| yaml_error(path, line_offset, &e))?;
     Ok(UserData {
@@ -315,8 +396,9 @@ fn parse_user_data_text(
         return Err(unsupported(
             1,
             format!(
-                "user-data type `{first}` is not supported by firstboot-agent; \
-                 use `#cloud-config` with a top-level `k3s:` mapping"
+                "user-data type `{}` is not supported by firstboot-agent; \
+                 use `#cloud-config` with a top-level `k3s:` mapping",
+                shortened(first)
             ),
         ));
     }
@@ -326,6 +408,16 @@ fn parse_user_data_text(
          make `#cloud-config` the first line"
             .into(),
     ))
+}
+
+/// A line quoted in a message: at most 60 characters, so a long line (maybe
+/// holding a secret further on) is not copied into logs whole.
+fn shortened(line: &str) -> String {
+    const MAX: usize = 60;
+    match line.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", &line[..end]),
+        None => line.to_owned(),
+    }
 }
 
 /// Headers of a MIME entity (folded lines joined, names lower-cased) and the
@@ -375,7 +467,10 @@ fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
     if !ctype.to_ascii_lowercase().starts_with("multipart/") {
         return Err(unsupported(
             1,
-            format!("MIME user-data of type `{ctype}` is not supported; expected multipart/mixed"),
+            format!(
+                "MIME user-data of type `{}` is not supported; expected multipart/mixed",
+                shortened(&ctype)
+            ),
         ));
     }
     let boundary = mime_param(&ctype, "boundary")
@@ -421,8 +516,9 @@ fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
         let body_line = first_line + body_idx; // 0-based index of body start
         if ptype != "text/cloud-config" {
             out.ignored.push(format!(
-                "{path}:{}: MIME part of type {ptype}",
-                first_line + 1
+                "{path}:{}: MIME part of type {}",
+                first_line + 1,
+                shortened(&ptype)
             ));
             continue;
         }
@@ -430,8 +526,9 @@ fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
             return Err(unsupported(
                 first_line + 1,
                 format!(
-                    "text/cloud-config part with Content-Transfer-Encoding {encoding} \
-                     is not supported; include it as plain text"
+                    "text/cloud-config part with Content-Transfer-Encoding {} \
+                     is not supported; include it as plain text",
+                    shortened(&encoding)
                 ),
             ));
         }
@@ -546,6 +643,113 @@ mod tests {
             parse_user_data(P, b"#cloud-config\n# nothing\n").unwrap(),
             UserData::default()
         );
+    }
+
+    // Found by fuzz_meta_data (error lines past the end of a file with
+    // lone CRs, then with U+2029): such a file was one line to the
+    // line-based checks, so its `k3s:` was skipped as a comment and a Jinja
+    // header went unseen.
+    #[test]
+    fn unicode_line_breaks_are_line_breaks() {
+        for br in ["\u{85}", "\u{2028}", "\u{2029}"] {
+            let text = ["#cloud-config", "k3s:", "  role: agent", ""].join(br);
+            let ud = parse_user_data(P, text.as_bytes()).unwrap();
+            assert_eq!(ud.k3s.unwrap().role, Some(Role::Agent), "{br:?}");
+            assert_eq!(ud.k3s_lines["role"], 3);
+        }
+    }
+
+    #[test]
+    fn lone_cr_line_ends_are_line_breaks() {
+        let ud = parse_user_data(P, b"#cloud-config\rk3s:\r  role: agent\r  token: pw\r").unwrap();
+        assert_eq!(ud.k3s.unwrap().role, Some(Role::Agent));
+        assert_eq!(ud.k3s_lines["token"], 4);
+        let ud = parse_user_data(P, b"## template: jinja\r#cloud-config\rhostname: j\r").unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("j"));
+        let e = parse_meta_data("/m", b"instance-id: 42\r1local-hos")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/m:3:"), "{e}");
+        let e = parse_meta_data("/m", b"a: 1\rb: \xff")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/m:2:") && e.contains("UTF-8"), "{e}");
+    }
+
+    // Found by fuzz_user_data_and_merge (a 2.7 KB message): serde_yaml
+    // quotes a mistyped value whole, token and all.
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let e = err(&format!("#cloud-config\nk3s: {}s3cret\n", "t".repeat(5000)));
+        assert!(
+            e.contains(&format!("string \"{}…\"", "t".repeat(40))),
+            "{e}"
+        );
+        assert!(e.len() < 300 && !e.contains("s3cret"), "{e}");
+        let e = err(&format!("#cloud-config\nk3s:\n  {}: 1\n", "k".repeat(500)));
+        assert!(e.contains(&format!("`{}…`", "k".repeat(40))), "{e}");
+        // Escapes inside a quoted value do not end it.
+        assert_eq!(
+            shorten_quoted(r#"invalid type: string "a\"b", expected x"#),
+            r#"invalid type: string "a\"b", expected x"#
+        );
+    }
+
+    // Found by fuzz_user_data_and_merge (a 10 KB message): indented lines
+    // after a header fold into it, and the message quoted it whole.
+    #[test]
+    fn mime_header_values_are_quoted_short() {
+        let body = "  token: s3cret\n".repeat(100);
+        let e = err(&format!("Content-Type: text/cloud-config\n{body}"));
+        assert!(
+            e.contains("`text/cloud-config token: s3cret") && e.contains("…`"),
+            "{e}"
+        );
+        assert!(e.len() < 300, "{e}");
+        let text = format!(
+            "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/x-{}\n\nx\n--b--\n",
+            "y".repeat(500)
+        );
+        let ud = parse_user_data(P, text.as_bytes()).unwrap();
+        assert!(ud.ignored[0].len() < 200, "{:?}", ud.ignored);
+    }
+
+    // Found by fuzz_meta_data (one input of 50 KB took 1.7 s): libyaml's
+    // scan is quadratic in the flow nesting depth.
+    #[test]
+    fn deep_flow_nesting_is_refused_before_yaml_parsing() {
+        let deep = "x: [\n".repeat(200_000);
+        let e = parse_meta_data("/m", deep.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/m:1001:4: more than 1000 nested"), "{e}");
+        let e = err(&format!(
+            "#cloud-config\nhostname: a\nk3s: {}",
+            "{".repeat(2000)
+        ));
+        assert!(
+            e.starts_with("/seed/user-data:3:1006: more than 1000"),
+            "{e}"
+        );
+        // Brackets that close again do not add up.
+        let flat = format!(
+            "#cloud-config\nk3s:\n  node-label: [{}]\n",
+            ["a=b"; 2000].join(", ")
+        );
+        assert!(parse_user_data(P, flat.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn unsupported_first_line_is_quoted_short() {
+        let e = err(&format!(
+            "#cloud-boothook {} token: s3cret\n",
+            "x".repeat(80)
+        ));
+        assert!(
+            e.contains("`#cloud-boothook xxx") && e.contains("…`"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
     }
 
     #[test]

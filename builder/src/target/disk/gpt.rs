@@ -151,8 +151,13 @@ pub fn parse_gpt(data: &[u8]) -> Result<Vec<Partition>, DiskError> {
         .and_then(|l| l.checked_mul(SECTOR))
         .filter(|s| *s >= 2 * SECTOR)
         .ok_or_else(|| DiskError::GptInvalid(format!("entries at LBA {entries_lba}")))?;
-    need(data, "the GPT partition entries", start + len)?;
-    let entries = &data[start..start + len];
+    // Checked: an entry LBA near the top of the address space must be an
+    // error, not an overflow.
+    let end = start
+        .checked_add(len)
+        .ok_or_else(|| DiskError::GptInvalid(format!("entries at LBA {entries_lba}")))?;
+    need(data, "the GPT partition entries", end)?;
+    let entries = &data[start..end];
     if crc32(entries) != u32_at(hdr, 88) {
         return Err(DiskError::GptEntriesChecksum);
     }
@@ -223,4 +228,44 @@ fn describe(parts: &[Partition]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Protective MBR and a primary header (valid CRC) whose entry array
+    /// starts at `entries_lba`; no entry array follows.
+    fn header_only(entries_lba: u64) -> Vec<u8> {
+        let mut d = vec![0u8; 2 * SECTOR];
+        d[446 + 4] = 0xEE;
+        d[510] = 0x55;
+        d[511] = 0xAA;
+        let h = &mut d[SECTOR..];
+        h[0..8].copy_from_slice(GPT_SIGNATURE);
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        let crc = crc32(&h[..92]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+        d
+    }
+
+    // Found by fuzz_gpt: the entry array's end (start + length) overflowed.
+    #[test]
+    fn entries_at_the_top_of_the_address_space_are_invalid() {
+        let lba = (usize::MAX / SECTOR) as u64;
+        let e = parse_gpt(&header_only(lba)).unwrap_err();
+        assert_eq!(e, DiskError::GptInvalid(format!("entries at LBA {lba}")));
+    }
+
+    #[test]
+    fn entries_past_the_data_are_truncation() {
+        let e = parse_gpt(&header_only(2)).unwrap_err();
+        assert!(
+            matches!(e, DiskError::Truncated { needed: 17408, .. }),
+            "{e:?}"
+        );
+    }
 }

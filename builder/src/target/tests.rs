@@ -1172,7 +1172,11 @@ fn write_failures_name_the_output() {
     // once by whoever prints the chain.
     assert!(err.to_string().contains("(output stream)"), "{err}");
     let chain = crate::source::Chain(&err).to_string();
-    assert_eq!(chain.matches("No space left on device").count(), 1, "{chain}");
+    assert_eq!(
+        chain.matches("No space left on device").count(),
+        1,
+        "{chain}"
+    );
     assert!(matches!(err, TargetError::Write { .. }));
 }
 

@@ -18,15 +18,6 @@ use firstboot_agent::run::{run, RunOptions};
 use firstboot_agent::state::{RunResult, State, StepStatus};
 use firstboot_agent::system::FakeSystem;
 
-fn fake_for(root: &Path) -> FakeSystem {
-    let mut sys = FakeSystem::new();
-    sys.files_on_start.push((
-        root.join("var/lib/rancher/k3s/server/node-token"),
-        "K10xx::server:yy\n".into(),
-    ));
-    sys
-}
-
 const AGENT_WITH_TOKEN_FILE: &str = "#cloud-config\nk3s:\n  role: agent\n  server: https://10.0.0.10:6443\n  token-file: /etc/k3s-token\n";
 
 /// Run and return the error as main prints it, after checking that the

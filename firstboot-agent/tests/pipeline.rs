@@ -17,15 +17,6 @@ use firstboot_agent::run::{run, RunOptions};
 use firstboot_agent::state::{RunResult, State, StepStatus};
 use firstboot_agent::system::{Call, CommandOutput, FakeSystem};
 
-fn fake_for(root: &Path) -> FakeSystem {
-    let mut sys = FakeSystem::new();
-    sys.files_on_start.push((
-        root.join("var/lib/rancher/k3s/server/node-token"),
-        "K10xx::server:yy\n".into(),
-    ));
-    sys
-}
-
 fn golden(case: &str, name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/golden")

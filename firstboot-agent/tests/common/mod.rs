@@ -77,6 +77,17 @@ pub fn node_root(root: &Path, defaults_extra: &str) {
     write(root, "/proc/uptime", "42.50 80.00\n");
 }
 
+/// The recording fake for a node root: a server's start leaves a node token,
+/// as K3s does.
+pub fn fake_for(root: &Path) -> firstboot_agent::system::FakeSystem {
+    let mut sys = firstboot_agent::system::FakeSystem::new();
+    sys.files_on_start.push((
+        root.join("var/lib/rancher/k3s/server/node-token"),
+        "K10xx::server:yy\n".into(),
+    ));
+    sys
+}
+
 pub fn seed(root: &Path, instance: &str, user_data: &str) {
     write(
         root,

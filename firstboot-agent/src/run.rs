@@ -172,7 +172,12 @@ impl Runner<'_> {
                 let mut warnings = Vec::new();
                 for w in o.findings.iter().filter(|f| f.level == Level::Warn) {
                     tracing::warn!(step = name, "{w}");
-                    warnings.push(format!("{name}: {w}"));
+                    // "hostname: hostname: …" says the step twice.
+                    warnings.push(if w.what == name {
+                        w.to_string()
+                    } else {
+                        format!("{name}: {w}")
+                    });
                 }
                 self.result.warnings.extend(warnings.iter().cloned());
                 tracing::info!(step = name, "{}", o.message);

@@ -450,9 +450,9 @@ fn proxmox_names_are_kept_unless_the_metadata_sets_one() {
     );
     assert_eq!(read(r, "/etc/resolv.conf"), PVE_RESOLV);
     assert!(
-        res.warnings
-            .iter()
-            .any(|w| w.contains("pct set <vmid> --hostname meta-name")),
+        res.warnings.iter().any(|w| w
+            .starts_with("hostname: the metadata names this node meta-name")
+            && w.contains("pct set <vmid> --hostname meta-name")),
         "{:?}",
         res.warnings
     );

@@ -313,22 +313,11 @@ fn url_recipe(dir: &Path, pin: &str) -> PathBuf {
 }
 
 fn build_offline(dir: &Path, recipe: &Path, out: &Path) -> std::process::Output {
-    imgbuild(
-        &[
-            "build",
-            repo_root().join("profiles/worker.yaml").to_str().unwrap(),
-            "--offline",
-            "--output",
-            "lxc",
-            "--recipe",
-            recipe.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--cache-dir",
-            dir.join("cache").to_str().unwrap(),
-        ],
-        &[],
-    )
+    let profile = repo_root().join("profiles/worker.yaml");
+    let mut args = build_args(dir, &profile, recipe, out);
+    args.push("--offline".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    imgbuild(&args, &[])
 }
 
 #[test]

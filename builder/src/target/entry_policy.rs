@@ -7,8 +7,10 @@
 //! extracts a rootfs as root on the build host. So a member is refused when
 //! any of them could be made to write outside the rootfs:
 //! - its name escapes: absolute, a `..` component, NUL or empty — in the
-//!   effective name and in the name stored in its own header, which a tool
-//!   that ignores PAX/GNU long-name records would use instead;
+//!   effective name and in every other name recorded for it (its own
+//!   header's, a GNU long name, PAX `path`), since tools disagree about
+//!   which record wins; the same for link targets. A PAX global header that
+//!   renames or resizes the members after it is refused outright;
 //! - it lies below a symlink that an earlier member created (`./etc/evil ->
 //!   /etc`, then `./etc/evil/x`): a path that was ever a symlink stays one for
 //!   this check, because `tar --skip-old-files` (pct) keeps the first member.
@@ -46,17 +48,17 @@ const RECREATE: &str = "a rootfs tarball names every member below ./ and never b
      or use a base from a source you trust";
 
 /// One member as the policy sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct MemberView<'a> {
     /// The effective name (PAX `path`, GNU long name, or the header's).
     pub name: &'a [u8],
     pub kind: EntryType,
     /// The effective link target of a symlink or hard link.
     pub link: Option<&'a [u8]>,
-    /// The name and link stored in the member's own header, when they
-    /// differ from the effective ones.
-    pub stored_name: Option<&'a [u8]>,
-    pub stored_link: Option<&'a [u8]>,
+    /// The other names and links recorded for the member (its own header's,
+    /// a GNU long name, PAX `path`) that differ from the effective ones.
+    pub other_names: Vec<&'a [u8]>,
+    pub other_links: Vec<&'a [u8]>,
 }
 
 impl<'a> MemberView<'a> {
@@ -67,8 +69,8 @@ impl<'a> MemberView<'a> {
             name,
             kind,
             link,
-            stored_name: None,
-            stored_link: None,
+            other_names: Vec::new(),
+            other_links: Vec::new(),
         }
     }
 }
@@ -106,12 +108,13 @@ impl EntryPolicy {
     /// records it.
     pub fn check(&mut self, index: u64, m: &MemberView<'_>) -> Result<(), Refusal> {
         let path = normalize_name(m.name).map_err(|why| Refusal(format!("{why}; {RECREATE}")))?;
-        if let Some(stored) = m.stored_name.filter(|s| *s != m.name) {
-            if let Some(escape) = escapes(stored) {
+        for other in &m.other_names {
+            if let Some(escape) = escapes(other) {
                 return Err(Refusal(format!(
-                    "the name stored in its own header, \"{}\", {}: a tool that ignores the \
-                     PAX or GNU long-name record before it would write there; {RECREATE}",
-                    show(stored),
+                    "another name recorded for it (in its own header, a GNU long-name or a PAX \
+                     record), \"{}\", {}: a tool that prefers that record would write there; \
+                     {RECREATE}",
+                    show(other),
                     escape.what()
                 )));
             }
@@ -156,16 +159,29 @@ impl EntryPolicy {
 
     /// [`Self::check`] for a member as the tar reader hands it out.
     pub fn check_member(&mut self, index: u64, member: &Member) -> Result<(), Refusal> {
-        let stored_name = member.header.path_bytes();
-        let stored_link = member.header.link_name_bytes();
         let view = MemberView {
             name: &member.path,
             kind: member.entry_type(),
             link: member.link.as_deref(),
-            stored_name: Some(&stored_name),
-            stored_link: stored_link.as_deref(),
+            other_names: member.other_names.iter().map(Vec::as_slice).collect(),
+            other_links: member.other_links.iter().map(Vec::as_slice).collect(),
         };
         self.check(index, &view)
+    }
+
+    /// A PAX global header may carry only records that do not rename or
+    /// resize the members after it: tar readers disagree about applying
+    /// those (GNU tar ignores a global `path`, others do not), so the
+    /// members would land in different places for different consumers.
+    pub fn check_global(member: &Member) -> Result<(), Refusal> {
+        if member.global_overrides.is_empty() {
+            return Ok(());
+        }
+        Err(Refusal(format!(
+            "it is a PAX global header with {} records, which would rename or resize every \
+             member after it for some tar readers and not for others; {RECREATE}",
+            member.global_overrides.join(", ")
+        )))
     }
 
     fn check_parents(&self, path: &[u8]) -> Result<(), Refusal> {
@@ -189,10 +205,7 @@ impl EntryPolicy {
         if m.link.is_none() {
             return Err(Refusal(format!("it is a symlink without a target; {fix}")));
         }
-        for target in [m.link, m.stored_link.filter(|s| Some(*s) != m.link)]
-            .into_iter()
-            .flatten()
-        {
+        for target in m.link.iter().chain(&m.other_links).copied() {
             if target.is_empty() {
                 return Err(Refusal(format!(
                     "it is a symlink with an empty target, which Linux cannot create; {fix}"
@@ -221,10 +234,7 @@ impl EntryPolicy {
                 "it is a hard link without a target; {RECREATE}"
             )));
         };
-        for t in [Some(target), m.stored_link.filter(|s| *s != target)]
-            .into_iter()
-            .flatten()
-        {
+        for t in std::iter::once(target).chain(m.other_links.iter().copied()) {
             if let Some(escape) = escapes(t) {
                 return Err(Refusal(format!(
                     "it is a hard link to \"{}\", whose name {}: a tool that takes it as it \
@@ -550,14 +560,14 @@ mod tests {
     fn a_header_name_that_escapes_is_refused_even_behind_a_clean_pax_name() {
         let mut policy = EntryPolicy::default();
         let view = MemberView {
-            stored_name: Some(b"../../etc/cron.d/x"),
+            other_names: vec![b"../../etc/cron.d/x"],
             ..MemberView::new(b"./etc/ok", F, None)
         };
         let why = policy.check(1, &view).unwrap_err().0;
-        assert!(why.contains("stored in its own header"), "{why}");
+        assert!(why.contains("another name recorded for it"), "{why}");
         // A header name that is only a truncation of the effective one is fine.
         let view = MemberView {
-            stored_name: Some(b"./usr/share/doc/very-long"),
+            other_names: vec![b"./usr/share/doc/very-long"],
             ..MemberView::new(b"./usr/share/doc/very-long-name", F, None)
         };
         policy.check(2, &view).unwrap();

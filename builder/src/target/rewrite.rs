@@ -330,6 +330,9 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 }
             };
             if member.is_global {
+                let index = self.stats.entries_in + 1;
+                EntryPolicy::check_global(&member)
+                    .map_err(|refusal| unsafe_member(&self.labels.base, index, &member, refusal))?;
                 self.write(&member.raw_head)?;
                 continue;
             }

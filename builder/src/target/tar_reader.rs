@@ -69,8 +69,18 @@ pub(super) struct Member {
     pub link: Option<Vec<u8>>,
     /// Bytes of data that follow (excluding padding to the block size).
     pub data_len: u64,
-    /// A PAX global header: applies to the rest of the archive, not a file.
+    /// Every other name recorded for this member (the header's own name, a
+    /// GNU long name, PAX `path`) that differs from `path`: another tar
+    /// reader may prefer any of them, so each must be as safe as `path`.
+    pub other_names: Vec<Vec<u8>>,
+    /// The same for the link target.
+    pub other_links: Vec<Vec<u8>>,
+    /// A PAX global header: applies to the rest of the archive, not a file
+    /// (`path` is then the header's own name).
     pub is_global: bool,
+    /// The keys of a global header that would rename or resize every
+    /// following member (`path`, `linkpath`, `size`, `GNU.sparse.*`).
+    pub global_overrides: Vec<String>,
 }
 
 impl Member {
@@ -158,13 +168,20 @@ impl<R: Read> TarReader<R> {
                             "a PAX global header sits between a member's extension headers",
                         ));
                     }
+                    let global_overrides = global_overrides(data)?;
+                    // Its own name (GNU tar writes `pax_global_header`),
+                    // for messages only.
+                    let path = header.path_bytes().into_owned();
                     return Ok(Some(Member {
                         raw_head,
                         header,
-                        path: Vec::new(),
+                        path,
                         link: None,
                         data_len: 0,
+                        other_names: Vec::new(),
+                        other_links: Vec::new(),
                         is_global: true,
+                        global_overrides,
                     }));
                 }
                 if entry_type.is_gnu_longname() {
@@ -197,22 +214,23 @@ impl<R: Read> TarReader<R> {
                 )));
             }
             self.data_left = padded_len(data_len);
-            let path = pax
-                .sparse_name
-                .or(pax.path)
-                .or(long_path)
-                .unwrap_or_else(|| header.path_bytes().into_owned());
-            let link = pax
-                .linkpath
-                .or(long_link)
-                .or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
+            let stored_name = header.path_bytes().into_owned();
+            let stored_link = header.link_name_bytes().map(|l| l.into_owned());
+            let names = [pax.sparse_name, pax.path, long_path, Some(stored_name)];
+            let (path, other_names) = first_and_others(names);
+            let links = [pax.linkpath, long_link, stored_link];
+            let (link, other_links) = first_and_others(links);
+            let path = path.unwrap_or_default();
             return Ok(Some(Member {
                 raw_head,
                 header,
                 path,
                 link,
                 data_len,
+                other_names,
+                other_links,
                 is_global: false,
+                global_overrides: Vec::new(),
             }));
         }
     }
@@ -348,6 +366,34 @@ impl<R: Read> TarReader<R> {
         }
         Ok(())
     }
+}
+
+/// The first name present (the one used), and the other distinct ones.
+fn first_and_others<const N: usize>(
+    candidates: [Option<Vec<u8>>; N],
+) -> (Option<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut present = candidates.into_iter().flatten();
+    let first = present.next();
+    let mut others: Vec<Vec<u8>> = Vec::new();
+    for name in present {
+        if Some(&name) != first.as_ref() && !others.contains(&name) {
+            others.push(name);
+        }
+    }
+    (first, others)
+}
+
+/// The keys of a PAX global header that change where following members go
+/// or how much data they have.
+fn global_overrides(data: &[u8]) -> Result<Vec<String>, ReadFailure> {
+    Ok(parse_pax_records(data)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .filter(|key| {
+            matches!(*key, b"path" | b"linkpath" | b"size") || key.starts_with(b"GNU.sparse.")
+        })
+        .map(|key| String::from_utf8_lossy(key).into_owned())
+        .collect())
 }
 
 /// Rounds up to whole blocks.

@@ -51,6 +51,28 @@ impl Tarball {
 
     /// A PAX extended header for the next member.
     fn pax(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.pax_header(EntryType::XHeader, key, value)
+    }
+
+    /// A PAX global header: for the rest of the archive.
+    fn pax_global(&mut self, key: &str, value: &[u8]) -> &mut Self {
+        self.pax_header(EntryType::XGlobalHeader, key, value)
+    }
+
+    /// A GNU long-name header for the next member.
+    fn gnu_long_name(&mut self, name: &str) -> &mut Self {
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(EntryType::GNULongName);
+        h.set_size(name.len() as u64 + 1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        self.bytes.extend_from_slice(h.as_bytes());
+        self.data(format!("{name}\0").as_bytes());
+        self
+    }
+
+    fn pax_header(&mut self, kind: EntryType, key: &str, value: &[u8]) -> &mut Self {
         let rest = key.len() + value.len() + 3;
         let mut len = rest + rest.to_string().len();
         if len.to_string().len() + rest != len {
@@ -61,7 +83,7 @@ impl Tarball {
         body.push(b'\n');
         let mut h = Header::new_ustar();
         h.as_old_mut().name[..13].copy_from_slice(b"./PaxHeaders/");
-        h.set_entry_type(EntryType::XHeader);
+        h.set_entry_type(kind);
         h.set_size(body.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
@@ -302,8 +324,48 @@ fn a_nul_in_a_pax_name_and_an_escaping_header_name_behind_a_clean_pax_name_are_r
         &base,
         BASE_MEMBERS + 1,
         "./etc/fine",
-        "the name stored in its own header, \"../../x\", has a \"..\" component",
+        "another name recorded for it (in its own header, a GNU long-name or a PAX record), \
+         \"../../x\", has a \"..\" component",
     );
+
+    // GNU tar takes the PAX path, readers without PAX support the long name.
+    let mut t = debian_base();
+    t.gnu_long_name("../../etc/cron.d/evil")
+        .pax("path", b"./etc/fine")
+        .file("./etc/fine", "x");
+    let base = t.write(dir.path());
+    refused(
+        dir.path(),
+        &base,
+        BASE_MEMBERS + 1,
+        "./etc/fine",
+        "another name recorded for it (in its own header, a GNU long-name or a PAX record), \
+         \"../../etc/cron.d/evil\", has a \"..\" component",
+    );
+}
+
+#[test]
+fn a_global_header_that_renames_the_members_after_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = debian_base();
+    t.pax_global("path", b"/etc/cron.d/evil")
+        .file("./etc/fine", "x");
+    let base = t.write(dir.path());
+    refused(
+        dir.path(),
+        &base,
+        BASE_MEMBERS + 1,
+        "./PaxHeaders/",
+        "it is a PAX global header with path records, which would rename or resize every member",
+    );
+
+    // Times and charsets in a global header are harmless and pass.
+    let mut t = debian_base();
+    t.pax_global("mtime", b"1700000000").file("./etc/fine", "x");
+    let base = t.write(dir.path());
+    let recipe = write_recipe(dir.path(), &base, None);
+    let o = build(dir.path(), &recipe, &dir.path().join("out"));
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 #[test]

@@ -87,6 +87,8 @@ fn scan<R: Read>(
             Err(f) => return Err(corrupt(index + 1, &last, f)),
         };
         if member.is_global {
+            EntryPolicy::check_global(&member)
+                .map_err(|refusal| unsafe_member(label, index + 1, &member, refusal))?;
             continue;
         }
         index += 1;

@@ -100,15 +100,21 @@ impl From<OutputArg> for OutputKind {
 
 /// Ctrl-C sets a flag the pipeline checks; the build then stops (within a
 /// second, at any zstd level), removes its temporary files and exits with an
-/// error. A second Ctrl-C exits at once, after removing the temporary files
-/// registered in `target::leftovers` (exit skips their destructors).
+/// error. A second Ctrl-C exits at once, after stopping the programs still
+/// running (mmdebstrap, qemu-img …: SIGTERM, SIGKILL a second later) and
+/// removing the temporary files registered in `target::leftovers` (exit skips
+/// their destructors).
 fn install_interrupt_handler() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     if let Err(e) = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
+            let stopped = crate::source::command::stop_running();
             let removed = crate::target::leftovers::remove_registered();
-            eprintln!("imgbuild: interrupted again; removed {removed} temporary file(s), exiting");
+            eprintln!(
+                "imgbuild: interrupted again; stopped {stopped} running program(s), \
+                 removed {removed} temporary file(s), exiting"
+            );
             std::process::exit(130);
         }
         eprintln!("imgbuild: interrupted; cleaning up (press Ctrl-C again to exit at once)");

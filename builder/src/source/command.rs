@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,7 @@ fn run_command_inner(
         command: command.clone(),
         source,
     })?;
+    let _running = Running::register(child.id());
 
     // Drain both pipes on threads: a child blocked on a full pipe never exits.
     let stdout = child.stdout.take();
@@ -228,6 +230,58 @@ fn terminate(child: &mut Child, command: &str) {
     if let Err(e) = child.wait() {
         tracing::warn!(%command, "reaping after SIGKILL: {e}");
     }
+}
+
+/// How long [`stop_running`] waits for the groups it sent SIGTERM before
+/// SIGKILL: a second Ctrl-C means "now", not after a 30 s clean-up.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// The process groups of the programs running now. The second Ctrl-C exits
+/// without unwinding, and each child leads its own group (so the terminal's
+/// SIGINT never reached it): without this list they would run on orphaned,
+/// an mmdebstrap still downloading and writing after imgbuild is gone.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Keeps a child's group in [`RUNNING`] while it runs.
+struct Running(u32);
+
+impl Running {
+    fn register(pgid: u32) -> Running {
+        running().push(pgid);
+        Running(pgid)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        running().retain(|&g| g != self.0);
+    }
+}
+
+fn running() -> MutexGuard<'static, Vec<u32>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Stops every program still running, for an exit that cannot wait for
+/// them (the second Ctrl-C): SIGTERM to each group so tools like mmdebstrap
+/// start their own clean-up, SIGKILL after [`STOP_GRACE`] to whatever is
+/// left. Returns how many groups were running.
+pub fn stop_running() -> usize {
+    let groups: Vec<String> = running().iter().map(|g| format!("-{g}")).collect();
+    let what = "stopping on a second Ctrl-C";
+    let mut alive: Vec<&String> = groups
+        .iter()
+        .filter(|g| signal_group("-TERM", g, what))
+        .collect();
+    let deadline = Instant::now() + STOP_GRACE;
+    while !alive.is_empty() && Instant::now() < deadline {
+        thread::sleep(POLL);
+        alive.retain(|g| signal_group("-0", g, what));
+    }
+    for g in alive {
+        signal_group("-KILL", g, what);
+    }
+    groups.len()
 }
 
 /// `kill <signal> -- <-pgid>`; true when some process received it. False

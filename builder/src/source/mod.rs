@@ -13,7 +13,7 @@
 mod bootstrap;
 mod cache;
 mod checksums;
-mod command;
+pub(crate) mod command;
 mod error;
 mod http;
 

@@ -657,6 +657,103 @@ fn ctrl_c_at_zstd_level_19_stops_the_build_within_two_seconds_and_leaves_nothing
     assert!(tree(&out).is_empty(), "left in out/: {:?}", tree(&out));
 }
 
+/// A second Ctrl-C must not leave a program running on: children lead
+/// their own process groups, so the terminal's SIGINT never reaches them.
+/// The stand-in mmdebstrap ignores SIGTERM, as a tool busy in a clean-up
+/// may, so only a SIGKILL after the grace second stops it.
+#[test]
+fn a_second_ctrl_c_stops_a_running_bootstrap_and_removes_its_work_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let pid_file = dir.path().join("mmdebstrap.pid");
+    let script = format!(
+        "#!/bin/sh\ntrap '' TERM\necho $$ > {}\nwhile :; do sleep 0.05; done\n",
+        pid_file.display()
+    );
+    let fake = bin.join("mmdebstrap");
+    std::fs::write(&fake, script).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let recipe = dir.path().join("boot.yaml");
+    std::fs::write(
+        &recipe,
+        "name: b\ndistro: debian\nrelease: \"12\"\nlxc:\n  bootstrap:\n    tool: mmdebstrap\n    \
+         suite: bookworm\n    packages: [systemd-sysv]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let child = Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .args(build_args(
+            dir.path(),
+            &repo_root().join("profiles/worker.yaml"),
+            &recipe,
+            &out,
+        ))
+        .env("IMGBUILD_AGENT", agent_binary())
+        .env("PATH", path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "mmdebstrap never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let tmp = dir.path().join("cache/tmp");
+    assert!(
+        tree(&tmp).iter().any(|f| f.contains("bootstrap-")),
+        "no work dir in {:?}",
+        tree(&tmp)
+    );
+    interrupt(&child);
+    std::thread::sleep(Duration::from_millis(200));
+    interrupt(&child);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(
+        text(&o).contains("stopped 1 running program(s)"),
+        "{}",
+        text(&o)
+    );
+    // Gone, or a zombie waiting for whoever adopted it to reap it.
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+    };
+    let asked = Instant::now();
+    while !gone() {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the bootstrap (pid {pid}) still runs after the second Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !tree(&tmp).iter().any(|f| f.contains("bootstrap-")),
+        "left in cache/tmp: {:?}",
+        tree(&tmp)
+    );
+    assert!(tree(&out).is_empty(), "left in out/: {:?}", tree(&out));
+}
+
 #[test]
 fn a_second_ctrl_c_exits_at_once_and_still_removes_the_partial() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,8 +47,11 @@ impl Staged {
 /// caller can stage several files and then commit them together.
 pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
     let dir = crate::parent_dir(path);
+    // The pid lets the next build sweep this if we are killed before the
+    // rename (`target::leftovers::output_dir_owner`).
+    let prefix = format!(".imgbuild-{}-", std::process::id());
     let mut tmp = tempfile::Builder::new()
-        .prefix(".imgbuild-")
+        .prefix(&prefix)
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;

@@ -208,7 +208,8 @@ pub fn remove_registered() -> usize {
 /// The owner of a template temp file `.NAME.PID.XXXXXX.partial` (or the
 /// older `.NAME.XXXXXX.partial`), a disk work directory
 /// `.imgbuild-disk-PID-XXXXXX` (or `.imgbuild-disk-XXXXXX`), or a manifest
-/// being staged (`.imgbuild-XXXXXX.tmp`), in an output directory.
+/// or host config being staged (`.imgbuild-PID-XXXXXX.tmp`, or the older
+/// `.imgbuild-XXXXXX.tmp`), in an output directory.
 pub fn output_dir_owner(name: &str) -> Option<Owner> {
     if let Some(rest) = name.strip_prefix(".imgbuild-disk-") {
         return Some(match pid_after(rest, "", '-') {
@@ -216,8 +217,10 @@ pub fn output_dir_owner(name: &str) -> Option<Owner> {
             None => Owner::Unknown,
         });
     }
-    if name.starts_with(".imgbuild-") && name.ends_with(".tmp") {
-        return Some(Owner::Unknown);
+    if let Some(rest) = name.strip_prefix(".imgbuild-") {
+        if name.ends_with(".tmp") {
+            return Some(pid_after(rest, "", '-').map_or(Owner::Unknown, Owner::Pid));
+        }
     }
     let stem = name.strip_prefix('.')?.strip_suffix(".partial")?;
     let (rest, _random) = stem.rsplit_once('.')?;
@@ -255,6 +258,14 @@ mod tests {
         assert_eq!(
             output_dir_owner(".imgbuild-disk-77-xyzXYZ"),
             Some(Owner::Pid(77))
+        );
+        assert_eq!(
+            output_dir_owner(".imgbuild-4242-xyzXYZ.tmp"),
+            Some(Owner::Pid(4242))
+        );
+        assert_eq!(
+            output_dir_owner(".imgbuild-xyzXYZ.tmp"),
+            Some(Owner::Unknown)
         );
         assert_eq!(
             output_dir_owner(".imgbuild-disk-xyzXYZ"),

@@ -556,11 +556,12 @@ fn leftovers_of_killed_builds_are_swept_at_the_start_of_the_next() {
     let stale = [
         out.join(format!(".{name}.{dead}.AbCdEf.partial")),
         out.join(format!(".imgbuild-disk-{dead}-AbCdEf")),
+        out.join(format!(".imgbuild-{dead}-AbCdEf.tmp")),
         tmp.join(format!("download-{dead}-AbCdEf.partial")),
         tmp.join(format!("bootstrap-{dead}-AbCdEf")),
     ];
     for p in &stale {
-        if p.extension().is_some_and(|e| e == "partial") {
+        if p.extension().is_some_and(|e| e == "partial" || e == "tmp") {
             std::fs::write(p, "half").unwrap();
         } else {
             std::fs::create_dir(p).unwrap();

@@ -4,7 +4,7 @@
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::leftovers::{temp_prefix, AGENT_TEMP};
 use crate::message::io_cause;
@@ -50,10 +50,24 @@ impl Root {
         fs::canonicalize(&self.dir).is_ok_and(|d| d == Path::new("/"))
     }
 
-    /// `abs` (an absolute path on the node) under this root.
+    /// `abs` (an absolute path on the node) under this root. `..` is
+    /// resolved by name and stops at the root, as `/..` is `/` on the node:
+    /// a path from metadata (`ds=nocloud;s=/../../etc`) cannot climb out of
+    /// `--root`.
     pub fn path(&self, abs: impl AsRef<Path>) -> PathBuf {
-        let abs = abs.as_ref();
-        self.dir.join(abs.strip_prefix("/").unwrap_or(abs))
+        let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+        for c in abs.as_ref().components() {
+            match c {
+                Component::Normal(name) => parts.push(name),
+                Component::ParentDir => {
+                    parts.pop();
+                }
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+        let mut path = self.dir.clone();
+        path.extend(parts);
+        path
     }
 
     /// Read a text file; `Ok(None)` when it does not exist.
@@ -138,6 +152,19 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_stay_below_the_root() {
+        let root = Root::new("/srv/node");
+        assert_eq!(root.path("/etc/hosts"), Path::new("/srv/node/etc/hosts"));
+        assert_eq!(
+            root.path("/../../etc/passwd"),
+            Path::new("/srv/node/etc/passwd")
+        );
+        assert_eq!(root.path("/a/./b/../../../c"), Path::new("/srv/node/c"));
+        assert_eq!(root.path("/"), Path::new("/srv/node"));
+        assert_eq!(Root::new("/").path("/x/../y"), Path::new("/y"));
+    }
 
     #[test]
     fn atomic_write_sets_mode_and_leaves_no_temp() {

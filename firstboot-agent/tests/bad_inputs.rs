@@ -361,3 +361,32 @@ fn temp_files_only_appear_in_swept_directories() {
         }
     }
 }
+
+/// A seed path from the kernel command line is a path on the node: `..`
+/// stops at the node's root, so with `--root` it cannot reach a seed (or
+/// anything else) on the machine running the agent.
+#[test]
+fn a_seed_path_with_dotdot_stays_inside_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().join("node");
+    node_root(&r, "");
+    let outside = dir.path().join("evil");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("meta-data"), "instance-id: evil\n").unwrap();
+    std::fs::write(outside.join("user-data"), "#cloud-config\nhostname: evil\n").unwrap();
+    write(&r, "/proc/cmdline", "quiet ds=nocloud;s=/../../evil/\n");
+    let e = refused(&r, &fake_for(&r));
+    assert!(e.contains("/../../evil/ (kernel command line)"), "{e}");
+    assert_ne!(
+        std::fs::read_to_string(r.join("etc/hostname"))
+            .unwrap_or_default()
+            .trim(),
+        "evil"
+    );
+
+    // The same path names the node's own /evil, which is read.
+    write(&r, "/evil/meta-data", "instance-id: mine\n");
+    write(&r, "/evil/user-data", "#cloud-config\n");
+    let md = firstboot_agent::metadata::load(&Root::new(&r), &fake_for(&r)).unwrap();
+    assert_eq!(md.meta.instance_id, "mine");
+}

@@ -620,6 +620,7 @@ fn common_manifest(
         tar: None,
         disk: None,
         pct: None,
+        warnings: plan.warnings.iter().map(ToString::to_string).collect(),
         host_config: Vec::new(),
         timings_ms: timings.0.clone(),
     })

@@ -225,6 +225,9 @@ fn print_text(
             println!("WARNING: {w}");
         }
     }
+    for w in &m.warnings {
+        println!("WARNING: {w}");
+    }
     if !m.host_config.is_empty() {
         println!("host conf  {}", m.host_config.join(", "));
     }

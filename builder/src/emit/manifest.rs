@@ -38,6 +38,10 @@ pub struct Manifest {
     /// LXC: how Proxmox will set the container up, as checked at build time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pct: Option<PctInfo>,
+    /// The profile's and recipe's warnings, as `imgbuild validate` prints
+    /// them (`path:line:column: key: message`): what the build went on with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Host-side configuration files written next to the artifact.
     #[serde(default)]
     pub host_config: Vec<String>,

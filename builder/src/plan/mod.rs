@@ -5,6 +5,7 @@
 //! thin edge that reads the files.
 
 mod error;
+mod file_sources;
 mod locate;
 pub mod schema;
 mod validate;
@@ -187,6 +188,7 @@ pub fn load(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErro
 pub fn resolve(profile_path: &Path, overrides: &Overrides) -> Result<Plan, PlanErrors> {
     let text = read(profile_path, "profile")?;
     let (profile, mut warnings) = parse_profile_with_warnings(profile_path, &text)?;
+    warnings.extend(file_sources::check(profile_path, &text, &profile)?);
 
     let recipe_path = match &overrides.recipe {
         Some(p) => p.clone(),

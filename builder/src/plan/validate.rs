@@ -10,7 +10,7 @@ use super::schema::{
 use super::{PlanError, PlanErrors, PlanWarning};
 
 /// Collects located errors and warnings for one file.
-struct Report<'a> {
+pub(super) struct Report<'a> {
     path: &'a Path,
     text: &'a str,
     errors: Vec<PlanError>,
@@ -18,7 +18,7 @@ struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    fn new(path: &'a Path, text: &'a str) -> Self {
+    pub(super) fn new(path: &'a Path, text: &'a str) -> Self {
         Self {
             path,
             text,
@@ -56,7 +56,7 @@ impl<'a> Report<'a> {
         at.len() > 1 && locate(self.text, at) != locate(self.text, &at[..at.len() - 1])
     }
 
-    fn error(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
+    pub(super) fn error(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
         let (line, column, key) = self.located(at);
         self.errors.push(PlanError::Invalid {
             path: self.path.to_owned(),
@@ -68,7 +68,7 @@ impl<'a> Report<'a> {
     }
 
     /// Something a build goes on with but the user should hear about.
-    fn warn(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
+    pub(super) fn warn(&mut self, at: &[Seg<'_>], message: impl Into<String>) {
         let (line, column, key) = self.located(at);
         self.warnings.push(PlanWarning {
             path: self.path.to_owned(),
@@ -79,7 +79,7 @@ impl<'a> Report<'a> {
         });
     }
 
-    fn finish(mut self) -> Result<Vec<PlanWarning>, PlanErrors> {
+    pub(super) fn finish(mut self) -> Result<Vec<PlanWarning>, PlanErrors> {
         // In file order, as an editor lists them (maps are checked in key order).
         let at = |e: &PlanError| match e {
             PlanError::Invalid { line, column, .. } => (*line, *column),

@@ -203,6 +203,102 @@ fn risky_files_build_with_warnings_in_validate_and_in_the_build_log() {
     }
     let t = out.join("debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst");
     assert!(list(&t).contains(&"./usr/local/bin/helper".to_string()));
+    // The manifest keeps what the build went on with.
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            out.join("debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst.manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let recorded: Vec<String> = m["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_owned())
+        .collect();
+    let wanted: Vec<String> = expected
+        .iter()
+        .map(|w| p.parent().unwrap().join(w).display().to_string())
+        .collect();
+    assert_eq!(recorded, wanted);
+}
+
+/// `files[].source` reads the build host: its own secrets and live state are
+/// refused however they are named (absolute, `..`, a symlink next to the
+/// profile); a file the host keeps private builds with a warning.
+#[test]
+fn a_files_source_never_bakes_the_build_hosts_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // DIR is each case's directory, where its profile is.
+    let cases = [
+        (
+            "/etc/shadow",
+            "/etc/shadow is the build host's password hashes",
+        ),
+        (
+            "UP/etc/gshadow",
+            "/etc/gshadow (DIR/UP/etc/gshadow resolves to it) is the build host's password hashes",
+        ),
+        (
+            "innocent",
+            "/etc/shadow (DIR/innocent resolves to it) is the build host's password hashes",
+        ),
+        (
+            "/dev/zero",
+            "/dev/zero is under /dev, the build host's live state",
+        ),
+        (
+            "/proc/version",
+            "/proc/version is under /proc, the build host's live state",
+        ),
+        (".", "DIR is a directory; a source is one regular file"),
+        (
+            "absent",
+            "DIR/absent cannot be read: No such file or directory",
+        ),
+    ];
+    for (i, (source, message)) in cases.iter().enumerate() {
+        let case = d.join(format!("case{i}"));
+        std::fs::create_dir_all(&case).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", case.join("innocent")).unwrap();
+        let up = vec![".."; case.components().count() - 1].join("/");
+        let source = source.replace("UP", &up);
+        let p = worker_with(
+            &case,
+            "p.yaml",
+            &format!("files:\n  - path: /etc/x\n    source: {source:?}\n"),
+        );
+        let message = message
+            .replace("DIR", &case.display().to_string())
+            .replace("UP", &up);
+        refused_everywhere(&case, &p, &format!("files[0].source: {message}"));
+    }
+
+    // A private file of the host's, not a known secret: a warning.
+    let private = d.join("wg.conf");
+    std::fs::write(&private, "PrivateKey = x\n").unwrap();
+    std::fs::set_permissions(
+        &private,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let p = worker_with(
+        d,
+        "p.yaml",
+        "files:\n  - path: /etc/wg.conf\n    source: wg.conf\n",
+    );
+    let o = validate(&p);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "files[0].source: the build host keeps {} from other users (mode 0600, owner uid 0); it is copied into every image made from this profile, and mode 0644 lets every user of every node read it",
+            private.display()
+        )),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

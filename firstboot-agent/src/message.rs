@@ -158,9 +158,46 @@ pub fn check_one_line(value: &str) -> Result<(), String> {
     }
 }
 
+/// Longest part of a value a message quotes.
+const QUOTE_MAX: usize = 60;
+
+/// `text` cut to its first 60 characters (with `…`), so a long value —
+/// maybe holding a secret further on — is not copied into logs whole.
+pub fn shortened(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_MAX) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+/// `value` quoted for a message: Rust-escaped so control characters show,
+/// and cut like [`shortened`] with its length when long.
+pub fn quoted(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX) {
+        Some((end, _)) => format!(
+            "{:?}… ({} characters)",
+            &value[..end],
+            value.chars().count()
+        ),
+        None => format!("{value:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_quoted_shortened() {
+        assert_eq!(quoted("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(70);
+        assert_eq!(
+            quoted(&long),
+            format!("\"{}\"… (70 characters)", "x".repeat(60))
+        );
+        assert_eq!(shortened(&long), format!("{}…", "x".repeat(60)));
+        assert_eq!(shortened("é".repeat(60).as_str()), "é".repeat(60));
+    }
 
     #[test]
     fn os_error_text_once_without_code() {

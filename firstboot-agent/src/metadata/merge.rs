@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::values::{multi_line_in, node_name_problem, valid_hostname};
 use super::{Metadata, MetadataError};
 use crate::checks::Finding;
-use crate::message::{check_one_line, first_control};
+use crate::message::{check_one_line, first_control, quoted};
 
 /// The K3s API port servers listen on and joining nodes dial.
 pub const K3S_API_PORT: u16 = 6443;
@@ -129,14 +129,15 @@ impl ServerUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let raw = raw.trim();
         let hint = "expected e.g. https://10.0.0.10:6443";
+        let shown = quoted(raw);
         let rest = raw.strip_prefix("https://").ok_or_else(|| {
-            format!("{raw:?} is not an https URL; K3s serves its API over https, {hint}")
+            format!("{shown} is not an https URL; K3s serves its API over https, {hint}")
         })?;
         let authority = rest.split('/').next().unwrap_or("");
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("{raw:?} has an unclosed IPv6 bracket; {hint}"))?;
+                .ok_or_else(|| format!("{shown} has an unclosed IPv6 bracket; {hint}"))?;
             (h.to_owned(), after.strip_prefix(':'))
         } else {
             match authority.rsplit_once(':') {
@@ -145,18 +146,18 @@ impl ServerUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("{raw:?} has no host; {hint}"));
+            return Err(format!("{shown} has no host; {hint}"));
         }
         if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(format!(
-                "{raw:?} has spaces or control characters in its host; {hint}"
+                "{shown} has spaces or control characters in its host; {hint}"
             ));
         }
         let port = match port {
             None => K3S_API_PORT,
             Some(p) => p
                 .parse()
-                .map_err(|_| format!("{raw:?} has an invalid port {p:?}; {hint}"))?,
+                .map_err(|_| format!("{shown} has an invalid port {}; {hint}", quoted(p)))?,
         };
         Ok(Self {
             url: raw.to_owned(),
@@ -397,7 +398,7 @@ pub fn merge(
         let problem = check_one_line(h).err().or_else(|| {
             (!valid_hostname(h) || h.len() > 64).then(|| {
                 format!(
-                    "{h:?} is not a valid host name — use letters, digits and `-` (at most 64 characters)"
+                    "{} is not a valid host name — use letters, digits and `-` (at most 64 characters)", quoted(h)
                 )
             })
         });
@@ -459,7 +460,7 @@ pub fn merge(
         if !f.starts_with('/') {
             return Err(invalid(
                 "token-file",
-                format!("{f:?} must be an absolute path on the node"),
+                format!("{} must be an absolute path on the node", quoted(f)),
             ));
         }
     }
@@ -508,14 +509,20 @@ pub fn merge(
     node_taints.extend(k.node_taint.iter().cloned());
     for l in &node_labels {
         if !l.contains('=') && !l.ends_with('-') {
-            return Err(invalid("node-label", format!("{l:?} is not `key=value`")));
+            return Err(invalid(
+                "node-label",
+                format!("{} is not `key=value`", quoted(l)),
+            ));
         }
     }
     for t in &node_taints {
         if !t.contains(':') {
             return Err(invalid(
                 "node-taint",
-                format!("{t:?} is not `key=value:Effect` (e.g. dedicated=gpu:NoSchedule)"),
+                format!(
+                    "{} is not `key=value:Effect` (e.g. dedicated=gpu:NoSchedule)",
+                    quoted(t)
+                ),
             ));
         }
     }
@@ -536,7 +543,12 @@ pub fn merge(
         let (h, p) = e
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
-            .ok_or_else(|| invalid("check-endpoints", format!("{e:?} is not `host:port`")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "check-endpoints",
+                    format!("{} is not `host:port`", quoted(e)),
+                )
+            })?;
         check_endpoints.push((h, p));
     }
 
@@ -562,7 +574,7 @@ pub fn merge(
     {
         return Err(invalid(
             "mirror",
-            format!("{mirror:?} must be an http(s):// or file:// URL"),
+            format!("{} must be an http(s):// or file:// URL", quoted(&mirror)),
         ));
     }
 
@@ -631,6 +643,22 @@ mod tests {
 
     fn merged(d: &BakedDefaults, user: &str) -> Result<NodeConfig, String> {
         merge(d, &md(user), "/ud").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_long_value_is_quoted_short() {
+        let d = defaults("");
+        let junk = "y".repeat(100_000);
+        let e = merged(
+            &d,
+            &format!("#cloud-config\nk3s:\n  role: agent\n  server: {junk}\n  token: {TOKEN}\n"),
+        )
+        .unwrap_err();
+        assert!(e.len() < 400, "{} bytes: {e}", e.len());
+        assert!(
+            e.contains("… (100000 characters) is not an https URL"),
+            "{e}"
+        );
     }
 
     const TOKEN: &str =

@@ -163,7 +163,7 @@ pub fn load(root: &Root, system: &dyn System) -> Result<Metadata, MetadataError>
             if !values::valid_hostname(&h) || h.len() > 64 {
                 return Err(refuse(
                     "h",
-                    format!("{h:?} is not a valid host name — use letters, digits and `-` (at most 64 characters)"),
+                    format!("{} is not a valid host name — use letters, digits and `-` (at most 64 characters)", crate::message::quoted(&h)),
                 ));
             }
             md.meta.local_hostname = Some(h);

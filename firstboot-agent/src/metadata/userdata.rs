@@ -11,6 +11,7 @@ use node_spec::Role;
 use serde::Deserialize;
 
 use super::MetadataError;
+use crate::message::shortened;
 
 /// Largest meta-data or user-data file the agent reads. NoCloud seeds are a
 /// few KiB; a bigger file is a mistake (or an attack), not configuration.
@@ -408,16 +409,6 @@ fn parse_user_data_text(
          make `#cloud-config` the first line"
             .into(),
     ))
-}
-
-/// A line quoted in a message: at most 60 characters, so a long line (maybe
-/// holding a secret further on) is not copied into logs whole.
-fn shortened(line: &str) -> String {
-    const MAX: usize = 60;
-    match line.char_indices().nth(MAX) {
-        Some((end, _)) => format!("{}…", &line[..end]),
-        None => line.to_owned(),
-    }
 }
 
 /// Headers of a MIME entity (folded lines joined, names lower-cased) and the

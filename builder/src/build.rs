@@ -529,9 +529,10 @@ fn build_qcow2(
 fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> target::disk::DiskBase<'a> {
     match spec {
         plan::schema::SourceSpec::CloudImage(_) => target::disk::DiskBase::CloudImage(path),
-        plan::schema::SourceSpec::Bootstrap(_) | plan::schema::SourceSpec::Tarball(_) => {
-            target::disk::DiskBase::Rootfs(path)
-        }
+        plan::schema::SourceSpec::Bootstrap(_)
+        | plan::schema::SourceSpec::Tarball(_)
+        | plan::schema::SourceSpec::Pveam(_)
+        | plan::schema::SourceSpec::Linuxcontainers(_) => target::disk::DiskBase::Rootfs(path),
     }
 }
 

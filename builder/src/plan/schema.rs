@@ -351,6 +351,85 @@ pub enum SourceSpec {
     CloudImage(Artifact),
     /// Build the rootfs with a package bootstrap tool.
     Bootstrap(BootstrapSpec),
+    /// A Proxmox template by name from the index `pveam` reads.
+    Pveam(PveamSpec),
+    /// A linuxcontainers.org image by distro, release and variant, from its
+    /// simplestreams index.
+    Linuxcontainers(LinuxcontainersSpec),
+}
+
+impl SourceSpec {
+    /// The recipe key naming this kind of source.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SourceSpec::Tarball(_) => "tarball",
+            SourceSpec::CloudImage(_) => "cloud-image",
+            SourceSpec::Bootstrap(_) => "bootstrap",
+            SourceSpec::Pveam(_) => "pveam",
+            SourceSpec::Linuxcontainers(_) => "linuxcontainers",
+        }
+    }
+
+    /// Whether the base is a rootfs tarball (every source but a cloud image).
+    pub fn is_rootfs(&self) -> bool {
+        !matches!(self, SourceSpec::CloudImage(_))
+    }
+}
+
+/// Proxmox's template index, as `pveam update` downloads it (PVE 9).
+pub const DEFAULT_PVEAM_INDEX: &str = "http://download.proxmox.com/images/aplinfo-pve-9.dat";
+/// Where Proxmox keeps container templates on a node (storage `local`).
+pub const DEFAULT_PVE_TEMPLATE_DIR: &str = "/var/lib/vz/template/cache";
+/// linuxcontainers.org's image server.
+pub const DEFAULT_LXC_IMAGE_SERVER: &str = "https://images.linuxcontainers.org";
+
+/// `lxc: {pveam: …}`: a template from Proxmox's appliance index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PveamSpec {
+    /// The index's `Package`, e.g. `ubuntu-22.04-standard`.
+    pub template: String,
+    /// The index's `Version` (`22.04-1`); the newest when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The index as pveam names it (`…/aplinfo-pve-9.dat`): fetched as
+    /// `<index>.gz`, its signature as `<index>.asc`.
+    #[serde(default)]
+    pub index: Option<String>,
+    /// Keyring to check the index's signature with (gpgv); Proxmox's own
+    /// (`/usr/share/doc/pve-manager/trustedkeys.gpg`) when present.
+    #[serde(default)]
+    pub keyring: Option<String>,
+    /// Pinned sha512 of the template; must match the index's.
+    #[serde(default)]
+    pub sha512: Option<String>,
+    /// Directory of templates already on this host, used in place when the
+    /// chosen file is there.
+    #[serde(default)]
+    pub template_dir: Option<String>,
+}
+
+/// `lxc: {linuxcontainers: …}`: an image from a simplestreams server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LinuxcontainersSpec {
+    /// `distro/release`, as `lxc-create -t download` and incus name it:
+    /// `rockylinux/9`, `ubuntu/jammy`, `debian/bookworm`.
+    pub image: String,
+    /// Image variant: `default` (with the distro's init and network stack),
+    /// `cloud` (with cloud-init).
+    #[serde(default = "default_image_variant")]
+    pub variant: String,
+    /// A version serial (`20250601_02:06`); the newest when absent.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The simplestreams server (`streams/v1/index.json` below it).
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+fn default_image_variant() -> String {
+    "default".into()
 }
 
 /// How a source is written in YAML: a mapping with exactly one of the keys.
@@ -364,18 +443,38 @@ struct SourceSpecRepr {
     cloud_image: Option<Artifact>,
     #[serde(default)]
     bootstrap: Option<BootstrapSpec>,
+    #[serde(default)]
+    pveam: Option<PveamSpec>,
+    #[serde(default)]
+    linuxcontainers: Option<LinuxcontainersSpec>,
 }
 
 impl TryFrom<SourceSpecRepr> for SourceSpec {
     type Error = String;
     fn try_from(r: SourceSpecRepr) -> Result<Self, String> {
-        match (r.tarball, r.cloud_image, r.bootstrap) {
-            (Some(a), None, None) => Ok(SourceSpec::Tarball(a)),
-            (None, Some(a), None) => Ok(SourceSpec::CloudImage(a)),
-            (None, None, Some(b)) => Ok(SourceSpec::Bootstrap(b)),
-            _ => {
-                Err("a source needs exactly one of `tarball`, `cloud-image` or `bootstrap`".into())
-            }
+        let mut given = Vec::new();
+        if let Some(a) = r.tarball {
+            given.push(SourceSpec::Tarball(a));
+        }
+        if let Some(a) = r.cloud_image {
+            given.push(SourceSpec::CloudImage(a));
+        }
+        if let Some(b) = r.bootstrap {
+            given.push(SourceSpec::Bootstrap(b));
+        }
+        if let Some(p) = r.pveam {
+            given.push(SourceSpec::Pveam(p));
+        }
+        if let Some(l) = r.linuxcontainers {
+            given.push(SourceSpec::Linuxcontainers(l));
+        }
+        match given.len() {
+            1 => Ok(given.remove(0)),
+            _ => Err(
+                "a source needs exactly one of `tarball`, `cloud-image`, `bootstrap`, \
+                 `pveam` or `linuxcontainers`"
+                    .into(),
+            ),
         }
     }
 }

@@ -555,7 +555,7 @@ fn no_rust_type_names_in_type_errors() {
         .to_string();
     assert_eq!(
         e,
-        "r.yaml:4:6: lxc: invalid type: sequence, expected a mapping with keys tarball, cloud-image, bootstrap"
+        "r.yaml:4:6: lxc: invalid type: sequence, expected a mapping with keys tarball, cloud-image, bootstrap, pveam, linuxcontainers"
     );
 }
 
@@ -698,6 +698,6 @@ fn a_source_with_two_kinds_is_reported_at_its_key() {
         .to_string();
     assert_eq!(
         e,
-        "r.yaml:4:1: lxc: a source needs exactly one of `tarball`, `cloud-image` or `bootstrap` — keep one of them"
+        "r.yaml:4:1: lxc: a source needs exactly one of `tarball`, `cloud-image`, `bootstrap`, `pveam` or `linuxcontainers` — keep one of them"
     );
 }

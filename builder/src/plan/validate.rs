@@ -641,6 +641,8 @@ pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<Vec<PlanWar
             ),
             SourceSpec::Tarball(a) => artifact(&mut r, &[Seg::Key("lxc"), Seg::Key("tarball")], a),
             SourceSpec::Bootstrap(b) => bootstrap(&mut r, rc.distro, "lxc", b),
+            SourceSpec::Pveam(p) => pveam(&mut r, p),
+            SourceSpec::Linuxcontainers(l) => linuxcontainers(&mut r, l),
         }
     }
     if let Some(s) = &rc.qcow2 {
@@ -653,9 +655,86 @@ pub(super) fn recipe(path: &Path, text: &str, rc: &Recipe) -> Result<Vec<PlanWar
                 artifact(&mut r, &[Seg::Key("qcow2"), Seg::Key("cloud-image")], a)
             }
             SourceSpec::Bootstrap(b) => bootstrap(&mut r, rc.distro, "qcow2", b),
+            SourceSpec::Pveam(_) | SourceSpec::Linuxcontainers(_) => r.error(
+                &[Seg::Key("qcow2"), Seg::Key(s.key())],
+                "container templates are LXC bases; a qcow2 disk is made from a cloud image or a \
+                 bootstrap",
+            ),
         }
     }
     r.finish()
+}
+
+fn pveam(r: &mut Report<'_>, p: &super::schema::PveamSpec) {
+    let at = |k| [Seg::Key("lxc"), Seg::Key("pveam"), Seg::Key(k)];
+    if p.template.is_empty()
+        || !p
+            .template
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_+".contains(&b))
+    {
+        r.error(
+            &at("template"),
+            format!(
+                "{:?} is not a template name; expected the index's Package, e.g. ubuntu-22.04-standard",
+                p.template
+            ),
+        );
+    }
+    if let Some(v) = &p.version {
+        if v.is_empty() || v.contains(['/', ' ', '_']) {
+            r.error(
+                &at("version"),
+                format!("{v:?} is not a version; expected e.g. \"22.04-1\""),
+            );
+        }
+    }
+    if let Some(d) = &p.sha512 {
+        if d.len() != 128 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+            r.error(
+                &at("sha512"),
+                "expected 128 hex digits (the index's sha512sum)",
+            );
+        }
+    }
+    if let Some(u) = &p.index {
+        url_key(r, &at("index"), u);
+    }
+}
+
+fn linuxcontainers(r: &mut Report<'_>, l: &super::schema::LinuxcontainersSpec) {
+    let at = |k| [Seg::Key("lxc"), Seg::Key("linuxcontainers"), Seg::Key(k)];
+    let word = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+    };
+    match l.image.split_once('/') {
+        Some((d, rel)) if word(d) && word(rel) => {}
+        _ => r.error(
+            &at("image"),
+            format!(
+                "{:?} is not distro/release; expected e.g. rockylinux/9",
+                l.image
+            ),
+        ),
+    }
+    if !word(&l.variant) {
+        r.error(
+            &at("variant"),
+            format!("{:?} is not a variant; expected e.g. default", l.variant),
+        );
+    }
+    if let Some(u) = &l.server {
+        url_key(r, &at("server"), u);
+    }
+}
+
+fn url_key(r: &mut Report<'_>, at: &[Seg<'_>], u: &str) {
+    let lower = u.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        r.error(at, format!("{u:?} is not an http(s) URL"));
+    }
 }
 
 fn bootstrap(

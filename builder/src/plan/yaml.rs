@@ -254,30 +254,10 @@ pub(super) fn closest<'a>(name: &str, options: &[&'a str]) -> Option<&'a str> {
     let name = name.to_ascii_lowercase().replace('_', "-");
     options
         .iter()
-        .map(|o| (edit_distance(&name, &o.to_ascii_lowercase()), *o))
+        .map(|o| (crate::edit_distance(&name, &o.to_ascii_lowercase()), *o))
         .filter(|(d, o)| *d <= (o.len() / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, o)| o)
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 // ---- What serde knows about the schema's types, asked rather than copied ----
@@ -304,6 +284,8 @@ pub(super) fn shapes() -> Vec<Shape> {
         probe::<schema::Recipe>(),
         probe::<schema::SourceSpec>(),
         probe::<schema::BootstrapSpec>(),
+        probe::<schema::PveamSpec>(),
+        probe::<schema::LinuxcontainersSpec>(),
         probe::<schema::OutputKind>(),
         probe::<schema::Distro>(),
         probe::<schema::BootstrapTool>(),

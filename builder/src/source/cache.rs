@@ -48,6 +48,10 @@ pub struct UrlRecord {
     /// The checksum file the digest came from, if it was not pinned.
     #[serde(default)]
     pub sha256_url: Option<String>,
+    /// Another digest the download was checked against, for catalogs that
+    /// list no sha256 (`sha512:<hex>` from pveam's index).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_by: Option<String>,
     /// Seconds since the Unix epoch.
     pub recorded_at: u64,
 }
@@ -411,6 +415,7 @@ mod tests {
             sha256: digest("a"),
             size: 1,
             sha256_url: Some("https://example.invalid/SHA256SUMS".into()),
+            verified_by: None,
             recorded_at: 1,
         };
         cache.record_url(&rec).unwrap();

@@ -41,6 +41,24 @@ pub enum SourceError {
         actual: Sha256Hex,
     },
 
+    #[error(
+        "{algorithm} mismatch for {origin}\n  expected: {expected} (listed by {listed_by})\n  \
+         actual:   {actual}\nthe file is damaged or the index is stale; nothing was cached — \
+         remove a damaged local copy, or run again to fetch the index afresh"
+    )]
+    DigestMismatch {
+        algorithm: &'static str,
+        origin: String,
+        expected: String,
+        actual: String,
+        listed_by: String,
+    },
+
+    /// A catalog (pveam or simplestreams index) that cannot be read or
+    /// does not have what the recipe names.
+    #[error("{index}: {reason}")]
+    Catalog { index: String, reason: String },
+
     #[error("{url}: HTTP {status}{}", status_hint(*status))]
     HttpStatus { url: String, status: u16 },
 

@@ -107,6 +107,90 @@ pub(super) fn fetch_url(
     })
 }
 
+/// An index (pveam's appliance list, a simplestreams stream) by URL: online
+/// downloaded afresh into the cache (content-addressed, the URL recorded);
+/// `--offline`, the copy the last online build fetched. Returns the blob.
+pub(super) fn fetch_index(
+    url: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<std::path::PathBuf, SourceError> {
+    check_scheme(url)?;
+    if opts.offline {
+        let cached = match cache.lookup_url(url)? {
+            Some(rec) => cache.lookup_blob(&rec.sha256)?.map(|(path, _)| path),
+            None => None,
+        };
+        return cached.ok_or_else(|| SourceError::NotCached {
+            what: format!(
+                "the index {url} (an online build keeps a copy in {})",
+                cache.root().display()
+            ),
+        });
+    }
+    let (tmp, digest, size) = download(&agent(), url, cache, opts)?;
+    let path = cache.commit_temp(tmp, &digest)?;
+    record(cache, url, &digest, size, None)?;
+    Ok(path)
+}
+
+/// Download `url` without a sha256 to check against and accept it if
+/// `verify` (given the downloaded file) agrees: for a catalog that lists
+/// another digest (pveam's sha512). The file is committed under its sha256
+/// and the URL recorded with `note` (the digest `verify` checked), so a
+/// later build finds it by [`cached_with_note`].
+pub(super) fn fetch_verified_by(
+    url: &str,
+    note: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+    verify: impl FnOnce(&std::path::Path) -> Result<(), SourceError>,
+) -> Result<Fetched, SourceError> {
+    check_scheme(url)?;
+    let started = Instant::now();
+    let (tmp, digest, size) = download(&agent(), url, cache, opts)?;
+    // On failure `tmp` is dropped, which deletes it: nothing unverified stays.
+    verify(tmp.path())?;
+    let path = cache.commit_temp(tmp, &digest)?;
+    cache.record_url(&UrlRecord {
+        url: url.into(),
+        sha256: digest.clone(),
+        size,
+        sha256_url: None,
+        verified_by: Some(note.into()),
+        recorded_at: now_secs(),
+    })?;
+    tracing::info!(%url, size, secs = started.elapsed().as_secs_f32(), "downloaded and verified");
+    Ok(Fetched {
+        path,
+        sha256: digest,
+        size,
+        origin: url.into(),
+        from_cache: false,
+    })
+}
+
+/// The cached copy of `url` that [`fetch_verified_by`] stored with `note`.
+pub(super) fn cached_with_note(
+    url: &str,
+    note: &str,
+    cache: &Cache,
+) -> Result<Option<Fetched>, SourceError> {
+    let Some(rec) = cache.lookup_url(url)? else {
+        return Ok(None);
+    };
+    if rec.verified_by.as_deref() != Some(note) {
+        return Ok(None);
+    }
+    Ok(cache.lookup_blob(&rec.sha256)?.map(|(path, size)| Fetched {
+        path,
+        sha256: rec.sha256,
+        size,
+        origin: url.into(),
+        from_cache: true,
+    }))
+}
+
 fn record(
     cache: &Cache,
     url: &str,
@@ -119,6 +203,7 @@ fn record(
         sha256: digest.clone(),
         size,
         sha256_url: sha256_url.map(str::to_owned),
+        verified_by: None,
         recorded_at: now_secs(),
     })
 }
@@ -775,6 +860,7 @@ mod tests {
                 sha256: sha(b"gone"),
                 size: 4,
                 sha256_url: None,
+                verified_by: None,
                 recorded_at: 0,
             })
             .unwrap();

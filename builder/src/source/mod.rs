@@ -5,13 +5,16 @@
 //! Entry points:
 //! - [`fetch_base`] for a recipe's [`SourceSpec`],
 //! - [`fetch_artifact`] for one [`Artifact`] (local path or http(s) URL),
-//! - [`bootstrap_rootfs`] for a [`BootstrapSpec`].
+//! - [`bootstrap_rootfs`] for a [`BootstrapSpec`],
+//! - `catalog` for a template named in Proxmox's or linuxcontainers'
+//!   index.
 //!
 //! Every result is a [`Fetched`]: a path to read, its digest and size, and
 //! where it came from, for the manifest.
 
 mod bootstrap;
 mod cache;
+mod catalog;
 mod checksums;
 pub(crate) mod command;
 mod error;
@@ -119,6 +122,8 @@ pub fn fetch_base(
         SourceSpec::Tarball(art) | SourceSpec::CloudImage(art) => {
             fetch_artifact(art, base_dir, cache, opts)
         }
+        SourceSpec::Pveam(p) => catalog::fetch_pveam(p, arch, cache, opts),
+        SourceSpec::Linuxcontainers(l) => catalog::fetch_linuxcontainers(l, arch, cache, opts),
         SourceSpec::Bootstrap(b) => bootstrap_rootfs(b, arch, cache, opts).map_err(|e| match e {
             SourceError::NotCached { what } => SourceError::NotCached {
                 what: format!("{what}, looked for in {}", cache.root().display()),
@@ -234,8 +239,17 @@ pub fn fetch_local(
 /// Streaming sha256 of a file, honouring the cancel flag (a multi-GB cloud
 /// image takes a few seconds).
 pub fn hash_file(path: &Path, opts: &FetchOptions) -> Result<(Sha256Hex, u64), SourceError> {
+    let (digest, size) = digest_file::<Sha256>(path, opts)?;
+    Ok((Sha256Hex::from_digest(&digest), size))
+}
+
+/// [`hash_file`] with any digest (pveam's index lists sha512).
+pub(crate) fn digest_file<D: Digest>(
+    path: &Path,
+    opts: &FetchOptions,
+) -> Result<(sha2::digest::Output<D>, u64), SourceError> {
     let mut file = File::open(path).map_err(|e| SourceError::io("opening", path, e))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = D::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {
@@ -253,7 +267,7 @@ pub fn hash_file(path: &Path, opts: &FetchOptions) -> Result<(Sha256Hex, u64), S
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok((Sha256Hex::from_digest(&hasher.finalize()), size))
+    Ok((hasher.finalize(), size))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ need=(mmdebstrap:mmdebstrap zstd:zstd tar:tar getfattr:attr readelf:binutils bc:
 # (files, not commands: checked below).
 need+=(qemu-img:qemu-utils debugfs:e2fsprogs e2fsck:e2fsprogs mke2fs:e2fsprogs sfdisk:fdisk)
 need+=(mkfs.fat:dosfstools mmd:mtools mcopy:mtools grub-mkimage:grub-common)
+# A pveam source checks the index's signature with gpgv.
+need+=(gpgv:gpgv)
 if [[ "${1:-build}" == test ]]; then
   need+=(lxc-start:lxc ip:iproute2)
   # The LXC test's DHCP server on its bridge; pct's SSH host keys.
@@ -18,6 +20,8 @@ if [[ "${1:-build}" == test ]]; then
   need+=(mkfs.vfat:dosfstools xorriso:xorriso)
   # The qcow2 boot test: qemu under TCG with SeaBIOS and OVMF.
   need+=(qemu-system-x86_64:qemu-system-x86)
+  # The catalog tests sign their pveam index with a throw-away key.
+  need+=(gpg:gnupg)
 fi
 
 missing=()

@@ -186,11 +186,10 @@ impl ContractError {
         if self.distro == Distro::Rocky && (lacks(INIT) || lacks(NETWORK_MANAGER)) {
             s.push_str(
                 "\n  Rocky's Container-Base tarball is a Docker base image: it has neither systemd \
-                 nor NetworkManager. Point the recipe's lxc.tarball at an LXC base that has both: \
-                 Proxmox's rockylinux-9-default template (`pveam update; pveam available \
-                 --section system`, then `pveam download local rockylinux-9-default_<version>_amd64.tar.xz`) \
-                 or the `default` variant of linuxcontainers' rockylinux/9 image \
-                 (https://images.linuxcontainers.org/images/rockylinux/9/amd64/default/<build>/rootfs.tar.xz).",
+                 nor NetworkManager. Use an LXC base that has both: Proxmox's template \
+                 (`lxc: {pveam: {template: rockylinux-9-default}}` in the recipe, as the shipped \
+                 rocky-9 recipe does) or the `default` variant of linuxcontainers' image \
+                 (`lxc: {linuxcontainers: {image: rockylinux/9}}`).",
             );
         }
         if self.missing.iter().any(|m| m.network) {

@@ -478,3 +478,39 @@ fn a_container_base_like_rocky_image_is_refused_by_the_contract() {
         assert!(b.stderr.contains(needed), "{needed} not in:\n{}", b.stderr);
     }
 }
+
+#[test]
+fn ubuntus_cloud_image_root_tarball_builds_and_pct_sets_it_up() {
+    require_root("pct's extraction keeps the template's owners");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let c = Catalog::new(d);
+    let root = ubuntu_cloudimg_root_base(d, "24.04", "noble");
+    publish_with_sha256sums(&c, "releases/24.04/release", &[&root]);
+    let base = format!("{}/releases/24.04/release", c.base_url());
+    let b = build(
+        d,
+        &format!(
+            "name: ubuntu-24.04\ndistro: ubuntu\nrelease: \"24.04\"\nlxc:\n  tarball:\n    \
+             url: {base}/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz\n    \
+             sha256-url: {base}/SHA256SUMS\n"
+        ),
+        false,
+    );
+    assert!(b.ok, "{}", b.stderr);
+    let name = format!("ubuntu-24.04-k3s-worker_{WORKER}");
+    assert_eq!(manifest(&b.out, &name)["pct"]["plugin"], "ubuntu");
+    let (distro, rootfs) = pct_create(d, &b.out.join(&name));
+    assert_eq!(distro.ostype(), "ubuntu");
+    // 24.04 is past 23.04: pct enables networkd by a preset, and its
+    // eth0.network sits beside the image's netplan file.
+    assert!(rootfs.join("etc/systemd/network/eth0.network").is_file());
+    let preset =
+        std::fs::read_to_string(rootfs.join("etc/systemd/system-preset/00-pve.preset")).unwrap();
+    assert!(
+        preset.contains("enable systemd-networkd.service"),
+        "{preset}"
+    );
+    assert!(rootfs.join("etc/netplan/50-cloud-init.yaml").is_file());
+    assert!(rootfs.join("usr/local/sbin/firstboot-agent").is_file());
+}

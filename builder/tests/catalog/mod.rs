@@ -404,3 +404,55 @@ pub fn rockylinux_default_base(dir: &Path) -> PathBuf {
     );
     pack(&root, dir, "rootfs.tar.xz")
 }
+
+/// Canonical's `ubuntu-<release>-server-cloudimg-amd64-root.tar.xz`: the
+/// cloud image's root as a tarball (the `-root.tar.xz` file listed in the
+/// release's `SHA256SUMS`). Ubuntu's base-files release files as above;
+/// cloud-init and netplan, which render systemd-networkd configuration
+/// (`/etc/netplan/50-cloud-init.yaml`); systemd-networkd and resolved.
+pub fn ubuntu_cloudimg_root_base(dir: &Path, release: &str, codename: &str) -> PathBuf {
+    let root = dir.join(format!("cloudimg-{release}-root"));
+    usr_merged(&root);
+    file(
+        &root,
+        "usr/lib/os-release",
+        &format!("NAME=\"Ubuntu\"\nVERSION_ID=\"{release}\"\nID=ubuntu\nID_LIKE=debian\nVERSION_CODENAME={codename}\n"),
+    );
+    link(&root, "etc/os-release", "../usr/lib/os-release");
+    file(
+        &root,
+        "etc/lsb-release",
+        &format!("DISTRIB_ID=Ubuntu\nDISTRIB_RELEASE={release}\nDISTRIB_CODENAME={codename}\n"),
+    );
+    exe(&root, "usr/lib/systemd/systemd-networkd");
+    exe(&root, "usr/lib/systemd/systemd-resolved");
+    exe(&root, "usr/bin/cloud-init");
+    exe(&root, "usr/sbin/netplan");
+    file(
+        &root,
+        "etc/netplan/50-cloud-init.yaml",
+        "network:\n  version: 2\n  ethernets:\n    eth0:\n      dhcp4: true\n",
+    );
+    pack(
+        &root,
+        dir,
+        &format!("ubuntu-{release}-server-cloudimg-amd64-root.tar.xz"),
+    )
+}
+
+/// `SHA256SUMS` in the release directory, as Canonical writes it
+/// (`<digest> *<name>`), listing `files` (copied into `www/<dir>/`).
+pub fn publish_with_sha256sums(c: &Catalog, dir: &str, files: &[&Path]) {
+    let d = c.www.join(dir);
+    fs::create_dir_all(&d).unwrap();
+    let mut sums = String::new();
+    for f in files {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        fs::copy(f, d.join(name)).unwrap();
+        sums.push_str(&format!(
+            "{} *{name}\n",
+            hex(&Sha256::digest(fs::read(f).unwrap()))
+        ));
+    }
+    fs::write(d.join("SHA256SUMS"), sums).unwrap();
+}

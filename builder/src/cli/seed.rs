@@ -26,6 +26,11 @@ pub struct SeedArgs {
     /// Network configuration (cloud-init v1 or v2 YAML).
     #[arg(long, value_name = "FILE")]
     pub network_config: Option<PathBuf>,
+    /// vendor-data, merged under user-data by cloud-init and firstboot-agent:
+    /// `#cloud-config` YAML (e.g. the `k3s:` settings) as Proxmox's
+    /// `cicustom vendor=…` provides it.
+    #[arg(long, value_name = "FILE")]
+    pub vendor_data: Option<PathBuf>,
     /// Volume format: ISO 9660 (label cidata) or FAT (label CIDATA).
     #[arg(long, value_enum, default_value = "iso")]
     pub format: SeedFormat,
@@ -86,10 +91,19 @@ impl SeedArgs {
             }
             None => None,
         };
+        let vendor_data = match &self.vendor_data {
+            Some(path) => {
+                let bytes = seed::read_input(path)?;
+                seed::validate_vendor_data(&shown(path), &bytes)?;
+                Some(bytes)
+            }
+            None => None,
+        };
         Ok(SeedFiles {
             user_data,
             meta_data,
             network_config,
+            vendor_data,
         })
     }
 }

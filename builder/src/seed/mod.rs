@@ -109,6 +109,9 @@ pub struct SeedFiles {
     pub user_data: Vec<u8>,
     pub meta_data: Vec<u8>,
     pub network_config: Option<Vec<u8>>,
+    /// What `cicustom vendor=…` puts on Proxmox's drive; cloud-init (and
+    /// firstboot-agent) merge it under user-data.
+    pub vendor_data: Option<Vec<u8>>,
 }
 
 impl SeedFiles {
@@ -120,6 +123,9 @@ impl SeedFiles {
         ];
         if let Some(n) = &self.network_config {
             v.push(("network-config", n));
+        }
+        if let Some(n) = &self.vendor_data {
+            v.push(("vendor-data", n));
         }
         v
     }
@@ -197,6 +203,15 @@ pub fn validate_user_data(shown: &str, bytes: &[u8]) -> Result<(), SeedError> {
         path: shown.to_owned(),
         start: first.lines().next().unwrap_or_default().to_owned(),
     })
+}
+
+/// vendor-data: what user-data may be, or empty (Proxmox writes an empty
+/// file when no `cicustom vendor=` is set).
+pub fn validate_vendor_data(shown: &str, bytes: &[u8]) -> Result<(), SeedError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    validate_user_data(shown, bytes)
 }
 
 /// meta-data: a YAML mapping with a non-empty `instance-id`.

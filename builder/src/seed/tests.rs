@@ -17,6 +17,7 @@ fn files(network: bool) -> SeedFiles {
         user_data: USER.to_vec(),
         meta_data: META.to_vec(),
         network_config: network.then(|| NET.to_vec()),
+        vendor_data: None,
     }
 }
 
@@ -266,6 +267,7 @@ fn vfat_grows_for_large_data() {
         user_data: user.clone(),
         meta_data: META.to_vec(),
         network_config: Some(user.clone()),
+        vendor_data: Some(b"#cloud-config\nk3s: {role: agent}\n".to_vec()),
     };
     let img = make(dir.path(), "big.img", SeedFormat::Vfat, &f);
     assert_eq!(
@@ -273,6 +275,18 @@ fn vfat_grows_for_large_data() {
         vfat_image_size(f.total_len())
     );
     assert_eq!(read_vfat_file(&img, "network-config"), user);
+    assert_eq!(
+        read_vfat_file(&img, "vendor-data"),
+        b"#cloud-config\nk3s: {role: agent}\n"
+    );
+}
+
+#[test]
+fn vendor_data_may_be_empty_or_what_user_data_may_be() {
+    validate_vendor_data("v", b"").unwrap();
+    validate_vendor_data("v", b"\n").unwrap();
+    validate_vendor_data("v", b"#cloud-config\nk3s: {}\n").unwrap();
+    assert!(validate_vendor_data("v", b"k3s: {}\n").is_err());
 }
 
 #[test]

@@ -169,6 +169,17 @@ pub struct Gpg {
     pub keyring: PathBuf,
 }
 
+/// gpg starts an agent for its home; it must not outlive the key.
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&self.home)
+            .args(["--kill", "all"])
+            .output();
+    }
+}
+
 impl Gpg {
     pub fn new(dir: &Path) -> Gpg {
         let home = dir.join("gnupg");
@@ -252,7 +263,13 @@ pub fn pack(root: &Path, dir: &Path, name: &str) -> PathBuf {
         _ => "--no-auto-compress",
     };
     let o = Command::new("tar")
-        .args(["--numeric-owner", flag, "-C"])
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            flag,
+            "-C",
+        ])
         .arg(root)
         .arg("-cf")
         .arg(&out)

@@ -371,8 +371,34 @@ fn prepare_tree(tree: &Path) -> Result<()> {
             "the rootfs has no systemd-networkd: the disk brings up no network by itself"
         );
     }
+    if tree.join("usr/bin/cloud-init").is_file() {
+        write(CLOUD_CFG_PATH, CLOUD_CFG)?;
+    }
     Ok(())
 }
+
+/// Where the assembled disk's cloud-init settings go.
+pub const CLOUD_CFG_PATH: &str = "etc/cloud/cloud.cfg.d/90-imgbuild.cfg";
+
+/// cloud-init on an assembled disk (cloud-init docs: "Datasources",
+/// "Network configuration → renderers"; cloud.cfg.d files are merged over
+/// cloud.cfg, dictionaries key by key):
+/// - look only for the seeds this disk is made for: NoCloud (Proxmox's
+///   default cloud-init drive, `imgbuild seed`, libvirt's cidata) and
+///   ConfigDrive (Proxmox's `citype configdrive2`), then none — so the boot
+///   never waits for a cloud metadata service that is not there;
+/// - render network-config for systemd-networkd, which the disk runs
+///   (Debian's cloud-init would otherwise prefer ifupdown's ENI files, which
+///   nothing on this disk reads). Its files sort before imgbuild's
+///   `80-imgbuild-dhcp.network`, so a NIC cloud-init configures (a static
+///   address by MAC) is not also put on DHCP; a NIC it leaves alone still is.
+const CLOUD_CFG: &str = "# Written by imgbuild when the disk was assembled.
+datasource_list: [NoCloud, ConfigDrive, None]
+system_info:
+  network:
+    renderers: [networkd]
+    activators: [networkd]
+";
 
 /// `tree/rel`, created as needed, refusing any symlink on the way: the
 /// rootfs comes from packages, and a link such as `etc -> /etc` must not

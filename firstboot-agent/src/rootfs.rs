@@ -94,6 +94,45 @@ impl Root {
         write_atomic(&self.path(abs), content, mode)
     }
 
+    /// The node path `abs` leads to once the symbolic links along it are
+    /// followed inside this root: an absolute target is a path on the
+    /// node, `..` stops at the root. A chain of more than 40 links is left
+    /// where it stopped (the caller then finds no file there).
+    pub fn resolve(&self, abs: impl AsRef<Path>) -> PathBuf {
+        use std::collections::VecDeque;
+        use std::ffi::OsString;
+        fn parts(p: &Path) -> impl Iterator<Item = Option<OsString>> + '_ {
+            p.components().filter_map(|c| match c {
+                Component::Normal(n) => Some(Some(n.to_owned())),
+                Component::ParentDir => Some(None),
+                _ => None,
+            })
+        }
+        let mut todo: VecDeque<Option<OsString>> = parts(abs.as_ref()).collect();
+        let mut at = PathBuf::from("/");
+        let mut links = 0;
+        while let Some(part) = todo.pop_front() {
+            let Some(name) = part else {
+                at.pop();
+                continue;
+            };
+            let next = at.join(&name);
+            match fs::read_link(self.path(&next)) {
+                Ok(target) if links < 40 => {
+                    links += 1;
+                    if target.is_absolute() {
+                        at = PathBuf::from("/");
+                    }
+                    for p in parts(&target).collect::<Vec<_>>().into_iter().rev() {
+                        todo.push_front(p);
+                    }
+                }
+                _ => at = next,
+            }
+        }
+        at
+    }
+
     pub fn create_dir_all(&self, abs: impl AsRef<Path>) -> Result<PathBuf, FileError> {
         let path = self.path(abs);
         fs::create_dir_all(&path).map_err(|e| FileError::new("creating directory", &path, e))?;
@@ -107,6 +146,17 @@ impl Root {
 /// directory. The temp file is named `.firstboot-agent-<pid>-<random>`, so a
 /// later run can tell one left by a killed run ([`crate::leftovers`]).
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileError> {
+    write_atomic_owned(path, content, mode, None)
+}
+
+/// [`write_atomic`], the file given to `owner` (uid, gid) before it is
+/// renamed into place, so it never appears with the wrong owner.
+pub fn write_atomic_owned(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FileError> {
     let dir = path
         .parent()
         .ok_or_else(|| FileError::new("writing", path, io::ErrorKind::InvalidInput.into()))?;
@@ -118,6 +168,10 @@ pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), FileEr
     tmp.write_all(content)
         .and_then(|()| tmp.as_file().sync_all())
         .map_err(|e| FileError::new("writing", path, e))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
+            .map_err(|e| FileError::new("setting the owner of", path, e))?;
+    }
     fs::set_permissions(tmp.path(), Permissions::from_mode(mode))
         .map_err(|e| FileError::new("setting the mode of", path, e))?;
     tmp.persist(path)
@@ -212,6 +266,43 @@ mod tests {
         assert!(Root::new("/").is_live());
         assert!(Root::new("/tmp/..").is_live());
         assert!(Root::new("//").is_live());
+    }
+
+    #[test]
+    fn links_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        fs::create_dir_all(root.path("/usr/lib/systemd")).unwrap();
+        fs::create_dir_all(root.path("/var/home/ann")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", root.path("/lib")).unwrap();
+        std::os::unix::fs::symlink("/var/home", root.path("/home")).unwrap();
+        std::os::unix::fs::symlink("../../../../../etc", root.path("/var/home/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.path("/loop")).unwrap();
+        assert_eq!(
+            root.resolve("/lib/systemd/x"),
+            Path::new("/usr/lib/systemd/x")
+        );
+        assert_eq!(
+            root.resolve("/home/ann/.ssh"),
+            Path::new("/var/home/ann/.ssh")
+        );
+        assert_eq!(root.resolve("/home/up/passwd"), Path::new("/etc/passwd"));
+        assert_eq!(root.resolve("/a/../b"), Path::new("/b"));
+        assert_eq!(root.resolve("/loop"), Path::new("/loop"));
+    }
+
+    #[test]
+    fn atomic_write_can_set_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let me = (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        );
+        write_atomic_owned(&p, b"x", 0o600, Some(me)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (me.0, me.1, 0o600));
     }
 
     #[test]

@@ -25,9 +25,10 @@ const PREFIXES: [&str; 2] = [AGENT_TEMP, DOWNLOAD_TEMP];
 pub const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The directories the agent creates temp files in (the parents of every
-/// file it writes). Kept in step with the writers by the pipeline test
+/// file it writes), besides the accounts' `~/.ssh` ([`swept_dirs`]). Kept
+/// in step with the writers by the pipeline test
 /// `temp_files_only_appear_in_swept_directories`.
-pub const SWEPT_DIRS: [&str; 11] = [
+pub const SWEPT_DIRS: [&str; 13] = [
     "/etc",
     "/etc/rancher/k3s",
     "/etc/systemd/system",
@@ -35,11 +36,38 @@ pub const SWEPT_DIRS: [&str; 11] = [
     "/etc/sysctl.d",
     "/etc/modules-load.d",
     "/etc/tmpfiles.d",
+    "/etc/ssh/sshd_config.d",
+    "/root/.ssh",
     "/usr/local/bin",
     "/var/lib/firstboot-agent",
     "/var/lib/rancher/k3s/agent/images",
     "/dev",
 ];
+
+/// [`SWEPT_DIRS`] and the `~/.ssh` of every account in the node's
+/// `/etc/passwd` (the ssh-keys step writes authorized_keys there), as node
+/// paths with links resolved inside the root.
+pub fn swept_dirs(root: &Root) -> Vec<String> {
+    let mut dirs: Vec<String> = SWEPT_DIRS.iter().map(|d| (*d).to_owned()).collect();
+    // Best effort, as the sweep is: an unreadable passwd is reported by the
+    // ssh-keys step, which needs it.
+    let passwd = root
+        .read_optional("/etc/passwd")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    for account in crate::ssh::parse_passwd(&passwd) {
+        let home = account.home.trim_end_matches('/');
+        if home.is_empty() {
+            continue;
+        }
+        let dir = root.resolve(format!("{home}/.ssh")).display().to_string();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs
+}
 
 /// The temp-file prefix for this process: `<kind><pid>-`.
 pub fn temp_prefix(kind: &str) -> String {
@@ -97,11 +125,11 @@ pub struct Sweep {
     pub failed: Vec<String>,
 }
 
-/// Remove stale temp files from [`SWEPT_DIRS`] under `root`, logging each.
+/// Remove stale temp files from [`swept_dirs`] under `root`, logging each.
 pub fn sweep(root: &Root, system: &dyn System, now: SystemTime) -> Sweep {
     let mut out = Sweep::default();
-    for dir in SWEPT_DIRS {
-        let Ok(entries) = std::fs::read_dir(root.path(dir)) else {
+    for dir in swept_dirs(root) {
+        let Ok(entries) = std::fs::read_dir(root.path(&dir)) else {
             continue; // missing or unreadable: nothing of ours to remove there
         };
         for entry in entries.flatten() {
@@ -124,7 +152,7 @@ pub fn sweep(root: &Root, system: &dyn System, now: SystemTime) -> Sweep {
             let Some(why) = stale_reason(owner, |pid| system.pid_alive(pid), age) else {
                 continue;
             };
-            let shown = Path::new(dir).join(&name).display().to_string();
+            let shown = Path::new(&dir).join(&name).display().to_string();
             match std::fs::remove_file(&path) {
                 Ok(()) => {
                     tracing::info!("removed stale temporary file {shown} ({why})");

@@ -16,6 +16,7 @@ use crate::leftovers;
 use crate::message::plain_serde;
 use crate::metadata::{self, token_file, NodeConfig};
 use crate::rootfs::Root;
+use crate::ssh;
 use crate::state::{self, K3sRecord, RunResult, State, StepRecord, StepResult, StepStatus};
 use crate::system::System;
 use crate::tweaks;
@@ -243,22 +244,27 @@ pub fn load_defaults(root: &Root) -> Result<BakedDefaults> {
 pub fn load_node_config(root: &Root, system: &dyn System) -> Result<NodeConfig> {
     let defaults = load_defaults(root)?;
     let md = metadata::load(root, system)?;
-    let ud_path = if md.source.starts_with('/') {
-        format!(
-            "{}/user-data",
-            md.source
-                .split(' ')
-                .next()
-                .unwrap_or("")
-                .trim_end_matches('/')
-        )
-    } else {
-        format!("user-data from {}", md.source)
-    };
-    let mut cfg = metadata::merge::merge(&defaults, &md, &ud_path)?;
+    let mut cfg = metadata::merge::merge(&defaults, &md, &md.user_data_path)?;
     let warnings = token_file::check(root, &cfg)?;
     cfg.warnings.extend(warnings);
+    cfg.ssh = Some(ssh::plan(root, &cfg.login)?);
     Ok(cfg)
+}
+
+/// The metadata step's message: the instance, where it came from, and how
+/// vendor-data took part.
+fn metadata_message(c: &NodeConfig) -> String {
+    let mut msg = format!(
+        "instance {} from {}: {} ({})",
+        c.instance_id,
+        c.metadata_source,
+        c.role,
+        c.topology.as_str()
+    );
+    if let Some(v) = c.vendor.describe() {
+        msg.push_str(&format!("; vendor-data: {v}"));
+    }
+    msg
 }
 
 /// `firstboot-agent run`.
@@ -287,13 +293,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     let mut cfg = None;
     r.step("metadata", |r| {
         let c = load_node_config(r.root, r.system)?;
-        let msg = format!(
-            "instance {} from {}: {} ({})",
-            c.instance_id,
-            c.metadata_source,
-            c.role,
-            c.topology.as_str()
-        );
+        let msg = metadata_message(&c);
         for n in &c.notes {
             tracing::info!("ignored: {n}");
         }
@@ -313,6 +313,8 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     r.result.k3s_version = Some(cfg.version.to_string());
     r.result.unit = Some(cfg.unit_name().to_owned());
     r.result.metadata_source = Some(cfg.metadata_source.clone());
+    r.result.vendor_data = cfg.vendor.describe();
+    r.result.k3s_settings_from = cfg.origins.k3s_settings();
 
     // First boot is decided by instance-id; an installed K3s is never
     // reinstalled or renamed because the instance-id changed.
@@ -366,6 +368,21 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     if proxmox_names && cfg.node_name.is_none() {
         cfg.node_name = cfg.hostname.clone();
     }
+
+    // 2b. SSH keys where cloud-init is absent: early, so a node whose later
+    // steps fail can still be logged in to.
+    r.step("ssh-keys", |r| {
+        let plan = cfg
+            .ssh
+            .as_ref()
+            .ok_or_else(|| anyhow!("the metadata step decided nothing about SSH keys"))?;
+        let o = ssh::apply(r.root, r.system, plan)?;
+        Ok(Outcome {
+            message: o.message,
+            findings: o.findings,
+            ..Outcome::default()
+        })
+    })?;
 
     // 3. Environment.
     let mut environment: Option<Environment> = None;
@@ -610,17 +627,11 @@ pub fn check(root: &Root, system: &dyn System, timeout: std::time::Duration) -> 
     let mut out = Vec::new();
     let cfg = match load_node_config(root, system) {
         Ok(c) => {
-            out.push(Finding::pass(
-                "metadata",
-                format!(
-                    "instance {} from {}: {} ({})",
-                    c.instance_id,
-                    c.metadata_source,
-                    c.role,
-                    c.topology.as_str()
-                ),
-            ));
+            out.push(Finding::pass("metadata", metadata_message(&c)));
             out.extend(c.warnings.iter().cloned());
+            if let Some(plan) = &c.ssh {
+                out.extend(ssh::inspect(root, plan));
+            }
             c
         }
         Err(e) => {

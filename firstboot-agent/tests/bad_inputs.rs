@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use firstboot_agent::leftovers::{temp_prefix, AGENT_TEMP, DOWNLOAD_TEMP, SWEPT_DIRS};
+use firstboot_agent::leftovers::{swept_dirs, temp_prefix, AGENT_TEMP, DOWNLOAD_TEMP};
 use firstboot_agent::rootfs::Root;
 use firstboot_agent::run::{run, RunOptions};
 use firstboot_agent::state::{RunResult, State, StepStatus};
@@ -333,10 +333,22 @@ fn temp_files_only_appear_in_swept_directories() {
         if lxc {
             write(r, "/run/systemd/container", "lxc\n");
         }
+        // Keys for root and for an account with a home of its own.
+        write(
+            r,
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/bash\nops:x:1001:1001::/home/ops:/bin/sh\n",
+        );
+        std::fs::create_dir_all(r.join("home/ops")).unwrap();
+        write(
+            r,
+            "/etc/ssh/sshd_config",
+            "Include /etc/ssh/sshd_config.d/*.conf\n",
+        );
         seed(
             r,
             "i1",
-            "#cloud-config\nhostname: n1\nk3s:\n  node-label: [a=b]\n",
+            &format!("#cloud-config\nhostname: n1\nssh_authorized_keys: [\"{SSH_KEY}\"]\nusers:\n  - default\n  - name: ops\n    ssh_authorized_keys: [\"{SSH_KEY}\"]\nk3s:\n  node-label: [a=b]\n"),
         );
         let mut before = Vec::new();
         files(r, &mut before);
@@ -353,7 +365,9 @@ fn temp_files_only_appear_in_swept_directories() {
                 continue; // the fake K3s's node token
             }
             assert!(
-                SWEPT_DIRS.iter().any(|d| Path::new(d) == node_dir),
+                swept_dirs(&Root::new(r))
+                    .iter()
+                    .any(|d| Path::new(d) == node_dir),
                 "{} was written in {}, which the sweep does not look at",
                 path.display(),
                 node_dir.display()

@@ -24,11 +24,13 @@ fn config(mirror: &str, pinned: Option<&str>) -> NodeConfig {
     .unwrap();
     let md = Metadata {
         source: "test".into(),
+        user_data_path: "ud".into(),
         meta: MetaData {
             instance_id: "i".into(),
             local_hostname: None,
         },
         user: UserData::default(),
+        vendor: None,
     };
     merge(&defaults, &md, "ud").unwrap()
 }

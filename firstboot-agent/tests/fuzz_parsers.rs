@@ -289,11 +289,13 @@ fn fuzz_user_data_and_merge() {
             };
             let md = Metadata {
                 source: "fuzz".into(),
+                user_data_path: "/seed/user-data".into(),
                 meta: MetaData {
                     instance_id: "iid".into(),
                     local_hostname: Some("meta-host".into()),
                 },
                 user,
+                vendor: None,
             };
             match merge(&defaults(*which_defaults), &md, "/seed/user-data") {
                 Ok(cfg) => {

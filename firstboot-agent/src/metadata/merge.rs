@@ -2,7 +2,6 @@
 //! [`NodeConfig`]: what this node is and how it joins.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use node_spec::{
@@ -11,9 +10,11 @@ use node_spec::{
 use serde::Serialize;
 
 use super::values::{multi_line_in, node_name_problem, valid_hostname};
+pub use super::values::{ServerUrl, Token};
+use super::vendor::{self, Origin, Origins, VendorUse};
 use super::{Metadata, MetadataError};
 use crate::checks::Finding;
-use crate::message::{check_one_line, first_control, quoted};
+use crate::message::{check_one_line, quoted};
 
 /// The K3s API port servers listen on and joining nodes dial.
 pub const K3S_API_PORT: u16 = 6443;
@@ -58,115 +59,6 @@ impl Topology {
     }
 }
 
-/// A cluster token. Its value never appears in Debug output or messages.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Token(String);
-
-impl Token {
-    /// Validate a K3s token: either the secure format
-    /// `K10<sha256 of the cluster CA>::<user>:<password>` or a bare password.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let t = raw.trim();
-        if t.is_empty() {
-            return Err("is empty".into());
-        }
-        if let Some((pos, c)) = first_control(t) {
-            return Err(format!(
-                "contains {} at character {pos}; a K3s token is a single word — copy it again without it",
-                crate::message::describe_char(c)
-            ));
-        }
-        if t.chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '\'' || c == '"' || c == '\\')
-        {
-            return Err(
-                "contains whitespace, quotes or backslashes; K3s tokens are a single word".into(),
-            );
-        }
-        if let Some(rest) = t.strip_prefix("K10") {
-            let (hash, creds) = rest.split_once("::").ok_or(
-                "starts with K10 but is not `K10<ca-hash>::<user>:<password>` (missing `::`)",
-            )?;
-            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "starts with K10 but its CA hash has {} characters; expected 64 hex digits \
-                     (copy the whole line of /var/lib/rancher/k3s/server/node-token)",
-                    hash.len()
-                ));
-            }
-            match creds.split_once(':') {
-                Some((user, pass)) if !user.is_empty() && !pass.is_empty() => {}
-                _ => {
-                    return Err(
-                        "ends without `<user>:<password>` after `::`; copy the whole token".into(),
-                    )
-                }
-            }
-        }
-        Ok(Self(t.to_owned()))
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
-}
-
-/// A parsed `https://host:port` server URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ServerUrl {
-    pub url: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl ServerUrl {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let raw = raw.trim();
-        let hint = "expected e.g. https://10.0.0.10:6443";
-        let shown = quoted(raw);
-        let rest = raw.strip_prefix("https://").ok_or_else(|| {
-            format!("{shown} is not an https URL; K3s serves its API over https, {hint}")
-        })?;
-        let authority = rest.split('/').next().unwrap_or("");
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{shown} has an unclosed IPv6 bracket; {hint}"))?;
-            (h.to_owned(), after.strip_prefix(':'))
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_owned(), Some(p)),
-                None => (authority.to_owned(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{shown} has no host; {hint}"));
-        }
-        if host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!(
-                "{shown} has spaces or control characters in its host; {hint}"
-            ));
-        }
-        let port = match port {
-            None => K3S_API_PORT,
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("{shown} has an invalid port {}; {hint}", quoted(p)))?,
-        };
-        Ok(Self {
-            url: raw.to_owned(),
-            host,
-            port,
-        })
-    }
-}
-
 /// Everything the later steps need, merged and validated.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -199,12 +91,28 @@ pub struct NodeConfig {
     pub ready_timeout: Duration,
     /// Notes for the log (ignored user-data parts and such).
     pub notes: Vec<String>,
-    /// The user-data file as messages name it, and the line of each key
-    /// under `k3s:`, for errors found after the merge (token-file checks).
-    pub user_data_path: String,
-    pub k3s_lines: BTreeMap<String, usize>,
+    /// Which seed file (and line) each setting came from, for errors found
+    /// after the merge (token-file checks) and for result.json.
+    pub origins: Origins,
+    /// How vendor-data took part.
+    pub vendor: VendorUse,
+    /// cloud-init's log-in settings from the seed, as written.
+    pub login: LoginSeed,
+    /// What the ssh-keys step does, decided by the metadata step
+    /// ([`crate::ssh::plan`]); `None` until then.
+    pub ssh: Option<crate::ssh::Plan>,
     /// Warnings about the metadata, raised by the metadata step.
     pub warnings: Vec<Finding>,
+}
+
+/// cloud-init's log-in settings (`ssh_authorized_keys`, `user`, `users`)
+/// as the seed wrote them, with where: [`crate::ssh`] reads them where
+/// cloud-init is absent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoginSeed {
+    pub ssh_authorized_keys: Option<(serde_yaml::Value, Origin)>,
+    pub user: Option<(serde_yaml::Value, Origin)>,
+    pub users: Option<(serde_yaml::Value, Origin)>,
 }
 
 impl NodeConfig {
@@ -262,20 +170,26 @@ fn string_list(
     }
 }
 
-/// Merge: baked defaults < metadata (meta-data < user-data for the host
-/// name). `user_data_path` names the file in messages.
+/// Merge: baked defaults < metadata (vendor-data < user-data, and
+/// meta-data < both for the host name). `user_data_path` names the file in
+/// messages; each error names the file the value came from.
 pub fn merge(
     defaults: &BakedDefaults,
     md: &Metadata,
     user_data_path: &str,
 ) -> Result<NodeConfig, MetadataError> {
-    let k = md.user.k3s.clone().unwrap_or_default();
-    let line = |key: &str| md.user.k3s_lines.get(key).copied();
-    let invalid = |key: &str, message: String| MetadataError::Invalid {
-        path: user_data_path.to_owned(),
-        line: line(key),
-        key: format!("k3s.{key}"),
-        message,
+    let layered = vendor::layer(&md.user, user_data_path, md.vendor.as_ref())?;
+    let user = &layered.user;
+    let origins = &layered.origins;
+    let k = user.k3s.clone().unwrap_or_default();
+    let invalid = |key: &str, message: String| {
+        let at = origins.of(&format!("k3s.{key}"));
+        MetadataError::Invalid {
+            path: at.path,
+            line: at.line,
+            key: format!("k3s.{key}"),
+            message,
+        }
     };
     // meta-data sits next to user-data in every kind of seed.
     let meta_data_path = user_data_path.strip_suffix("user-data").map_or_else(
@@ -317,9 +231,10 @@ pub fn merge(
             multi_line_in(&serde_yaml::Value::String(key.clone()), "config (a key)")
                 .or_else(|| multi_line_in(value, &format!("config.{key}")))
         {
+            let from = origins.of(&format!("k3s.config.{key}"));
             return Err(MetadataError::Invalid {
-                path: user_data_path.to_owned(),
-                line: line("config"),
+                path: from.path,
+                line: from.line,
                 key: format!("k3s.{at}"),
                 message: m,
             });
@@ -365,27 +280,30 @@ pub fn merge(
     }
     for key in MANAGED_KEYS {
         if k.config.contains_key(key) {
-            return Err(invalid(
-                "config",
-                format!(
+            let from = origins.of(&format!("k3s.config.{key}"));
+            return Err(MetadataError::Invalid {
+                path: from.path,
+                line: from.line,
+                key: "k3s.config".into(),
+                message: format!(
                     "`{key}` has its own field; write `k3s.{key}` instead of `k3s.config.{key}`"
                 ),
-            ));
+            });
         }
     }
 
-    // Host name: user-data hostname, else the first label of fqdn, else
-    // meta-data local-hostname. Errors name the file and key it came from.
-    let hostname = md
-        .user
+    // Host name: `hostname`, else the first label of `fqdn` (user-data's,
+    // else vendor-data's), else meta-data local-hostname. Errors name the
+    // file and key it came from.
+    let hostname = user
         .hostname
         .clone()
-        .map(|h| (h, user_data_path.to_owned(), "hostname"))
+        .map(|h| (h, origins.of("hostname").path, "hostname"))
         .or_else(|| {
-            md.user.fqdn.as_ref().and_then(|f| {
+            user.fqdn.as_ref().and_then(|f| {
                 f.split('.')
                     .next()
-                    .map(|h| (h.to_owned(), user_data_path.to_owned(), "fqdn"))
+                    .map(|h| (h.to_owned(), origins.of("fqdn").path, "fqdn"))
             })
         })
         .or_else(|| {
@@ -583,7 +501,7 @@ pub fn merge(
         instance_id: md.meta.instance_id.clone(),
         metadata_source: md.source.clone(),
         hostname,
-        fqdn: md.user.fqdn.clone(),
+        fqdn: user.fqdn.clone(),
         role,
         topology,
         version: defaults.k3s.version.clone(),
@@ -611,9 +529,18 @@ pub fn merge(
             defaults.checks.ready_timeout_secs,
             "ready-timeout-secs",
         )?,
-        notes: md.user.ignored.clone(),
-        user_data_path: user_data_path.to_owned(),
-        k3s_lines: md.user.k3s_lines.clone(),
+        notes: user.ignored.clone(),
+        login: LoginSeed {
+            ssh_authorized_keys: user
+                .ssh_authorized_keys
+                .clone()
+                .map(|v| (v, origins.of("ssh_authorized_keys"))),
+            user: user.user.clone().map(|v| (v, origins.of("user"))),
+            users: user.users.clone().map(|v| (v, origins.of("users"))),
+        },
+        origins: layered.origins.clone(),
+        vendor: layered.vendor.clone(),
+        ssh: None,
         warnings: Vec::new(),
     })
 }
@@ -633,11 +560,13 @@ mod tests {
     fn md(user: &str) -> Metadata {
         Metadata {
             source: "test".into(),
+            user_data_path: "/ud".into(),
             meta: MetaData {
                 instance_id: "iid".into(),
                 local_hostname: Some("meta-host".into()),
             },
             user: parse_user_data("/ud", user.as_bytes()).unwrap(),
+            vendor: None,
         }
     }
 

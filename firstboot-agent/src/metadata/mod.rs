@@ -1,12 +1,15 @@
-//! Step 1: NoCloud metadata. Finds the seed, reads `meta-data` and
-//! `user-data`, and merges them over the defaults baked into the image
-//! ([`merge::NodeConfig`]).
+//! Step 1: NoCloud metadata. Finds the seed, reads `meta-data`,
+//! `user-data` and `vendor-data`, layers vendor-data under user-data
+//! ([`vendor`]) and merges the result over the defaults baked into the
+//! image ([`merge::NodeConfig`]).
 
 pub mod merge;
+mod multipart;
 pub mod nocloud;
 pub mod token_file;
 pub mod userdata;
 pub(crate) mod values;
+pub mod vendor;
 
 use std::io::Read;
 use std::path::Path;
@@ -16,6 +19,7 @@ use crate::system::System;
 
 pub use merge::{NodeConfig, ServerUrl, Token, Topology};
 pub use userdata::{K3sMeta, MetaData, UserData, MAX_METADATA_BYTES};
+pub use vendor::{Origin, Origins, VendorContent, VendorData, VendorUse};
 
 /// Why metadata could not be used. Every variant names the file; the node
 /// stays retryable (nothing has been changed yet when these are raised).
@@ -56,8 +60,12 @@ pub enum MetadataError {
 pub struct Metadata {
     /// Where it came from, for messages and status.
     pub source: String,
+    /// The user-data file as messages name it (it may be missing).
+    pub user_data_path: String,
     pub meta: MetaData,
     pub user: UserData,
+    /// The seed's vendor-data file, if it has one.
+    pub vendor: Option<VendorData>,
 }
 
 fn read_capped(path: &Path, shown: &str) -> Result<Option<Vec<u8>>, MetadataError> {
@@ -100,7 +108,29 @@ fn read_seed_dir(dir: &Path, shown: &str, source: String) -> Result<Metadata, Me
         Some(bytes) => userdata::parse_user_data(&ud_shown, &bytes)?,
         None => UserData::default(),
     };
-    Ok(Metadata { source, meta, user })
+    let vd_shown = format!("{}/vendor-data", shown.trim_end_matches('/'));
+    let vendor = read_capped(&dir.join("vendor-data"), &vd_shown)?
+        .map(|bytes| {
+            let content = if let Some(by) = vendor::disabled_by(&user, &ud_shown) {
+                VendorContent::Disabled { by }
+            } else if bytes.iter().all(u8::is_ascii_whitespace) {
+                VendorContent::Empty
+            } else {
+                VendorContent::Parsed(Box::new(userdata::parse_vendor_data(&vd_shown, &bytes)?))
+            };
+            Ok::<_, MetadataError>(VendorData {
+                path: vd_shown.clone(),
+                content,
+            })
+        })
+        .transpose()?;
+    Ok(Metadata {
+        source,
+        user_data_path: ud_shown,
+        meta,
+        user,
+        vendor,
+    })
 }
 
 /// Find and read the NoCloud seed, in cloud-init's order: the kernel command

@@ -78,9 +78,11 @@ pub fn check(root: &Root, cfg: &NodeConfig) -> Result<Vec<Finding>, MetadataErro
     let Some(file) = &cfg.token_file else {
         return Ok(Vec::new());
     };
+    // The file that named it: user-data, or vendor-data under it.
+    let at = cfg.origins.of("k3s.token-file");
     let invalid = |message: String| MetadataError::Invalid {
-        path: cfg.user_data_path.clone(),
-        line: cfg.k3s_lines.get("token-file").copied(),
+        path: at.path.clone(),
+        line: at.line,
         key: "k3s.token-file".into(),
         message,
     };
@@ -171,11 +173,13 @@ mod tests {
         );
         let md = Metadata {
             source: "/seed".into(),
+            user_data_path: "/seed/user-data".into(),
             meta: MetaData {
                 instance_id: "i".into(),
                 local_hostname: None,
             },
             user: parse_user_data("/seed/user-data", ud.as_bytes()).unwrap(),
+            vendor: None,
         };
         merge(&d, &md, "/seed/user-data").unwrap()
     }

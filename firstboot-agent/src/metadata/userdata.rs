@@ -1,9 +1,12 @@
-//! Pure parsers for NoCloud `meta-data` and `user-data`.
+//! Pure parsers for NoCloud `meta-data`, `user-data` and `vendor-data`.
 //!
 //! user-data may be `#cloud-config` YAML (optionally behind a
 //! `## template: jinja` header with no Jinja in it), a MIME multipart archive
 //! whose `text/cloud-config` parts are read, or a shell script (ignored: it is
 //! cloud-init's business). Anything else is refused with the file and line.
+//! vendor-data is read by the same rules (cloud-init handles it "exactly like
+//! user data", docs.cloud-init.io explanation/vendordata); how the two are
+//! layered is [`super::vendor`]'s business.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +37,19 @@ pub struct UserData {
     pub k3s_lines: BTreeMap<String, usize>,
     /// Parts of the user-data the agent deliberately ignored.
     pub ignored: Vec<String>,
+    /// The `k3s:` mapping as written, for layering user-data over
+    /// vendor-data key by key.
+    pub k3s_raw: Option<serde_yaml::Value>,
+    /// Line (1-based) of each top-level key, for error messages.
+    pub lines: BTreeMap<String, usize>,
+    /// cloud-init's log-in settings, as written. They are cloud-init's
+    /// keys, so they are only interpreted where cloud-init is absent
+    /// ([`crate::ssh`]).
+    pub ssh_authorized_keys: Option<serde_yaml::Value>,
+    pub user: Option<serde_yaml::Value>,
+    pub users: Option<serde_yaml::Value>,
+    /// `vendor_data:` — cloud-init's switch for vendor-data.
+    pub vendor_data: Option<serde_yaml::Value>,
 }
 
 /// The top-level `k3s:` mapping in `#cloud-config` user-data. Every field is
@@ -79,6 +95,17 @@ struct CloudConfig {
     hostname: Option<String>,
     fqdn: Option<String>,
     k3s: Option<K3sMeta>,
+    ssh_authorized_keys: Option<serde_yaml::Value>,
+    user: Option<serde_yaml::Value>,
+    users: Option<serde_yaml::Value>,
+    vendor_data: Option<serde_yaml::Value>,
+}
+
+/// The `k3s:` mapping once more, untyped: layering needs to know which keys
+/// a file sets, which the typed struct (lists default to empty) forgets.
+#[derive(Debug, Default, Deserialize)]
+struct RawK3s {
+    k3s: Option<serde_yaml::Value>,
 }
 
 /// Decode bytes as text: size cap, UTF-8, no BOM, LF line ends (CRLF, a
@@ -307,7 +334,24 @@ fn k3s_key_lines(text: &str, line_offset: usize) -> BTreeMap<String, usize> {
     out
 }
 
-fn parse_cloud_config(
+/// Lines of the top-level (unindented) `key:` lines.
+fn top_level_lines(text: &str, line_offset: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (i, l) in text.lines().enumerate() {
+        if l.starts_with([' ', '\t', '#', '-']) {
+            continue;
+        }
+        if let Some((key, _)) = l.split_once(':') {
+            let key = key.trim().trim_matches(['"', '\'']);
+            if !key.is_empty() {
+                out.entry(key.to_owned()).or_insert(i + 1 + line_offset);
+            }
+        }
+    }
+    out
+}
+
+pub(super) fn parse_cloud_config(
     path: &str,
     text: &str,
     line_offset: usize,
@@ -318,6 +362,13 @@ fn parse_cloud_config(
     check_flow_depth(path, text, line_offset)?;
     let cc: CloudConfig =
         serde_yaml::from_str(text).map_err(|e| yaml_error(path, line_offset, &e))?;
+    let k3s_raw = if cc.k3s.is_some() {
+        serde_yaml::from_str::<RawK3s>(text)
+            .map_err(|e| yaml_error(path, line_offset, &e))?
+            .k3s
+    } else {
+        None
+    };
     Ok(UserData {
         hostname: cc
             .hostname
@@ -334,17 +385,31 @@ fn parse_cloud_config(
         },
         k3s: cc.k3s,
         ignored: Vec::new(),
+        k3s_raw,
+        lines: top_level_lines(text, line_offset),
+        ssh_authorized_keys: cc.ssh_authorized_keys,
+        user: cc.user,
+        users: cc.users,
+        vendor_data: cc.vendor_data,
     })
 }
 
 /// Parse `user-data`.
 pub fn parse_user_data(path: &str, bytes: &[u8]) -> Result<UserData, MetadataError> {
     let text = decode_text(path, bytes)?;
-    parse_user_data_text(path, &text, 0)
+    parse_user_data_text(path, "user-data", &text, 0)
 }
 
+/// Parse `vendor-data`: the same formats as user-data, named so in messages.
+pub fn parse_vendor_data(path: &str, bytes: &[u8]) -> Result<UserData, MetadataError> {
+    let text = decode_text(path, bytes)?;
+    parse_user_data_text(path, "vendor-data", &text, 0)
+}
+
+/// `kind` is the file's name in messages (`user-data`, `vendor-data`).
 fn parse_user_data_text(
     path: &str,
+    kind: &str,
     text: &str,
     line_offset: usize,
 ) -> Result<UserData, MetadataError> {
@@ -391,13 +456,13 @@ fn parse_user_data_text(
     }
     let lower = first.to_ascii_lowercase();
     if lower.starts_with("content-type:") || lower.starts_with("mime-version:") {
-        return parse_multipart(path, text);
+        return super::multipart::parse_multipart(path, kind, text);
     }
     if first.starts_with('#') {
         return Err(unsupported(
             1,
             format!(
-                "user-data type `{}` is not supported by firstboot-agent; \
+                "{kind} type `{}` is not supported by firstboot-agent; \
                  use `#cloud-config` with a top-level `k3s:` mapping",
                 shortened(first)
             ),
@@ -405,144 +470,11 @@ fn parse_user_data_text(
     }
     Err(unsupported(
         1,
-        "user-data does not start with `#cloud-config`, so cloud-init would ignore it too; \
-         make `#cloud-config` the first line"
-            .into(),
+        format!(
+            "{kind} does not start with `#cloud-config`, so cloud-init would ignore it too; \
+             make `#cloud-config` the first line"
+        ),
     ))
-}
-
-/// Headers of a MIME entity (folded lines joined, names lower-cased) and the
-/// index of the first body line.
-fn mime_headers(lines: &[&str], start: usize) -> (BTreeMap<String, String>, usize) {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    let mut last: Option<String> = None;
-    let mut i = start;
-    while i < lines.len() {
-        let l = lines[i];
-        i += 1;
-        if l.trim().is_empty() {
-            break;
-        }
-        if l.starts_with([' ', '\t']) {
-            if let Some(v) = last.as_ref().and_then(|k| headers.get_mut(k)) {
-                v.push(' ');
-                v.push_str(l.trim());
-            }
-            continue;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            headers.insert(k.clone(), v.trim().to_owned());
-            last = Some(k);
-        }
-    }
-    (headers, i)
-}
-
-fn mime_param(value: &str, name: &str) -> Option<String> {
-    value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_owned())
-    })
-}
-
-fn parse_multipart(path: &str, text: &str) -> Result<UserData, MetadataError> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (headers, body_start) = mime_headers(&lines, 0);
-    let ctype = headers.get("content-type").cloned().unwrap_or_default();
-    let unsupported = |line: usize, message: String| MetadataError::Unsupported {
-        path: path.to_owned(),
-        line,
-        message,
-    };
-    if !ctype.to_ascii_lowercase().starts_with("multipart/") {
-        return Err(unsupported(
-            1,
-            format!(
-                "MIME user-data of type `{}` is not supported; expected multipart/mixed",
-                shortened(&ctype)
-            ),
-        ));
-    }
-    let boundary = mime_param(&ctype, "boundary")
-        .ok_or_else(|| unsupported(1, "multipart user-data without a boundary".into()))?;
-    let delimiter = format!("--{boundary}");
-    let closing = format!("--{boundary}--");
-
-    // Collect (first line index, lines) of each part.
-    let mut parts: Vec<(usize, Vec<&str>)> = Vec::new();
-    let mut current: Option<(usize, Vec<&str>)> = None;
-    for (i, l) in lines.iter().enumerate().skip(body_start) {
-        let t = l.trim_end();
-        if t == delimiter || t == closing {
-            parts.extend(current.take());
-            if t == closing {
-                break;
-            }
-            current = Some((i + 1, Vec::new()));
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push(l);
-        }
-    }
-    parts.extend(current.take());
-
-    let mut out = UserData::default();
-    let mut k3s_part_line: Option<usize> = None;
-    for (first_line, part) in parts {
-        let (h, body_idx) = mime_headers(&part, 0);
-        let ptype = h
-            .get("content-type")
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_else(|| "text/plain".into());
-        let encoding = h
-            .get("content-transfer-encoding")
-            .map(|v| v.to_ascii_lowercase())
-            .unwrap_or_default();
-        let body_line = first_line + body_idx; // 0-based index of body start
-        if ptype != "text/cloud-config" {
-            out.ignored.push(format!(
-                "{path}:{}: MIME part of type {}",
-                first_line + 1,
-                shortened(&ptype)
-            ));
-            continue;
-        }
-        if !encoding.is_empty() && !matches!(encoding.as_str(), "7bit" | "8bit" | "binary") {
-            return Err(unsupported(
-                first_line + 1,
-                format!(
-                    "text/cloud-config part with Content-Transfer-Encoding {} \
-                     is not supported; include it as plain text",
-                    shortened(&encoding)
-                ),
-            ));
-        }
-        let body = part[body_idx..].join("\n");
-        let ud = parse_cloud_config(path, &body, body_line)?;
-        if ud.k3s.is_some() {
-            if let Some(prev) = k3s_part_line {
-                return Err(unsupported(
-                    first_line + 1,
-                    format!(
-                        "a second text/cloud-config part sets `k3s:` (the first is at line {prev}); \
-                         keep the k3s settings in one part"
-                    ),
-                ));
-            }
-            k3s_part_line = Some(first_line + 1);
-            out.k3s = ud.k3s;
-            out.k3s_lines = ud.k3s_lines;
-        }
-        out.hostname = ud.hostname.or(out.hostname);
-        out.fqdn = ud.fqdn.or(out.fqdn);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -778,35 +710,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(":2:") && e.contains("UTF-8"), "{e}");
-    }
-
-    const MULTIPART: &str = "Content-Type: multipart/mixed; boundary=\"===XYZ==\"\nMIME-Version: 1.0\n\n--===XYZ==\nContent-Type: text/x-shellscript; charset=\"us-ascii\"\n\n#!/bin/sh\necho hi\n\n--===XYZ==\nContent-Type: text/cloud-config; charset=\"us-ascii\"\nMIME-Version: 1.0\n\n#cloud-config\nhostname: mp\nk3s:\n  role: agent\n  token: [oops\n--===XYZ==--\n";
-
-    #[test]
-    fn multipart_cloud_config_part_is_read() {
-        let fixed = MULTIPART.replace("[oops", "abc");
-        let ud = parse_user_data(P, fixed.as_bytes()).unwrap();
-        assert_eq!(ud.hostname.as_deref(), Some("mp"));
-        assert_eq!(ud.k3s.unwrap().token.as_deref(), Some("abc"));
-        assert_eq!(ud.ignored.len(), 1);
-        // Key lines count from the top of the whole file.
-        assert_eq!(ud.k3s_lines["token"], 18);
-    }
-
-    #[test]
-    fn multipart_error_lines_count_from_file_start() {
-        let e = err(MULTIPART);
-        assert!(
-            e.starts_with("/seed/user-data:18:") || e.starts_with("/seed/user-data:19:"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn multipart_base64_part_is_refused() {
-        let text = "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/cloud-config\nContent-Transfer-Encoding: base64\n\nI2Nsb3VkLWNvbmZpZwo=\n--b--\n";
-        let e = err(text);
-        assert!(e.contains("base64") && e.contains(":4:"), "{e}");
     }
 
     #[test]

@@ -149,6 +149,13 @@ pub struct RunResult {
     pub k3s_version: Option<String>,
     pub unit: Option<String>,
     pub metadata_source: Option<String>,
+    /// How the seed's vendor-data took part (absent: the seed has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_data: Option<String>,
+    /// `k3s.<key>` → the seed file and line it was set in (keys the
+    /// metadata sets; the rest come from the image's defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub k3s_settings_from: BTreeMap<String, String>,
     pub steps: Vec<StepResult>,
     pub warnings: Vec<String>,
     pub errors: Vec<String>,

@@ -16,6 +16,11 @@ pub const FAKE_K3S: &[u8] = b"#!/bin/sh\necho fake k3s\n";
 pub const TOKEN: &str =
     "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:s3cret";
 
+/// Real public keys (ssh-keygen output), for seeds.
+pub const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOPtOnFImdUeF5WsjLaNpBgqIUaDrkKM8ROv3r9AJd2 admin@laptop";
+pub const SSH_KEY_2: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ45pw6UbK9ATIK4hGoNep13smYJSnnW1rRNmR8CjGpRGh1d8yvUzjmlthvz++EbzPogbHVlaC1KXP/+GUAphMA= ops";
+
 pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
@@ -95,6 +100,12 @@ pub fn seed(root: &Path, instance: &str, user_data: &str) {
         format!("instance-id: {instance}\n"),
     );
     write(root, "/var/lib/cloud/seed/nocloud/user-data", user_data);
+}
+
+/// `seed` plus the vendor-data file next to it.
+pub fn seed_with_vendor(root: &Path, instance: &str, user_data: &str, vendor_data: &str) {
+    seed(root, instance, user_data);
+    write(root, "/var/lib/cloud/seed/nocloud/vendor-data", vendor_data);
 }
 
 /// How the server answers one path.

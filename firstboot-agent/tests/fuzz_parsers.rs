@@ -1,8 +1,9 @@
 //! Fuzz targets for what the agent reads from the NoCloud seed, which anyone
 //! who can attach a drive or edit a VM's cloud-init settings controls:
 //! user-data (cloud-config, Jinja header, MIME multipart) and its merge over
-//! the baked defaults, meta-data, the cidata volume label, the kernel
-//! command line, and the whole lookup (`metadata::load`) over a fake root.
+//! the baked defaults, vendor-data layered under user-data and the SSH keys
+//! in them, meta-data, the cidata volume label, the kernel command line,
+//! and the whole lookup (`metadata::load`) over a fake root.
 //!
 //! bolero runs each for a fraction of a second under `cargo test`;
 //! `scripts/fuzz.sh [SECONDS]` runs them for longer. A failure prints the
@@ -20,8 +21,10 @@ use std::path::Path;
 
 use bolero::generator::TypeGenerator;
 use firstboot_agent::metadata::nocloud::{is_cidata, parse_cmdline, read_label, seed_dir_from};
-use firstboot_agent::metadata::userdata::{parse_meta_data, parse_user_data};
-use firstboot_agent::metadata::{load, merge::merge, MetaData, Metadata, MetadataError};
+use firstboot_agent::metadata::userdata::{parse_meta_data, parse_user_data, parse_vendor_data};
+use firstboot_agent::metadata::{
+    load, merge::merge, MetaData, Metadata, MetadataError, VendorContent, VendorData,
+};
 use firstboot_agent::rootfs::Root;
 use firstboot_agent::system::FakeSystem;
 use mutate::Mutation;
@@ -69,7 +72,14 @@ const VOLUME_HEADS: [&[u8]; 3] = [
 /// Lines that steer the parsers into their branches: headers, MIME
 /// boundaries, every `k3s:` key with good and bad values, Jinja, YAML
 /// aliases that multiply, deep nesting, tabs, tags, documents, BOMs.
-const SNIPPETS: [&str; 56] = [
+const SNIPPETS: [&str; 63] = [
+    "ssh_authorized_keys:",
+    "  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOPtOnFImdUeF5WsjLaNpBgqIUaDrkKM8ROv3r9AJd2 a@b",
+    "  - from=\"10.0.0.0/8\",no-pty ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQ== x",
+    "users: [default, {name: ops, ssh_authorized_keys: [ssh-ed25519 AAAA]}]",
+    "users:\n  - default\n  - name: root",
+    "user: admin",
+    "vendor_data: {enabled: false}",
     "#cloud-config",
     "## template: jinja",
     "#!/bin/sh",
@@ -502,6 +512,93 @@ fn fuzz_load() {
             }
             // A volume is never left mounted on the scratch directory.
             assert!(!Path::new(&root.path("/run/firstboot-agent/cidata")).exists());
+        });
+}
+
+/// vendor-data layered under the user-data Proxmox generates, merged, and
+/// the SSH keys of the result read as the ssh-keys step reads them.
+#[test]
+fn fuzz_vendor_data_under_user_data() {
+    const PROXMOX_USER_DATA: &[u8] = b"#cloud-config\nhostname: n1\nmanage_etc_hosts: true\nfqdn: n1\nchpasswd:\n  expire: False\nusers:\n  - default\npackage_upgrade: true\n";
+    let user = parse_user_data("/seed/user-data", PROXMOX_USER_DATA).unwrap();
+    bolero::check!()
+        .with_type::<(TextInput, u8)>()
+        .with_iterations(mutate::CI_ITERATIONS)
+        .with_test_time(mutate::CI_TIME)
+        .for_each(|(input, which_defaults)| {
+            let bytes = input.build(&USER_DATA);
+            let vendor = match parse_vendor_data("/seed/vendor-data", &bytes) {
+                Ok(v) => v,
+                Err(e) => return check_error(&e, &bytes, Message::Short),
+            };
+            let md = Metadata {
+                source: "fuzz".into(),
+                user_data_path: "/seed/user-data".into(),
+                meta: MetaData {
+                    instance_id: "iid".into(),
+                    local_hostname: None,
+                },
+                user: user.clone(),
+                vendor: Some(VendorData {
+                    path: "/seed/vendor-data".into(),
+                    content: VendorContent::Parsed(Box::new(vendor)),
+                }),
+            };
+            match merge(&defaults(*which_defaults), &md, "/seed/user-data") {
+                Ok(cfg) => {
+                    if let Some(t) = &cfg.token {
+                        let shown = format!("{cfg:?}");
+                        assert!(t.expose().len() < 8 || !shown.contains(t.expose()));
+                    }
+                    if let Err(e) = firstboot_agent::ssh::seed::wanted(&cfg.login) {
+                        check_error(&e, &bytes, Message::Short);
+                    }
+                }
+                Err(e) => {
+                    if e.to_string().starts_with("/seed/vendor-data") {
+                        check_error(&e, &bytes, Message::AnyLength);
+                    }
+                }
+            }
+        });
+}
+
+/// One `ssh_authorized_keys` entry: any text is refused or accepted with a
+/// short message, never a panic.
+#[test]
+fn fuzz_ssh_key_entries() {
+    const KEYS: [&str; 4] = [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOPtOnFImdUeF5WsjLaNpBgqIUaDrkKM8ROv3r9AJd2 admin@laptop",
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ45pw6UbK9ATIK4hGoNep13smYJSnnW1rRNmR8CjGpRGh1d8yvUzjmlthvz++EbzPogbHVlaC1KXP/+GUAphMA= ops",
+        "from=\"10.0.0.0/8\",command=\"echo \\\"x\\\"\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOPtOnFImdUeF5WsjLaNpBgqIUaDrkKM8ROv3r9AJd2",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQ==",
+    ];
+    bolero::check!()
+        .with_type::<(u8, Vec<Mutation>)>()
+        .with_iterations(mutate::CI_ITERATIONS)
+        .with_test_time(mutate::CI_TIME)
+        .for_each(|(seed, mutations)| {
+            let mut bytes = KEYS[usize::from(*seed) % KEYS.len()].as_bytes().to_vec();
+            let anchors = mutate::anchors(&bytes);
+            for m in mutations.iter().take(4) {
+                mutate::apply(&mut bytes, &anchors, m);
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            match firstboot_agent::ssh::keys::parse_key(&text) {
+                Ok(k) => {
+                    assert!(!k.line.contains('\n'), "{k:?}");
+                    let merged = firstboot_agent::ssh::keys::merge_authorized_keys(
+                        "",
+                        std::slice::from_ref(&k),
+                    );
+                    let again = merged.content.unwrap_or_default();
+                    assert_eq!(
+                        firstboot_agent::ssh::keys::merge_authorized_keys(&again, &[k]).content,
+                        None
+                    );
+                }
+                Err(e) => assert!(e.len() < 1024, "{} byte message: {e:.200}", e.len()),
+            }
         });
 }
 

@@ -1,27 +1,38 @@
 //! The qcow2 boot test: build the server profile's qcow2 (a GPT disk
-//! assembled from the Debian 12 mmdebstrap rootfs with a kernel), then boot
-//! it under `qemu-system-x86_64 -accel tcg` twice — SeaBIOS (legacy BIOS)
-//! and OVMF (UEFI) — each time from a copy-on-write overlay, with a NoCloud
-//! `cidata` ISO made by `imgbuild seed` and the stand-in K3s release served
-//! on the host's loopback (the guest reaches it at 10.0.2.2 through qemu's
-//! user networking; nothing leaves the machine).
+//! assembled from the Debian 12 mmdebstrap rootfs with a kernel and
+//! cloud-init), then boot it under `qemu-system-x86_64 -accel tcg` twice —
+//! SeaBIOS (legacy BIOS) and OVMF (UEFI) — each time from a copy-on-write
+//! overlay two GiB larger than the disk, on a tap device in a bridge the test
+//! makes (dnsmasq for DHCP and DNS, the stand-in K3s release on the bridge
+//! address; nothing leaves the machine), with a `cidata` ISO shaped exactly
+//! like Proxmox's cloud-init drive (proxmox/qemu-server
+//! `src/PVE/QemuServer/Cloudinit.pm`): user-data as `cloudinit_userdata`
+//! writes it for `--ciuser k3sadmin --sshkeys …` (`--ciupgrade 0`),
+//! network-config version 1 as `nocloud_network` writes it — a static
+//! address matched by MAC for SeaBIOS (`--ipconfig0 ip=…/24,gw=…`), `dhcp4`
+//! for OVMF — meta-data `instance-id: <sha1 of user-data and
+//! network-config>`, and vendor-data (`cicustom vendor=…`) carrying `k3s:`.
 //!
 //! For each firmware: wait for firstboot-agent's final line on the serial
-//! console, power the VM off through ACPI, then read the overlay's root
+//! console; from the host, log in over SSH with the key and check the address
+//! on the NIC, the host name and that the root filesystem fills the larger
+//! disk; power the VM off through ACPI, then read the overlay's root
 //! filesystem offline with debugfs and check what the agent did: result,
-//! done marker, host name from the seed, and the stand-in K3s's effective
-//! configuration (role, the seed's token). Boot-to-agent-done is printed.
+//! done marker, and the stand-in K3s's effective configuration (role, the
+//! vendor-data's token). Boot-to-agent-done is printed.
 //!
 //! KVM is never used (`-accel tcg`): it hangs on the machines this runs on.
-//! Needs root (the disk assembly keeps file owners), qemu-system-x86,
-//! qemu-utils, ovmf, e2fsprogs, the static agent and the static stand-in.
+//! Needs root (the disk assembly keeps file owners; the bridge and tap),
+//! qemu-system-x86, qemu-utils, ovmf, e2fsprogs, dnsmasq, openssh-client,
+//! the static agent and the static stand-in.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod e2e;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,6 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::*;
+use e2e::{poll, run_ok, Lab};
 
 const K3S_VERSION: &str = "v1.34.3+k3s1";
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -41,19 +53,6 @@ const FINISHED: &str = "firstboot-agent: finished";
 
 fn sha256_file(p: &Path) -> String {
     sha256_hex(&fs::read(p).unwrap())
-}
-
-/// Children killed on drop, so a failed assertion leaves no VM or mirror.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,7 +76,34 @@ struct Vm {
     serial: PathBuf,
 }
 
-fn start_vm(fw: Firmware, disk: &Path, seed: &Path, dir: &Path) -> Vm {
+/// A failed assertion must not leave qemu running (a powered-off VM has
+/// exited already; killing it again is harmless).
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tap device in the lab's bridge for one VM; deleted on drop.
+struct Tap(String);
+
+impl Tap {
+    fn new(name: String, bridge: &str) -> Tap {
+        run_ok(Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]));
+        let tap = Tap(name);
+        run_ok(Command::new("ip").args(["link", "set", &tap.0, "master", bridge, "up"]));
+        tap
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+    }
+}
+
+fn start_vm(fw: Firmware, disk: &Path, seed: &Path, tap: &Tap, mac: &str, dir: &Path) -> Vm {
     let serial = dir.join(format!("serial-{}.log", fw.name()));
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-m", "2048", "-smp", "2", "-no-reboot"])
@@ -91,12 +117,13 @@ fn start_vm(fw: Firmware, disk: &Path, seed: &Path, dir: &Path) -> Vm {
             "file={},if=virtio,format=raw,readonly=on",
             seed.display()
         ))
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ]);
+        .arg("-netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={},script=no,downscript=no",
+            tap.0
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,mac={mac}"));
     if let Firmware::Ovmf = fw {
         let vars = dir.join("OVMF_VARS.fd");
         fs::copy(OVMF_VARS, &vars).unwrap();
@@ -190,6 +217,79 @@ impl Drop for Offline {
     }
 }
 
+/// SeaBIOS boots with a static address, OVMF with DHCP.
+fn fw_is_static(fw: Firmware) -> bool {
+    matches!(fw, Firmware::SeaBios)
+}
+
+/// The `cidata` ISO Proxmox writes for `qm set --ciuser k3sadmin --sshkeys
+/// KEY --ciupgrade 0 --ipconfig0 ip=IP/24,gw=HOST (or ip=dhcp) --nameserver
+/// HOST --searchdomain lab.internal --cicustom vendor=…`, byte for byte as
+/// `cloudinit_userdata`, `nocloud_network` and `nocloud_gen_metadata` make
+/// the files (Cloudinit.pm), written with `imgbuild seed`.
+#[allow(clippy::too_many_arguments)]
+fn proxmox_seed(
+    dir: &Path,
+    fw: Firmware,
+    hostname: &str,
+    public_key: &str,
+    mac: &str,
+    static_ip: Option<&str>,
+    host_ip: &str,
+    vendor_data: &Path,
+) -> PathBuf {
+    let user_data = format!(
+        "#cloud-config\nhostname: {hostname}\nmanage_etc_hosts: true\nfqdn: {hostname}\n\
+         user: k3sadmin\nssh_authorized_keys:\n  - {}\nchpasswd:\n  expire: False\n\
+         users:\n  - default\n",
+        public_key.trim()
+    );
+    let subnet = match static_ip {
+        Some(ip) => format!(
+            "      - type: static\n        address: '{ip}'\n        netmask: '255.255.255.0'\n\
+             \x20       gateway: '{host_ip}'\n"
+        ),
+        None => "      - type: dhcp4\n".to_owned(),
+    };
+    let network = format!(
+        "version: 1\nconfig:\n    - type: physical\n      name: eth0\n      mac_address: '{mac}'\n\
+         \x20     subnets:\n{subnet}    - type: nameserver\n      address:\n      - '{host_ip}'\n\
+         \x20     search:\n      - 'lab.internal'\n"
+    );
+    // nocloud_gen_metadata: sha1 of user-data and network-config.
+    let ud = dir.join(format!("user-data-{}", fw.name()));
+    let nc = dir.join(format!("network-config-{}", fw.name()));
+    fs::write(&ud, &user_data).unwrap();
+    fs::write(&nc, &network).unwrap();
+    let both = dir.join(format!("ud-nc-{}", fw.name()));
+    fs::write(&both, format!("{user_data}{network}")).unwrap();
+    let sha1 = run_ok(Command::new("sha1sum").arg(&both));
+    let md = dir.join(format!("meta-data-{}", fw.name()));
+    fs::write(
+        &md,
+        format!("instance-id: {}\n", sha1.split_whitespace().next().unwrap()),
+    )
+    .unwrap();
+    let seed = dir.join(format!("seed-{}.iso", fw.name()));
+    let o = imgbuild(
+        &[
+            "seed",
+            seed.to_str().unwrap(),
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--meta-data",
+            md.to_str().unwrap(),
+            "--network-config",
+            nc.to_str().unwrap(),
+            "--vendor-data",
+            vendor_data.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "imgbuild seed: {}", text(&o));
+    seed
+}
+
 #[test]
 fn server_qcow2_boots_under_seabios_and_ovmf() {
     require_root("the qcow2 boot test assembles a disk from a rootfs (file owners)");
@@ -197,6 +297,9 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     require_tool("qemu-img", "qemu-utils");
     require_tool("debugfs", "e2fsprogs");
     require_tool("mmdebstrap", "mmdebstrap");
+    require_tool("ssh", "openssh-client");
+    require_tool("ssh-keygen", "openssh-client");
+    require_tool("dnsmasq", "dnsmasq-base");
     for f in [OVMF_CODE, OVMF_VARS] {
         assert!(
             Path::new(f).is_file(),
@@ -206,8 +309,14 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     let standin = standin_binary();
     let agent = agent_binary();
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    let mut procs = Procs::default();
+    // IMGBUILD_E2E_KEEP=1 keeps the disks, seeds and serial logs for a look.
+    let dir = &if std::env::var_os("IMGBUILD_E2E_KEEP").is_some() {
+        let kept = work.keep();
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        work.path().to_owned()
+    };
 
     // 1. Build the qcow2.
     let out = dir.join("out");
@@ -266,70 +375,63 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     let root_offset = manifest["disk"]["root-offset"].as_u64().unwrap();
     let disk_sha = sha256_file(&disk);
 
-    // 2. The stand-in release mirror on loopback, and the seed.
-    let mirror_dir = dir.join("mirror");
-    let mut mirror = Command::new(&standin)
-        .arg("serve-mirror")
-        .arg("--dir")
-        .arg(&mirror_dir)
-        .args(["--listen", "127.0.0.1:0", "--version", K3S_VERSION])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(fs::File::create(dir.join("mirror.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(mirror.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    procs.0.push(mirror);
-    let port = line
-        .trim()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("serve-mirror printed {line:?}"));
-    // qemu's user network: the host's loopback is 10.0.2.2 in the guest.
-    let guest_mirror = format!("http://10.0.2.2:{port}");
-
+    // 2. The lab: bridge, dnsmasq, the stand-in release on the bridge.
+    let mut lab = Lab::new();
+    lab.create_bridge();
+    lab.start_mirror(&standin);
+    lab.start_dhcp();
+    let key = dir.join("id_ed25519");
+    run_checked(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "qcow2-e2e", "-f"])
+            .arg(&key),
+    );
+    let public_key = fs::read_to_string(key.with_extension("pub")).unwrap();
     let token = format!("qcow2-e2e-{}", std::process::id());
     let hostname = "k3s-qcow2-e2e";
-    let user_data = dir.join("user-data");
+    // vendor-data (`cicustom vendor=local:snippets/k3s.yaml`) carries the
+    // K3s settings; Proxmox keeps generating user-data.
+    let vendor_data = dir.join("vendor-data");
     fs::write(
-        &user_data,
+        &vendor_data,
         format!(
-            "#cloud-config\nhostname: {hostname}\nk3s:\n  role: server\n  token: {token}\n  mirror: {guest_mirror}\n"
+            "#cloud-config\nk3s:\n  role: server\n  token: {token}\n  mirror: {}\n",
+            lab.mirror_url
         ),
     )
     .unwrap();
-    let seed = dir.join("seed.iso");
-    let o = imgbuild(
-        &[
-            "seed",
-            seed.to_str().unwrap(),
-            "--user-data",
-            user_data.to_str().unwrap(),
-            "--instance-id",
-            "iid-qcow2-e2e",
-            "--hostname",
-            hostname,
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "imgbuild seed: {}", text(&o));
 
     // 3. Boot each firmware from its own overlay.
+    // 3. Boot each firmware from its own overlay.
     let mut timings = Vec::new();
-    for fw in [Firmware::SeaBios, Firmware::Ovmf] {
+    for (n, fw) in [Firmware::SeaBios, Firmware::Ovmf].into_iter().enumerate() {
+        let mac = format!("52:54:00:12:34:{:02x}", 0x10 + n);
+        let static_ip = (fw_is_static(fw)).then(|| format!("{}.{}", lab.net, 20 + n));
+        let seed = proxmox_seed(
+            dir,
+            fw,
+            hostname,
+            &public_key,
+            &mac,
+            static_ip.as_deref(),
+            &lab.host_ip(),
+            &vendor_data,
+        );
         let overlay = dir.join(format!("overlay-{}.qcow2", fw.name()));
+        // Two GiB more than the disk, as `qm resize` would make it.
         run_checked(
             Command::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
                 .arg(&disk)
-                .arg(&overlay),
+                .arg(&overlay)
+                .arg(format!("{}", (4u64 << 30) + (2u64 << 30))),
+        );
+        let tap = Tap::new(
+            format!("ibtap{}{n}", std::process::id() % 1_000_000),
+            &lab.bridge,
         );
         let started = Instant::now();
-        let mut vm = start_vm(fw, &overlay, &seed, dir);
+        let mut vm = start_vm(fw, &overlay, &seed, &tap, &mac, dir);
         let done_line = loop {
             let s = serial_text(&vm);
             if let Some(l) = s.lines().find(|l| l.contains(FINISHED)) {
@@ -359,6 +461,88 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         };
         let wall = started.elapsed().as_secs_f64();
         eprintln!("{}: {done_line}", fw.name());
+
+        // Logged in with the seed's key, over the bridge: the address
+        // network-config gave (or dnsmasq's lease), cloud-init's host name,
+        // and the root grown to the larger disk.
+        let ip = match &static_ip {
+            Some(ip) => ip.clone(),
+            None => lab
+                .leases()
+                .into_iter()
+                .find(|(m, _, _)| *m == mac)
+                .map(|(_, ip, _)| ip)
+                .unwrap_or_else(|| {
+                    panic!("{}: no DHCP lease for {mac}: {:?}", fw.name(), lab.leases())
+                }),
+        };
+        let login = poll(
+            &format!(
+                "{}: SSH log-in as k3sadmin@{ip} with the seed's key",
+                fw.name()
+            ),
+            Duration::from_secs(120),
+            Duration::from_secs(2),
+            || {
+                let o = run(Command::new("ssh")
+                    .arg("-i")
+                    .arg(&key)
+                    .args([
+                        "-o", "BatchMode=yes",
+                        "-o", "StrictHostKeyChecking=no",
+                        "-o", "UserKnownHostsFile=/dev/null",
+                        "-o", "ConnectTimeout=5",
+                        "-o", "LogLevel=ERROR",
+                    ])
+                    .arg(format!("k3sadmin@{ip}"))
+                    .arg("hostname; ip -4 -o addr show dev eth0; findmnt -bno SIZE /; cat /sys/class/net/eth0/address"));
+                o.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+            },
+        );
+        let mut lines = login.lines();
+        assert_eq!(lines.next(), Some(hostname), "{}: {login}", fw.name());
+        assert!(
+            lines
+                .next()
+                .is_some_and(|l| l.contains(&format!("inet {ip}/24"))),
+            "{}: eth0 does not have {ip}/24: {login}",
+            fw.name()
+        );
+        let root_size: u64 = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: {login}", fw.name()));
+        assert!(
+            root_size > (5u64 << 30) + (512u64 << 20),
+            "{}: the root ({root_size} bytes) was not grown to the 6 GiB disk",
+            fw.name()
+        );
+        assert_eq!(lines.next(), Some(mac.as_str()), "{}: {login}", fw.name());
+        // Password log-in is not offered.
+        let o = run(Command::new("ssh")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password,keyboard-interactive",
+                "-o",
+                "ConnectTimeout=5",
+            ])
+            .arg(format!("k3sadmin@{ip}"))
+            .arg("true"));
+        assert!(
+            !o.status.success(),
+            "{}: logged in without the key",
+            fw.name()
+        );
 
         // A clean ACPI power-off, so the journal is flushed to the disk.
         vm.monitor.write_all(b"system_powerdown\n").unwrap();
@@ -409,6 +593,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             "{}: host name not taken from the seed",
             fw.name()
         );
+        drop(tap);
         // DNS from DHCP: systemd-resolved ran and owns /etc/resolv.conf.
         assert!(
             serial
@@ -431,6 +616,16 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             fw.name(),
             text(&o)
         );
+        assert!(
+            !serial.contains("Failed to start"),
+            "{}: a unit failed:\n{}",
+            fw.name(),
+            serial
+                .lines()
+                .filter(|l| l.contains("Failed to start"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         let eff = guest.json("/var/lib/rancher/k3s/standin/effective-config.json");
         assert_eq!(eff["role"], "server", "{}: {eff:#}", fw.name());
         assert_eq!(eff["status"], "running", "{}: {eff:#}", fw.name());
@@ -438,7 +633,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         assert_eq!(
             eff["token"]["sha256"],
             token_sha.as_str(),
-            "{}: K3s did not start with the seed's token: {eff:#}",
+            "{}: K3s did not start with the vendor-data's token: {eff:#}",
             fw.name()
         );
         let installed = guest

@@ -391,9 +391,14 @@ pub const CLOUD_CFG_PATH: &str = "etc/cloud/cloud.cfg.d/90-imgbuild.cfg";
 ///   (Debian's cloud-init would otherwise prefer ifupdown's ENI files, which
 ///   nothing on this disk reads). Its files sort before imgbuild's
 ///   `80-imgbuild-dhcp.network`, so a NIC cloud-init configures (a static
-///   address by MAC) is not also put on DHCP; a NIC it leaves alone still is.
+///   address by MAC) is not also put on DHCP; a NIC it leaves alone still is;
+/// - set a locale the disk has: Debian's cloud.cfg asks for en_US.UTF-8,
+///   which only the `locales` package can generate, and cc_locale fails
+///   (and with it cloud-config.service) without it. C.UTF-8 is built into
+///   glibc; user-data's `locale:` still wins.
 const CLOUD_CFG: &str = "# Written by imgbuild when the disk was assembled.
 datasource_list: [NoCloud, ConfigDrive, None]
+locale: C.UTF-8
 system_info:
   network:
     renderers: [networkd]

@@ -16,7 +16,7 @@ use firstboot_agent::rootfs::Root;
 use firstboot_agent::run::{run, RunOptions};
 use firstboot_agent::ssh::{SSHD_DROPIN, SSHD_DROPIN_TEXT, SSHD_TMPFILES};
 use firstboot_agent::state::{RunResult, State, StepStatus};
-use firstboot_agent::system::FakeSystem;
+use firstboot_agent::system::{CommandOutput, FakeSystem};
 
 /// Debian 12's sshd_config, the parts that matter.
 const DEBIAN_SSHD_CONFIG: &str = "Include /etc/ssh/sshd_config.d/*.conf\n#PermitRootLogin prohibit-password\n#PasswordAuthentication yes\nKbdInteractiveAuthentication no\nUsePAM yes\n";
@@ -67,7 +67,9 @@ fn keys_are_installed_with_modes_and_owners_and_passwords_are_turned_off() {
     let r = dir.path();
     login_node(r);
     seed(r, "i1", &proxmox_user_data(OPS));
-    let sys = fake_for(r);
+    let mut sys = fake_for(r);
+    sys.systemctl_answers
+        .insert("is-active ssh.socket".into(), inactive());
     let res = run(&Root::new(r), &sys, &RunOptions::default()).unwrap();
     assert!(res.finished, "{res:?}");
 
@@ -108,9 +110,10 @@ fn keys_are_installed_with_modes_and_owners_and_passwords_are_turned_off() {
     // The running sshd reloads, without waiting on it.
     let calls = sys.systemctl_calls();
     assert_eq!(
-        &calls[..2],
+        &calls[..3],
         [
             "is-active ssh.service",
+            "is-active ssh.socket",
             "reload-or-restart --no-block ssh.service"
         ],
         "{calls:?}"
@@ -129,6 +132,62 @@ fn keys_are_installed_with_modes_and_owners_and_passwords_are_turned_off() {
     // Right after the host name, before anything that can fail on the network.
     let names: Vec<&str> = res.steps.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(&names[..3], ["metadata", "hostname", "ssh-keys"]);
+}
+
+fn inactive() -> CommandOutput {
+    CommandOutput {
+        success: false,
+        stdout: "inactive\n".into(),
+        stderr: String::new(),
+    }
+}
+
+/// A container pct made from a Debian 12 template runs sshd socket-activated
+/// (systemd's first-boot preset enables ssh.socket): sshd cannot reload
+/// there — it re-executes and binds its port, which systemd holds — so it
+/// is restarted. Where sshd is not running, nothing is asked of it.
+#[test]
+fn a_socket_activated_sshd_is_restarted_and_a_stopped_one_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    login_node(r);
+    seed(r, "i1", &proxmox_user_data(""));
+    let sys = fake_for(r); // every unit answers "active", ssh.socket too
+    let res = run(&Root::new(r), &sys, &RunOptions::default()).unwrap();
+    assert_eq!(
+        &sys.systemctl_calls()[..3],
+        [
+            "is-active ssh.service",
+            "is-active ssh.socket",
+            "restart --no-block ssh.service"
+        ]
+    );
+    assert!(step(&res, "ssh-keys")
+        .message
+        .ends_with("; ssh.service restarted (its socket is systemd's, so it cannot reload)"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    login_node(r);
+    seed(r, "i1", &proxmox_user_data(""));
+    let mut sys = fake_for(r);
+    for unit in ["ssh.service", "sshd.service"] {
+        sys.systemctl_answers
+            .insert(format!("is-active {unit}"), inactive());
+    }
+    let res = run(&Root::new(r), &sys, &RunOptions::default()).unwrap();
+    let ssh_calls: Vec<String> = sys
+        .systemctl_calls()
+        .into_iter()
+        .filter(|c| c.contains("ssh"))
+        .collect();
+    assert_eq!(
+        ssh_calls,
+        ["is-active ssh.service", "is-active sshd.service"]
+    );
+    assert!(step(&res, "ssh-keys")
+        .message
+        .ends_with("; sshd is not running, it reads the drop-in when it starts"));
 }
 
 #[test]

@@ -19,7 +19,8 @@
 //!   sshd drop-in (Debian's and Ubuntu's sshd_config start with
 //!   `Include /etc/ssh/sshd_config.d/*.conf`, and sshd keeps the first
 //!   value it reads), makes sure sshd's runtime directory exists at every
-//!   boot (tmpfiles.d) and now, and reloads a running sshd.
+//!   boot (tmpfiles.d) and now, and reloads (or, socket-activated,
+//!   restarts) a running sshd.
 //!
 //! Host keys are never made here: pct and the image's first-boot keygen
 //! unit make per-node ones. Every file is reached through `--root`; the
@@ -566,41 +567,60 @@ fn configure_sshd(root: &Root, system: &dyn System, findings: &mut Vec<Finding>)
     Ok(said)
 }
 
-/// Reload the running sshd so the drop-in applies now; one that is not
-/// running reads it when it starts. `--no-block`: a unit ordered after
-/// this one must not wait for it.
+/// Make a running sshd read the drop-in now; one not running reads it when
+/// it starts. sshd reloads by re-executing itself on SIGHUP and binding its
+/// port again, which fails — and sshd exits — when systemd holds the port
+/// for `ssh.socket` and passed it in (Debian's socket activation; systemd's
+/// first-boot preset enables ssh.socket in a container pct creates). So
+/// with its socket active, sshd is restarted instead (sessions survive:
+/// `KillMode=process`, and systemd keeps the socket open). `--no-block`:
+/// a unit ordered after this one must not wait for it.
 fn reload_sshd(system: &dyn System, findings: &mut Vec<Finding>) -> String {
+    let state = |unit: &str| -> Result<String, String> {
+        system
+            .systemctl(&["is-active", unit])
+            .map(|out| out.stdout.trim().to_owned())
+            .map_err(|e| format!("could not ask systemd about {unit}: {e}"))
+    };
+    let by_hand = "restart sshd by hand (`systemctl restart ssh`) so the drop-in applies; until then it accepts passwords";
     for unit in SSHD_UNITS {
-        let state = match system.systemctl(&["is-active", unit]) {
-            Ok(out) => out.stdout.trim().to_owned(),
+        let running = match state(unit) {
+            Ok(s) => matches!(s.as_str(), "active" | "activating" | "reloading"),
             Err(e) => {
-                findings.push(warn(
-                    format!("could not ask systemd about {unit}: {e}"),
-                    "reload sshd by hand (`systemctl reload ssh`) so the drop-in applies",
-                ));
+                findings.push(warn(e, by_hand));
                 return String::new();
             }
         };
-        if !matches!(state.as_str(), "active" | "activating" | "reloading") {
+        if !running {
             continue;
         }
-        return match system.systemctl(&["reload-or-restart", "--no-block", unit]) {
-            Ok(out) if out.success => format!("; {unit} reloaded"),
+        let socket = unit.replace(".service", ".socket");
+        let verb = match state(&socket) {
+            Ok(s) if s == "active" => "restart",
+            Ok(_) => "reload-or-restart",
+            Err(e) => {
+                findings.push(warn(e, by_hand));
+                return String::new();
+            }
+        };
+        return match system.systemctl(&[verb, "--no-block", unit]) {
+            Ok(out) if out.success => format!(
+                "; {unit} {}",
+                if verb == "restart" {
+                    "restarted (its socket is systemd's, so it cannot reload)"
+                } else {
+                    "reloaded"
+                }
+            ),
             Ok(out) => {
                 findings.push(warn(
-                    format!(
-                        "`systemctl reload-or-restart {unit}` failed: {}",
-                        out.stderr.trim()
-                    ),
-                    "reload sshd by hand (`systemctl reload ssh`); until then it accepts passwords",
+                    format!("`systemctl {verb} {unit}` failed: {}", out.stderr.trim()),
+                    by_hand,
                 ));
                 String::new()
             }
             Err(e) => {
-                findings.push(warn(
-                    format!("reloading {unit}: {e}"),
-                    "reload sshd by hand (`systemctl reload ssh`); until then it accepts passwords",
-                ));
+                findings.push(warn(format!("`systemctl {verb} {unit}`: {e}"), by_hand));
                 String::new()
             }
         };

@@ -16,7 +16,9 @@
 //! down and must fail its network preflight with a clear message after
 //! retrying within its bound; it succeeds on its own once the server is up.
 //! Restarting (with pct's pre-start set-up again) neither reinstalls K3s nor
-//! loses `/dev/kmsg`, and the renamed worker keeps its K3s node name.
+//! loses `/dev/kmsg`, and the renamed worker keeps its K3s node name. The
+//! server's seed carries an SSH key: the host logs in with it, and sshd
+//! refuses passwords, before and after the restart.
 //!
 //! Needs root, `lxc`, `mmdebstrap`, `iproute2`, `zstd`, `dnsmasq`, the static
 //! agent and the static stand-in (see `tests/k3s-standin/README.md`,
@@ -138,8 +140,9 @@ fn assert_template_holds_no_token(template: &Path, token: &str) {
     );
 }
 
-/// The NoCloud seed of a node; `hostname: None` leaves the name to Proxmox.
-fn seed(node: &Node, instance_id: &str, hostname: Option<&str>, k3s: &str) {
+/// The NoCloud seed of a node; `hostname: None` leaves the name to Proxmox;
+/// `top` is more top-level user-data (e.g. `ssh_authorized_keys:`).
+fn seed(node: &Node, instance_id: &str, hostname: Option<&str>, top: &str, k3s: &str) {
     node.push(
         "/var/lib/cloud/seed/nocloud/meta-data",
         &format!("instance-id: {instance_id}\n"),
@@ -150,8 +153,104 @@ fn seed(node: &Node, instance_id: &str, hostname: Option<&str>, k3s: &str) {
         .unwrap_or_default();
     node.push(
         "/var/lib/cloud/seed/nocloud/user-data",
-        &format!("#cloud-config\n{name}k3s:\n{k3s}"),
+        &format!("#cloud-config\n{name}{top}k3s:\n{k3s}"),
         0o600,
+    );
+}
+
+/// `ssh OPTIONS root@<node> true` from the host, never prompting and never
+/// reading the host's own ssh configuration or keys.
+fn ssh(node: &Node, options: &[&str]) -> std::process::Output {
+    run(Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(options)
+        .arg(format!("root@{}", node.ip))
+        .arg("true"))
+}
+
+/// The log-in methods the node's sshd offers to a client without a key
+/// (ssh -v prints the server's list), which must fail to log in.
+fn offered_methods(node: &Node) -> Option<String> {
+    let o = ssh(
+        node,
+        &[
+            "-v",
+            "-o",
+            "PreferredAuthentications=password,keyboard-interactive",
+            "-o",
+            "PubkeyAuthentication=no",
+        ],
+    );
+    assert!(
+        !o.status.success(),
+        "[{}] a log-in without a key worked",
+        node.name
+    );
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let offered = err
+        .lines()
+        .find_map(|l| l.split("Authentications that can continue: ").nth(1))?;
+    Some(offered.trim().to_owned())
+}
+
+/// The key from the node's seed logs in as root; a password log-in is not
+/// offered: the server lists only `publickey` (ssh -v shows the list), and
+/// `sshd -T` inside says so. The reload after the drop-in is queued
+/// (`--no-block`), so both are polled for a little while.
+fn assert_ssh_login(node: &Node, key: &Path) {
+    let key = key.to_str().unwrap();
+    poll(
+        &format!("ssh -i {key} root@{} to succeed", node.ip),
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let o = ssh(node, &["-i", key, "-o", "IdentitiesOnly=yes"]);
+            o.status.success().then_some(())
+        },
+    );
+    let methods = poll(
+        &format!("sshd in {} to refuse passwords", node.name),
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || offered_methods(node).filter(|m| m == "publickey"),
+    );
+    eprintln!(
+        "[{}] ssh: key log-in works; the server offers only {methods}",
+        node.name
+    );
+    let t = node.attach_ok(&["sshd", "-T"]);
+    for want in [
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        "permitrootlogin without-password",
+    ] {
+        assert!(
+            t.lines().any(|l| l == want),
+            "[{}] sshd -T lacks {want:?}:\n{t}",
+            node.name
+        );
+    }
+    let ak = "/root/.ssh/authorized_keys";
+    assert_eq!(mode(node, "/root/.ssh"), 0o700, "[{}]", node.name);
+    assert_eq!(mode(node, ak), 0o600, "[{}]", node.name);
+    assert_eq!(
+        std::fs::metadata(node.path(ak)).unwrap().uid(),
+        node.root_uid,
+        "[{}] {ak} is not the container root's",
+        node.name
     );
 }
 
@@ -312,6 +411,7 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     require_tool("ip", "iproute2");
     require_tool("zstd", "zstd");
     require_tool("ssh-keygen", "openssh-client");
+    require_tool("ssh", "openssh-client");
     let agent = agent_binary();
     assert!(
         agent.is_file(),
@@ -409,16 +509,29 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     );
 
     // 5. NoCloud seeds, placed as the README says (`pct mount` + `install`).
+    // The server's carries an SSH key, as Proxmox's user-data does.
+    let login_key = lab.dir.join("id_e2e");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e-login", "-f"])
+            .arg(&login_key),
+    );
+    let login_pub = std::fs::read_to_string(login_key.with_extension("pub")).unwrap();
     seed(
         &server,
         &format!("iid-e2e-server-{pid}"),
         None,
+        &format!(
+            "ssh_authorized_keys:\n  - {}\nusers:\n  - default\n",
+            login_pub.trim()
+        ),
         &format!("  role: server\n  token: {token}\n  mirror: {mirror}\n"),
     );
     seed(
         &ha,
         &format!("iid-e2e-ha-{pid}"),
         None,
+        "",
         &format!("  token: {token}\n  mirror: {mirror}\n"),
     );
     // A short network budget so the failure is seen quickly.
@@ -427,6 +540,7 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
         &worker,
         &format!("iid-e2e-worker-{pid}"),
         Some("k3s-e2e-worker"),
+        "",
         &format!(
             "  role: agent\n  server: {server_url}\n  token: {token}\n  mirror: {mirror}\n  network-timeout-secs: {net_timeout}\n"
         ),
@@ -435,6 +549,7 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
         &worker2,
         &format!("iid-e2e-worker2-{pid}"),
         None,
+        "",
         &format!("  role: agent\n  server: {server_url}\n  token: {token}\n  mirror: {mirror}\n"),
     );
 
@@ -750,6 +865,28 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
             .contains(&token));
     }
 
+    // The server's seed gave a key: it logs in, passwords do not; the other
+    // nodes' seeds gave none, so their sshd is left as it was.
+    assert_eq!(step(&sres, "ssh-keys")["status"], "done", "{sres:#}");
+    assert_ssh_login(&server, &login_key);
+    for n in [&ha, &worker, &worker2] {
+        assert!(
+            !n.path("/etc/ssh/sshd_config.d/60-firstboot-agent.conf")
+                .exists(),
+            "[{}] an sshd drop-in without keys",
+            n.name
+        );
+    }
+    // The control: Debian's sshd as it comes offers passwords.
+    let ha_methods = offered_methods(&ha);
+    assert!(
+        ha_methods
+            .as_deref()
+            .is_some_and(|m| m.split(',').any(|x| x == "password")),
+        "[{}] offers {ha_methods:?}; the password check above proves nothing",
+        ha.name
+    );
+
     // config.yaml holds the profile's and the seed's settings.
     let scfg = yaml_file(&server, "/etc/rancher/k3s/config.yaml");
     assert_eq!(
@@ -917,6 +1054,8 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
         "the worker's machine-id changed"
     );
     assert_eq!(worker.attach_out(&["hostname"]), "ct-worker");
+    // sshd starts with the drop-in (and /run/sshd) on its own after a restart.
+    assert_ssh_login(&server, &login_key);
     let weff2 = worker.read_json(rec).unwrap();
     assert_eq!(weff2["join"]["ok"], true, "{weff2:#}");
     assert_eq!(weff2["node_name"], "k3s-e2e-worker", "{weff2:#}");

@@ -58,6 +58,14 @@ fn make_base_without(dir: &Path, leave_out: &[&str]) -> PathBuf {
     )
     .unwrap();
     std::fs::write(root.join("var/log/dpkg.log"), "log").unwrap();
+    // A seed someone left in the base: it must not reach every node.
+    std::fs::create_dir_all(root.join("var/lib/cloud/seed/nocloud")).unwrap();
+    std::fs::write(
+        root.join("var/lib/cloud/seed/nocloud/user-data"),
+        "#cloud-config\nk3s: {token: leaked}\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("var/lib/cloud/seed/nocloud/vendor-data"), "").unwrap();
     for p in leave_out {
         std::fs::remove_file(root.join(p)).unwrap();
     }
@@ -190,6 +198,13 @@ fn small_base_builds_and_strips_machine_state() {
         !members.iter().any(|m| m.ends_with("dpkg.log")),
         "{members:?}"
     );
+    assert!(
+        !members
+            .iter()
+            .any(|m| m.starts_with("./var/lib/cloud/seed/nocloud/") && !m.ends_with('/')),
+        "{members:?}"
+    );
+    assert!(members.contains(&"./var/lib/cloud/seed/nocloud/".to_string()));
     let root = dir.path().join("x");
     pct_extract(&t, &root);
     assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap(), b"");

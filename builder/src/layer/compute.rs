@@ -25,9 +25,12 @@ pub const AGENT_DOC_PATH: &str = "/usr/share/doc/imgbuild/agent.md";
 pub const BUILD_INFO_PATH: &str = "/etc/imgbuild-release";
 
 /// Per-machine state a base may carry that must not be cloned onto every
-/// node: host keys, cloud-init instance data, K3s node identity, logs, seeds.
+/// node: host keys, cloud-init instance data, K3s node identity, logs, seeds
+/// (a seed left in the base would give every node its metadata — and maybe
+/// its token).
 pub const PER_MACHINE_STATE: &[&str] = &[
     "/etc/ssh/ssh_host_*",
+    "/var/lib/cloud/seed/*/*",
     "/var/lib/cloud/instance",
     "/var/lib/cloud/instances/*",
     "/var/lib/cloud/data/*",

@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::emit::{self, HostConfigVariant, Manifest};
 use crate::layer::{compute_layer, Content, HostBlob, Layer, LayerInputs, Op};
+use crate::output;
 use crate::plan::{self, OutputKind, Overrides, Plan};
 use crate::source::{self, Cache, FetchOptions, Fetched};
-use crate::target;
 
 /// How to run a build, from the command line.
 #[derive(Debug, Clone)]
@@ -68,7 +68,7 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
     if plan.outputs.contains(&OutputKind::Qcow2) {
         if let Some(spec) = plan.recipe.source(OutputKind::Qcow2) {
             // Only the kind of base matters here; the path is not read.
-            target::disk::preflight(disk_base(spec, Path::new("")))?;
+            output::disk::preflight(disk_base(spec, Path::new("")))?;
         }
     }
     sweep_leftovers(opts);
@@ -101,13 +101,13 @@ pub fn resolve_plan(profile: &Path, overrides: &Overrides) -> Result<Plan> {
 
 /// Remove what killed builds left: the cache's `tmp/` entries and the
 /// output directory's temp files whose owner (the pid in the name) is gone,
-/// or that are a day old without one ([`target::leftovers`]). Each removal
+/// or that are a day old without one ([`output::leftovers`]). Each removal
 /// is logged; a directory that cannot be swept is a warning, not a failure.
 pub fn sweep_leftovers(opts: &BuildOptions) {
     if let Err(e) = opts.cache.sweep_temps() {
         tracing::warn!("{}", source::Chain(&e));
     }
-    if let Err(e) = target::leftovers::sweep_output_dir(&opts.out_dir) {
+    if let Err(e) = output::leftovers::sweep_output_dir(&opts.out_dir) {
         tracing::warn!(
             "cannot clean up {} after interrupted builds: {e}",
             opts.out_dir.display()
@@ -319,7 +319,7 @@ fn build_lxc(
 
     let name = plan.template_name();
     let out_path = opts.out_dir.join(&name);
-    let lxc_opts = target::LxcOptions {
+    let lxc_opts = output::LxcOptions {
         zstd_level: plan.profile.lxc.zstd_level,
         threads: opts.threads,
     };
@@ -336,7 +336,7 @@ fn build_lxc(
         b
     });
     let written = timings.time("write-template", || {
-        target::write_template_with_progress(
+        output::write_template_with_progress(
             &base.path,
             &layer,
             &out_path,
@@ -353,7 +353,7 @@ fn build_lxc(
     // The sidecar files come after the artifact; if one fails, the artifact
     // goes too, so nothing that looks finished is left without its manifest
     // (not even after a second Ctrl-C, which exits at once).
-    let _until_described = target::leftovers::register(&out_path);
+    let _until_described = output::leftovers::register(&out_path);
     let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, &contract, timings);
     match result {
         Ok(b) => Ok(b),
@@ -366,7 +366,7 @@ fn build_lxc(
 
 /// Reads the base once, read-only, and checks the template it makes with
 /// `layer` against what Proxmox needs for the recipe's distro
-/// ([`target::contract`]). Missing items fail the build with one error
+/// ([`output::contract`]). Missing items fail the build with one error
 /// naming all of them; accepted ones (`lxc.require-network-stack: false`)
 /// are logged as warnings.
 fn check_template_contract(
@@ -375,21 +375,21 @@ fn check_template_contract(
     base: &Fetched,
     layer: &Layer,
     opts: &BuildOptions,
-) -> Result<target::ContractOutcome> {
-    let facts = target::scan_base(&base.path, &opts.cancel)
+) -> Result<output::ContractOutcome> {
+    let facts = output::scan_base(&base.path, &opts.cancel)
         .with_context(|| format!("reading the lxc base {} to check it", base.origin))?;
-    let contract = target::ContractOptions {
+    let contract = output::ContractOptions {
         distro: plan.recipe.distro,
         release: plan.recipe.release.clone(),
         require_network_stack: plan.profile.lxc.require_network_stack,
     };
-    let label = target::BaseLabel {
+    let label = output::BaseLabel {
         recipe: plan.recipe_path.clone(),
         origin: base.origin.clone(),
         bootstrapped: matches!(spec, plan::schema::SourceSpec::Bootstrap(_)),
     };
     let outcome =
-        target::evaluate_contract(&facts, layer, &contract).into_result(&label, &contract)?;
+        output::evaluate_contract(&facts, layer, &contract).into_result(&label, &contract)?;
     for w in &outcome.warnings {
         tracing::warn!(
             "{}: the template has no working network set-up for Proxmox (lxc.require-network-stack: false): {w}",
@@ -404,8 +404,8 @@ fn emit_lxc_sidecars(
     base: &Fetched,
     layer: &Layer,
     out_path: &Path,
-    written: &target::TemplateOutput,
-    contract: &target::ContractOutcome,
+    written: &output::TemplateOutput,
+    contract: &output::ContractOutcome,
     timings: &mut Timings,
 ) -> Result<Built> {
     let name = plan.template_name();
@@ -485,7 +485,7 @@ fn build_qcow2(
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);
-    let disk_opts = target::disk::DiskOptions {
+    let disk_opts = output::disk::DiskOptions {
         size: plan.disk_size(),
         compress: plan.profile.qcow2.compress,
         id_seed: base.sha256.to_string().into_bytes(),
@@ -497,7 +497,7 @@ fn build_qcow2(
         b
     });
     let written = timings.time("write-disk", || {
-        target::disk::write_disk(disk_base, &layer, &out_path, &disk_opts, fetch)
+        output::disk::write_disk(disk_base, &layer, &out_path, &disk_opts, fetch)
             .with_context(|| format!("writing disk {}", out_path.display()))
     });
     if let Some(b) = spinner {
@@ -509,7 +509,7 @@ fn build_qcow2(
     let manifest = qcow2_manifest(plan, &base, &layer, &written, timings)?;
     let manifest_path = emit::manifest_path_for(&out_path);
     let staged = emit::stage_write(&manifest_path, manifest.to_json().as_bytes())?;
-    let _until_described = target::leftovers::register(&out_path);
+    let _until_described = output::leftovers::register(&out_path);
     written.pending.commit()?;
     if let Err(e) = staged.commit() {
         let _ = std::fs::remove_file(&out_path);
@@ -526,13 +526,13 @@ fn build_qcow2(
 }
 
 /// A vendor disk is customized; a rootfs (bootstrap or tarball) is assembled.
-fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> target::disk::DiskBase<'a> {
+fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> output::disk::DiskBase<'a> {
     match spec {
-        plan::schema::SourceSpec::CloudImage(_) => target::disk::DiskBase::CloudImage(path),
+        plan::schema::SourceSpec::CloudImage(_) => output::disk::DiskBase::CloudImage(path),
         plan::schema::SourceSpec::Bootstrap(_)
         | plan::schema::SourceSpec::Tarball(_)
         | plan::schema::SourceSpec::Pveam(_)
-        | plan::schema::SourceSpec::Linuxcontainers(_) => target::disk::DiskBase::Rootfs(path),
+        | plan::schema::SourceSpec::Linuxcontainers(_) => output::disk::DiskBase::Rootfs(path),
     }
 }
 
@@ -540,7 +540,7 @@ fn qcow2_manifest(
     plan: &Plan,
     base: &Fetched,
     layer: &Layer,
-    written: &target::disk::DiskOutput,
+    written: &output::disk::DiskOutput,
     timings: &Timings,
 ) -> Result<Manifest> {
     let mut manifest = common_manifest(

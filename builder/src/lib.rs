@@ -7,10 +7,10 @@ pub mod build;
 pub mod cli;
 pub mod emit;
 pub mod layer;
+pub mod output;
 pub mod plan;
 pub mod seed;
 pub mod source;
-pub mod target;
 
 /// The directory a path is in: its parent, or `.` for a bare file name
 /// (whose `parent()` is empty). Where temp files go so a rename into

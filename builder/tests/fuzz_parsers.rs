@@ -21,9 +21,9 @@ use std::sync::atomic::AtomicBool;
 
 use bolero::generator::TypeGenerator;
 use imgbuild::layer::{Content, Layer, Meta, Op};
-use imgbuild::target::disk::gpt::crc32;
-use imgbuild::target::disk::{find_root, parse_gpt, probe_filesystem, SECTOR};
-use imgbuild::target::{rewrite_tar, scan_base};
+use imgbuild::output::disk::gpt::crc32;
+use imgbuild::output::disk::{find_root, parse_gpt, probe_filesystem, SECTOR};
+use imgbuild::output::{rewrite_tar, scan_base};
 use mutate::{Mutation, Number};
 use tar_input::TarInput;
 

@@ -1,4 +1,4 @@
-//! The qcow2 target's cloud-image path on small synthetic vendor-like
+//! The qcow2 output's cloud-image path on small synthetic vendor-like
 //! disks (GPT, ext4 root labelled `cloudimg-rootfs`), made here with sfdisk
 //! and `mke2fs -d` since vendor images cannot be downloaded: the layer lands
 //! in the root filesystem, the disk is grown, and every broken base gets

@@ -102,7 +102,7 @@ impl From<OutputArg> for OutputKind {
 /// second, at any zstd level), removes its temporary files and exits with an
 /// error. A second Ctrl-C exits at once, after stopping the programs still
 /// running (mmdebstrap, qemu-img …: SIGTERM, SIGKILL a second later) and
-/// removing the temporary files registered in `target::leftovers` (exit skips
+/// removing the temporary files registered in `output::leftovers` (exit skips
 /// their destructors).
 fn install_interrupt_handler() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
@@ -110,7 +110,7 @@ fn install_interrupt_handler() -> Arc<AtomicBool> {
     if let Err(e) = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
             let stopped = crate::source::command::stop_running();
-            let removed = crate::target::leftovers::remove_registered();
+            let removed = crate::output::leftovers::remove_registered();
             eprintln!(
                 "imgbuild: interrupted again; stopped {stopped} running program(s), \
                  removed {removed} temporary file(s), exiting"

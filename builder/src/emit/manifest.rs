@@ -49,7 +49,7 @@ pub struct Manifest {
     pub timings_ms: BTreeMap<String, u64>,
 }
 
-/// The template contract's outcome (builder/src/target/contract): what
+/// The template contract's outcome (builder/src/output/contract): what
 /// `pct create`/`pct start` will find in the template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -76,7 +76,7 @@ pub struct NetworkTool {
     pub path: String,
 }
 
-/// What the qcow2 target did to the disk.
+/// What the qcow2 output did to the disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct DiskInfo {

@@ -48,7 +48,7 @@ impl Staged {
 pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
     let dir = crate::parent_dir(path);
     // The pid lets the next build sweep this if we are killed before the
-    // rename (`target::leftovers::output_dir_owner`).
+    // rename (`output::leftovers::output_dir_owner`).
     let prefix = format!(".imgbuild-{}-", std::process::id());
     let mut tmp = tempfile::Builder::new()
         .prefix(&prefix)

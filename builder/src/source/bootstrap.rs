@@ -140,7 +140,7 @@ fn bootstrap_with_path(
     // format from the name and creates the file itself. Dropping the
     // directory on any error removes whatever it left.
     let work = cache.temp_dir("bootstrap-")?;
-    let _registered = crate::target::leftovers::register(work.path());
+    let _registered = crate::output::leftovers::register(work.path());
     let out = work.path().join("rootfs.tar");
     let mut cmd = Command::new(&tool);
     cmd.args(mmdebstrap_args(spec, arch, &out));

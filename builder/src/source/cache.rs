@@ -16,7 +16,7 @@
 //! live in `tmp/` on the same filesystem (rename must not cross one) and are
 //! deleted on every error path by `tempfile`'s drop. Their names carry the
 //! owner's pid, so [`Cache::sweep_temps`] at the start of a build removes
-//! what a killed one left (`crate::target::leftovers`).
+//! what a killed one left (`crate::output::leftovers`).
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tempfile::{NamedTempFile, TempDir};
 
 use super::SourceError;
-use crate::target::leftovers;
+use crate::output::leftovers;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cache {

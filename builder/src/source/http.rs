@@ -374,7 +374,7 @@ fn download(
     };
     // Removed by a second Ctrl-C's exit too; a killed process leaves it to
     // the next build's sweep (its name holds this pid).
-    let _registered = crate::target::leftovers::register(part.tmp.path());
+    let _registered = crate::output::leftovers::register(part.tmp.path());
     let bar = progress_bar(opts, &url_file_name(url));
     tracing::info!(%url, "downloading");
     let result = with_retries(url, opts, |_| {

@@ -37,10 +37,10 @@ use tar::EntryType;
 
 use super::entry_policy::{check_layer_entry, unsafe_member, EntryPolicy};
 use super::paths::{ancestors, normalize, resolve_link};
-use super::tar_reader::{Member, ReadFailure, TarReader};
-use super::tar_writer::{added_entry_head, padding, CountingWriter};
-use super::TargetError;
+use super::reader::{Member, ReadFailure, TarReader};
+use super::writer::{added_entry_head, padding, CountingWriter};
 use crate::layer::{Content, Layer, Meta, Op};
+use crate::output::OutputError;
 
 /// Check the cancel flag at least this often while copying data.
 const CANCEL_CHECK_BYTES: u64 = 4 << 20;
@@ -112,7 +112,7 @@ pub fn rewrite_tar<R: Read, W: Write>(
     layer: &Layer,
     out: W,
     cancel: &AtomicBool,
-) -> Result<RewriteStats, TargetError> {
+) -> Result<RewriteStats, OutputError> {
     let labels = Labels {
         base: "(input stream)".into(),
         out: "(output stream)".into(),
@@ -122,18 +122,18 @@ pub fn rewrite_tar<R: Read, W: Write>(
 
 /// Names of the input and output used in error messages.
 #[derive(Debug)]
-pub(super) struct Labels {
+pub(in crate::output) struct Labels {
     pub base: String,
     pub out: String,
 }
 
-pub(super) fn rewrite_labelled<R: Read, W: Write>(
+pub(in crate::output) fn rewrite_labelled<R: Read, W: Write>(
     base: R,
     layer: &Layer,
     out: W,
     cancel: &AtomicBool,
     labels: &Labels,
-) -> Result<RewriteStats, TargetError> {
+) -> Result<RewriteStats, OutputError> {
     let mut rewriter = Rewriter::new(layer, out, cancel, labels)?;
     rewriter.run(TarReader::new(base))?;
     Ok(rewriter.stats)
@@ -235,7 +235,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         out: W,
         cancel: &'a AtomicBool,
         labels: &'a Labels,
-    ) -> Result<Self, TargetError> {
+    ) -> Result<Self, OutputError> {
         let mut ops = Vec::with_capacity(layer.ops.len());
         let mut written = HashMap::new();
         let mut non_dir_written = HashSet::new();
@@ -245,7 +245,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
             } else {
                 let raw = op.path();
                 if !raw.starts_with('/') {
-                    return Err(TargetError::Layer {
+                    return Err(OutputError::Layer {
                         path: raw.to_owned(),
                         reason: "the path must be absolute inside the image".into(),
                     });
@@ -253,7 +253,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 check_layer_entry(raw, op)?;
                 let path = normalize(raw.as_bytes());
                 if path == "/" && !matches!(op, Op::Mkdir { .. }) {
-                    return Err(TargetError::Layer {
+                    return Err(OutputError::Layer {
                         path: raw.to_owned(),
                         reason: "only a directory can be written at the image root".into(),
                     });
@@ -314,7 +314,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         })
     }
 
-    fn run<R: Read>(&mut self, mut reader: TarReader<R>) -> Result<(), TargetError> {
+    fn run<R: Read>(&mut self, mut reader: TarReader<R>) -> Result<(), OutputError> {
         let mut last_path: Option<String> = None;
         loop {
             self.check_cancel()?;
@@ -396,7 +396,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         }
         // End-of-archive marker: two zero blocks.
         self.write(&[0u8; 1024])?;
-        self.out.flush().map_err(|source| TargetError::Write {
+        self.out.flush().map_err(|source| OutputError::Write {
             path: self.labels.out.clone(),
             source,
         })?;
@@ -575,7 +575,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
 
     /// Writes pending layer directories that are ancestors of `path`, so they
     /// come before the base entries inside them.
-    fn hoist_mkdirs_above(&mut self, path: &str) -> Result<(), TargetError> {
+    fn hoist_mkdirs_above(&mut self, path: &str) -> Result<(), OutputError> {
         let hoist: Vec<usize> = ancestors(path)
             .filter_map(|a| self.pending_mkdirs.get(a).copied())
             .collect();
@@ -587,7 +587,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
         Ok(())
     }
 
-    fn emit_op_with_parents(&mut self, i: usize) -> Result<(), TargetError> {
+    fn emit_op_with_parents(&mut self, i: usize) -> Result<(), OutputError> {
         let op_path = self.ops[i].path.clone();
         let mtime = match self.ops[i].op {
             Op::Mkdir { meta, .. } | Op::WriteFile { meta, .. } | Op::Symlink { meta, .. } => {
@@ -603,7 +603,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 None => {}
                 Some(Kind::Dir) if is_dir => {}
                 Some(_) => {
-                    return Err(TargetError::Layer {
+                    return Err(OutputError::Layer {
                         path: op_path,
                         reason: format!(
                             "through the base's symlinks it is {path}, which the base already \
@@ -618,7 +618,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
             match self.known.get(&parent) {
                 Some(Kind::Dir) => {}
                 Some(Kind::Symlink) => {
-                    return Err(TargetError::Layer {
+                    return Err(OutputError::Layer {
                         path: op_path,
                         reason: format!(
                             "internal: its parent {parent} is still a symlink after resolving"
@@ -626,7 +626,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                     })
                 }
                 Some(Kind::Other | Kind::HardLink) => {
-                    return Err(TargetError::Layer {
+                    return Err(OutputError::Layer {
                         path: path.clone(),
                         reason: format!(
                             "its parent {parent} is not a directory in the base; \
@@ -660,7 +660,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
     /// Where a layer path really is: its parents resolved through the
     /// output's symlinks inside the rootfs (absolute targets from the
     /// rootfs root, `..` stopping at it), the last component kept.
-    fn resolve_parents(&self, path: &str) -> Result<String, TargetError> {
+    fn resolve_parents(&self, path: &str) -> Result<String, OutputError> {
         let mut current = path.to_owned();
         for _ in 0..MAX_SYMLINKS {
             let link =
@@ -676,7 +676,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
                 format!("{leads_to}{rest}")
             };
         }
-        Err(TargetError::Layer {
+        Err(OutputError::Layer {
             path: path.to_owned(),
             reason: format!(
                 "its parents lead through more than {MAX_SYMLINKS} symlinks (a loop) in the base"
@@ -685,7 +685,7 @@ impl<'a, W: Write> Rewriter<'a, W> {
     }
 
     /// Writes op `i` at `path`: its own path with the parents resolved.
-    fn emit_op(&mut self, i: usize, path: &str) -> Result<(), TargetError> {
+    fn emit_op(&mut self, i: usize, path: &str) -> Result<(), OutputError> {
         self.check_cancel()?;
         self.emitted[i] = true;
         self.pending_mkdirs.remove(&self.ops[i].path);
@@ -757,17 +757,17 @@ impl<'a, W: Write> Rewriter<'a, W> {
         host: &Path,
         size: u64,
         sha256: &str,
-    ) -> Result<(), TargetError> {
-        let expected: node_spec::Sha256Hex = sha256.parse().map_err(|e| TargetError::Layer {
+    ) -> Result<(), OutputError> {
+        let expected: node_spec::Sha256Hex = sha256.parse().map_err(|e| OutputError::Layer {
             path: image_path.to_owned(),
             reason: format!("invalid sha256 for {}: {e}", host.display()),
         })?;
-        let read_err = |source| TargetError::HostFileRead {
+        let read_err = |source| OutputError::HostFileRead {
             path: host.to_owned(),
             image_path: image_path.to_owned(),
             source,
         };
-        let changed = |found: String| TargetError::HostFileChanged {
+        let changed = |found: String| OutputError::HostFileChanged {
             path: host.to_owned(),
             image_path: image_path.to_owned(),
             expected_size: size,
@@ -887,16 +887,16 @@ impl<'a, W: Write> Rewriter<'a, W> {
         None
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), TargetError> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
         self.out
             .write_all(bytes)
-            .map_err(|source| TargetError::Write {
+            .map_err(|source| OutputError::Write {
                 path: self.labels.out.clone(),
                 source,
             })
     }
 
-    fn tick(&mut self, bytes: u64) -> Result<(), TargetError> {
+    fn tick(&mut self, bytes: u64) -> Result<(), OutputError> {
         self.bytes_since_cancel_check += bytes;
         if self.bytes_since_cancel_check >= CANCEL_CHECK_BYTES {
             self.bytes_since_cancel_check = 0;
@@ -905,16 +905,16 @@ impl<'a, W: Write> Rewriter<'a, W> {
         Ok(())
     }
 
-    fn check_cancel(&self) -> Result<(), TargetError> {
+    fn check_cancel(&self) -> Result<(), OutputError> {
         if self.cancel.load(Ordering::Relaxed) {
-            Err(TargetError::Interrupted)
+            Err(OutputError::Interrupted)
         } else {
             Ok(())
         }
     }
 
-    fn corrupt(&self, entry: u64, member: String, failure: ReadFailure) -> TargetError {
-        TargetError::CorruptBase {
+    fn corrupt(&self, entry: u64, member: String, failure: ReadFailure) -> OutputError {
+        OutputError::CorruptBase {
             base: self.labels.base.clone(),
             entry,
             member,
@@ -927,11 +927,11 @@ impl<'a, W: Write> Rewriter<'a, W> {
 #[derive(Debug)]
 enum Step {
     Read(ReadFailure),
-    Target(TargetError),
+    Target(OutputError),
 }
 
-impl From<TargetError> for Step {
-    fn from(e: TargetError) -> Self {
+impl From<OutputError> for Step {
+    fn from(e: OutputError) -> Self {
         Step::Target(e)
     }
 }

@@ -1,4 +1,4 @@
-//! Tests of the tar-stream target against GNU tar: bases are built in memory
+//! Tests of the tar-stream rewrite against GNU tar: bases are built in memory
 //! (where exact PAX records matter) or by GNU tar from a real directory (device
 //! nodes, hard links, sparse files), and outputs are extracted with exactly the
 //! flags `pct create` uses. They need GNU tar and zstd and run as root (device
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 
+use ::tar::{EntryType, Header};
 use sha2::Digest;
-use tar::{EntryType, Header};
 
 use super::*;
 use crate::layer::{Content, Layer, Meta, Op};
@@ -120,7 +120,7 @@ fn rewrite(base: &[u8], layer: &Layer) -> (Vec<u8>, RewriteStats) {
 /// Member names of a tar stream, in order, with their types (read with the
 /// tar crate, independent of the code under test).
 fn members(tar_bytes: &[u8]) -> Vec<(String, EntryType)> {
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = ::tar::Archive::new(tar_bytes);
     archive
         .entries()
         .unwrap()
@@ -139,7 +139,7 @@ fn names(tar_bytes: &[u8]) -> Vec<String> {
 }
 
 fn read_member(tar_bytes: &[u8], name: &str) -> Vec<u8> {
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = ::tar::Archive::new(tar_bytes);
     for e in archive.entries().unwrap() {
         let mut e = e.unwrap();
         if *e.path_bytes() == *name.as_bytes() {
@@ -591,7 +591,7 @@ fn added_files_get_missing_parents_in_the_base_style() {
     assert_eq!(stats.parents_created, 5);
     assert_eq!(stats.entries_added, 7);
 
-    let mut archive = tar::Archive::new(&out[..]);
+    let mut archive = ::tar::Archive::new(&out[..]);
     for e in archive.entries().unwrap() {
         let e = e.unwrap();
         if &*e.path_bytes() == b"./etc/rancher/k3s/config.yaml" {
@@ -615,7 +615,7 @@ fn a_parent_that_is_a_regular_file_is_a_layer_error() {
     let mut out = Vec::new();
     let err = rewrite_tar(&debian_like().finish()[..], &layer, &mut out, &no_cancel()).unwrap_err();
     assert!(
-        matches!(err, TargetError::Layer { .. }) && err.to_string().contains("/etc/machine-id"),
+        matches!(err, OutputError::Layer { .. }) && err.to_string().contains("/etc/machine-id"),
         "{err}"
     );
 }
@@ -754,7 +754,7 @@ fn host_files_are_streamed_and_checked() {
         ops: vec![op(body.len() as u64 - 1, &sha)],
     };
     let err = rewrite_tar(&base[..], &wrong_size, &mut sink, &no_cancel()).unwrap_err();
-    assert!(matches!(err, TargetError::HostFileChanged { .. }), "{err}");
+    assert!(matches!(err, OutputError::HostFileChanged { .. }), "{err}");
     assert!(
         err.to_string()
             .contains("changed since the build was planned"),
@@ -767,7 +767,7 @@ fn host_files_are_streamed_and_checked() {
     };
     let err = rewrite_tar(&base[..], &wrong_sha, &mut sink, &no_cancel()).unwrap_err();
     assert!(
-        matches!(err, TargetError::HostFileChanged { ref found, .. } if found.contains(&sha)),
+        matches!(err, OutputError::HostFileChanged { ref found, .. } if found.contains(&sha)),
         "{err}"
     );
 }
@@ -1006,7 +1006,7 @@ fn compressed_bases_are_detected_by_magic_bytes() {
     let not_tar = work.path().join("notes.txt");
     fs::write(&not_tar, "hello").unwrap();
     let err = open_base(&not_tar).err().unwrap();
-    assert!(matches!(err, TargetError::NotTar { .. }));
+    assert!(matches!(err, OutputError::NotTar { .. }));
     assert!(err.to_string().contains("not a tar archive"), "{err}");
 }
 
@@ -1020,7 +1020,7 @@ fn assert_no_output(dir: &Path, keep: &[&str]) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-fn template_err(base_bytes: &[u8], name: &str) -> TargetError {
+fn template_err(base_bytes: &[u8], name: &str) -> OutputError {
     let work = tempdir();
     let base = work.path().join(name);
     fs::write(&base, base_bytes).unwrap();
@@ -1052,7 +1052,7 @@ fn truncated_tarballs_fail_loudly_and_leave_nothing() {
         let err = template_err(&full[..cut], "base.tar");
         let msg = err.to_string();
         assert!(
-            matches!(err, TargetError::CorruptBase { .. }),
+            matches!(err, OutputError::CorruptBase { .. }),
             "{what}: {msg}"
         );
         assert!(
@@ -1087,14 +1087,14 @@ fn corrupt_or_truncated_compressed_bases_fail_loudly() {
         flipped[mid] ^= 0xff;
         let err = template_err(&flipped, &format!("flipped.{ext}"));
         assert!(
-            matches!(err, TargetError::CorruptBase { .. }),
+            matches!(err, OutputError::CorruptBase { .. }),
             "{tool} flipped: {err}"
         );
         // Cut the stream: in data, and just before the trailer/checksum.
         for cut in [packed.len() / 2, packed.len() - 4] {
             let err = template_err(&packed[..cut], &format!("cut.{ext}"));
             assert!(
-                matches!(err, TargetError::CorruptBase { .. }),
+                matches!(err, OutputError::CorruptBase { .. }),
                 "{tool} cut at {cut}: {err}"
             );
         }
@@ -1115,7 +1115,7 @@ fn cancellation_stops_the_build_and_leaves_nothing() {
         &cancel,
     )
     .unwrap_err();
-    assert!(matches!(err, TargetError::Interrupted), "{err}");
+    assert!(matches!(err, OutputError::Interrupted), "{err}");
     assert_no_output(work.path(), &["large.tar"]);
 
     // Set while running: a reader that raises the flag after some megabytes.
@@ -1142,7 +1142,7 @@ fn cancellation_stops_the_build_and_leaves_nothing() {
     };
     let mut sink = Vec::new();
     let err = rewrite_tar(input, &layer_for_template(), &mut sink, &flag).unwrap_err();
-    assert!(matches!(err, TargetError::Interrupted), "{err}");
+    assert!(matches!(err, OutputError::Interrupted), "{err}");
     assert!(
         sink.len() < 20 << 20,
         "stopped late: {} bytes written",
@@ -1177,7 +1177,7 @@ fn write_failures_name_the_output() {
         1,
         "{chain}"
     );
-    assert!(matches!(err, TargetError::Write { .. }));
+    assert!(matches!(err, OutputError::Write { .. }));
 }
 
 #[test]

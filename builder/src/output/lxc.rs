@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
 
-use super::base::open_base_with_progress;
-use super::compressor::{Compressor, Stop};
 use super::leftovers;
-use super::rewrite::{rewrite_labelled, Labels, RewriteStats};
-use super::TargetError;
+use super::tar::base::open_base_with_progress;
+use super::tar::compressor::{Compressor, Stop};
+use super::tar::rewrite::{rewrite_labelled, Labels, RewriteStats};
+use super::OutputError;
 use crate::layer::Layer;
 
 /// How long a cancel takes at most to stop [`write_template`], whatever the
@@ -73,7 +73,7 @@ pub fn write_template(
     out_path: &Path,
     opts: &LxcOptions,
     cancel: &AtomicBool,
-) -> Result<TemplateOutput, TargetError> {
+) -> Result<TemplateOutput, OutputError> {
     write_template_with_progress(base, layer, out_path, opts, cancel, None)
 }
 
@@ -85,10 +85,10 @@ pub fn write_template_with_progress(
     opts: &LxcOptions,
     cancel: &AtomicBool,
     progress: Option<&ProgressBar>,
-) -> Result<TemplateOutput, TargetError> {
+) -> Result<TemplateOutput, OutputError> {
     let range = zstd::compression_level_range();
     if !range.contains(&opts.zstd_level) || opts.zstd_level == 0 {
-        return Err(TargetError::Options(format!(
+        return Err(OutputError::Options(format!(
             "zstd level {} is out of range; use 1 to {} (or a negative fast level down to {})",
             opts.zstd_level,
             range.end(),
@@ -105,7 +105,7 @@ pub fn write_template_with_progress(
         _ => Path::new("."),
     };
     let file_name = out_path.file_name().ok_or_else(|| {
-        TargetError::Options(format!("{} is not a file path", out_path.display()))
+        OutputError::Options(format!("{} is not a file path", out_path.display()))
     })?;
     // `.NAME.PID.XXXXXX.partial`: a later build removes it if this process
     // dies without cleaning up (see `super::leftovers`).
@@ -117,13 +117,13 @@ pub fn write_template_with_progress(
         ))
         .suffix(".partial")
         .tempfile_in(dir)
-        .map_err(|source| TargetError::Write {
+        .map_err(|source| OutputError::Write {
             path: format!("a temporary file in {}", dir.display()),
             source,
         })?;
     let _registered = leftovers::register(temp.path());
     let temp_label = temp.path().display().to_string();
-    let write_err = |source: io::Error| TargetError::Write {
+    let write_err = |source: io::Error| OutputError::Write {
         path: temp_label.clone(),
         source,
     };
@@ -139,11 +139,11 @@ pub fn write_template_with_progress(
     let stats = match rewrite_labelled(input, layer, &mut compressor, cancel, &labels) {
         Ok(stats) => stats,
         // A write that gave up because of the cancel flag.
-        Err(_) if cancel.load(Ordering::Relaxed) => return Err(TargetError::Interrupted),
+        Err(_) if cancel.load(Ordering::Relaxed) => return Err(OutputError::Interrupted),
         Err(e) => return Err(e),
     };
     let compressed = compressor.finish().map_err(|stop| match stop {
-        Stop::Interrupted => TargetError::Interrupted,
+        Stop::Interrupted => OutputError::Interrupted,
         Stop::Io(e) => write_err(e),
     })?;
     // tempfile creates 0600; a template is read by pveam/pct and web servers.
@@ -152,13 +152,13 @@ pub fn write_template_with_progress(
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
     )
     .map_err(write_err)?;
-    temp.persist(out_path).map_err(|e| TargetError::Write {
+    temp.persist(out_path).map_err(|e| OutputError::Write {
         path: out_path.display().to_string(),
         source: e.error,
     })?;
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|source| TargetError::Write {
+        .map_err(|source| OutputError::Write {
             path: dir.display().to_string(),
             source,
         })?;

@@ -1,11 +1,11 @@
-//! Errors of the targets. Each message says what failed, where, and what to do.
+//! Errors of the outputs. Each message says what failed, where, and what to do.
 
 use std::io;
 use std::path::PathBuf;
 
 /// Why applying a layer to a base failed.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum OutputError {
     /// The base file could not be opened or its first bytes read.
     #[error("cannot read base tarball {path}")]
     OpenBase {
@@ -38,7 +38,7 @@ pub enum TargetError {
 
     /// A base member that could make a tool unpacking the base (or the
     /// template made from it) write outside the rootfs; see
-    /// `target::entry_policy`.
+    /// `output::entry_policy`.
     #[error("{base}: member {entry} \"{member}\": {reason}")]
     UnsafeMember {
         base: String,
@@ -86,7 +86,7 @@ pub enum TargetError {
     #[error("layer entry {path}: {reason}")]
     Layer { path: String, reason: String },
 
-    /// Invalid target options.
+    /// Invalid output options.
     #[error("{0}")]
     Options(String),
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use indicatif::ProgressBar;
 
-use super::TargetError;
+use crate::output::OutputError;
 
 /// Compression of a base tarball.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub fn detect_compression(head: &[u8]) -> Option<Compression> {
 }
 
 /// Opens a base tarball and returns its decompressed, buffered tar stream.
-pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, TargetError> {
+pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, OutputError> {
     open_base_with_progress(path, None)
 }
 
@@ -51,8 +51,8 @@ pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, TargetError> {
 pub fn open_base_with_progress(
     path: &Path,
     progress: Option<&ProgressBar>,
-) -> Result<Box<dyn Read + Send>, TargetError> {
-    let open_err = |source| TargetError::OpenBase {
+) -> Result<Box<dyn Read + Send>, OutputError> {
+    let open_err = |source| OutputError::OpenBase {
         path: path.to_owned(),
         source,
     };
@@ -62,7 +62,7 @@ pub fn open_base_with_progress(
         .take(512)
         .read_to_end(&mut head)
         .map_err(open_err)?;
-    let compression = detect_compression(&head).ok_or_else(|| TargetError::NotTar {
+    let compression = detect_compression(&head).ok_or_else(|| OutputError::NotTar {
         path: path.to_owned(),
     })?;
     if let Some(bar) = progress {

@@ -38,9 +38,9 @@ use std::collections::HashMap;
 
 use tar::EntryType;
 
-use super::tar_reader::Member;
-use super::TargetError;
+use super::reader::Member;
 use crate::layer::Op;
+use crate::output::OutputError;
 
 /// What to do about a refused base, appended to most refusals.
 const RECREATE: &str = "a rootfs tarball names every member below ./ and never below a symlink; \
@@ -286,8 +286,8 @@ pub(crate) fn unsafe_member(
     index: u64,
     member: &Member,
     refusal: Refusal,
-) -> TargetError {
-    TargetError::UnsafeMember {
+) -> OutputError {
+    OutputError::UnsafeMember {
         base: base.to_owned(),
         entry: index,
         member: show(&member.path),
@@ -297,8 +297,8 @@ pub(crate) fn unsafe_member(
 
 /// A layer path must stay inside the image, and a layer symlink inside the
 /// rootfs, as the entry policy demands of a base: the template must pass it.
-pub(crate) fn check_layer_entry(raw: &str, op: &Op) -> Result<(), TargetError> {
-    let refuse = |reason: String| TargetError::Layer {
+pub(crate) fn check_layer_entry(raw: &str, op: &Op) -> Result<(), OutputError> {
+    let refuse = |reason: String| OutputError::Layer {
         path: show(raw.as_bytes()),
         reason,
     };

@@ -15,7 +15,7 @@ use std::io::{self, Read};
 
 use tar::{EntryType, Header};
 
-pub(super) const BLOCK: usize = 512;
+pub(in crate::output) const BLOCK: usize = 512;
 
 /// Extension headers larger than this are treated as corruption instead of
 /// being buffered (real ones are a few hundred bytes; ACL-heavy ones a few KB).
@@ -33,7 +33,7 @@ const GNU_EXT_SPARSE_ISEXTENDED: usize = 504;
 
 /// Why the input could not be read as a tar stream.
 #[derive(Debug)]
-pub(super) struct ReadFailure {
+pub(in crate::output) struct ReadFailure {
     pub reason: String,
 }
 
@@ -56,7 +56,7 @@ fn failure(reason: impl Into<String>) -> ReadFailure {
 
 /// One archive member, up to (not including) its data.
 #[derive(Debug)]
-pub(super) struct Member {
+pub(in crate::output) struct Member {
     /// Every block read for this member so far: preceding GNU long name/link
     /// and PAX headers with their data, the member's own header, and GNU
     /// sparse extension blocks.
@@ -90,7 +90,7 @@ impl Member {
 }
 
 /// Reads members from a decompressed tar stream.
-pub(super) struct TarReader<R> {
+pub(in crate::output) struct TarReader<R> {
     inner: R,
     /// Bytes consumed from `inner`.
     offset: u64,
@@ -397,7 +397,7 @@ fn global_overrides(data: &[u8]) -> Result<Vec<String>, ReadFailure> {
 }
 
 /// Rounds up to whole blocks.
-pub(super) fn padded_len(len: u64) -> u64 {
+pub(in crate::output) fn padded_len(len: u64) -> u64 {
     len.div_ceil(BLOCK as u64) * BLOCK as u64
 }
 
@@ -463,12 +463,14 @@ impl PaxFields {
 }
 
 /// A PAX record as `(key, value)`.
-pub(super) type PaxRecord<'a> = (&'a [u8], &'a [u8]);
+pub(in crate::output) type PaxRecord<'a> = (&'a [u8], &'a [u8]);
 
 /// Splits PAX extended header data into `(key, value)` records. Each record is
 /// `"<len> <key>=<value>\n"` where `<len>` counts the whole record, so values
 /// may contain any byte, newlines included.
-pub(super) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, ReadFailure> {
+pub(in crate::output) fn parse_pax_records(
+    mut data: &[u8],
+) -> Result<Vec<PaxRecord<'_>>, ReadFailure> {
     let mut records = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|&b| b == 0) {
@@ -497,7 +499,7 @@ pub(super) fn parse_pax_records(mut data: &[u8]) -> Result<Vec<PaxRecord<'_>>, R
 }
 
 #[cfg(test)]
-#[path = "tar_reader_fuzz.rs"]
+#[path = "reader_fuzz.rs"]
 mod fuzz;
 
 #[cfg(test)]

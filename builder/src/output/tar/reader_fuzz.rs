@@ -3,9 +3,9 @@
 //! entry points built on it). Under `cargo test` each runs for a fraction of
 //! a second; `scripts/fuzz.sh` runs them for longer.
 
-#[path = "../../../tests/fuzz/mutate.rs"]
+#[path = "../../../../tests/fuzz/mutate.rs"]
 mod mutate;
-#[path = "../../tests/fuzz/tar_input.rs"]
+#[path = "../../../tests/fuzz/tar_input.rs"]
 mod tar_input;
 
 use std::io::{self, Cursor, Read, Seek, SeekFrom};

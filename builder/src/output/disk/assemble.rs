@@ -127,7 +127,7 @@ pub fn assemble_disk(
     // itself. GNU tar defends against most of that; the entry policy all of
     // it, before tar runs. Only headers are read for an uncompressed
     // (bootstrapped) tarball: about 50 ms for 250 MB.
-    crate::target::check_base_entries(rootfs_tar, cancel).with_context(|| {
+    crate::output::check_base_entries(rootfs_tar, cancel).with_context(|| {
         format!(
             "refusing to extract {} on this host to assemble the disk",
             rootfs_tar.display()

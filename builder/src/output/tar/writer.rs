@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use tar::{EntryType, Header};
 
-use super::tar_reader::{padded_len, BLOCK};
+use super::reader::{padded_len, BLOCK};
 use crate::layer::Meta;
 
 /// Names longer than the 100-byte header field go into a GNU long-name member.
@@ -15,7 +15,7 @@ const NAME_FIELD: usize = 100;
 /// Writes to the output and counts bytes, so stats and error paths know how
 /// much went out.
 #[derive(Debug)]
-pub(super) struct CountingWriter<W> {
+pub(in crate::output) struct CountingWriter<W> {
     pub inner: W,
     pub written: u64,
 }
@@ -34,7 +34,7 @@ impl<W: Write> Write for CountingWriter<W> {
 
 /// The blocks that introduce an added entry: GNU long name/link members if
 /// needed, then the entry's header. `size` is the data length that follows.
-pub(super) fn added_entry_head(
+pub(in crate::output) fn added_entry_head(
     name: &[u8],
     kind: EntryType,
     meta: &Meta,
@@ -103,7 +103,7 @@ fn set_name_field(field: &mut [u8; 32], id: u32) {
 }
 
 /// Zero padding after `len` data bytes.
-pub(super) fn padding(len: u64) -> usize {
+pub(in crate::output) fn padding(len: u64) -> usize {
     (padded_len(len) - len) as usize
 }
 

@@ -1,4 +1,4 @@
-//! The host programs the disk target runs, found up front so a missing
+//! The host programs the disk output runs, found up front so a missing
 //! one is named with the package that provides it before any work starts.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 
 use crate::source::find_in_path;
 
-/// `(program, Debian package)` for every tool the disk target may run.
+/// `(program, Debian package)` for every tool the disk output may run.
 pub const DISK_TOOLS: &[(&str, &str)] = &[
     ("qemu-img", "qemu-utils"),
     ("debugfs", "e2fsprogs"),
@@ -69,7 +69,7 @@ impl Tools {
                 .map(|m| format!("{m} (package {})", package_of(m)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            bail!("the qcow2 target needs programs that are not installed: {list}");
+            bail!("the qcow2 output needs programs that are not installed: {list}");
         }
         Ok(())
     }
@@ -81,7 +81,7 @@ impl Tools {
         }
         find_in_path(name, &self.path_var).ok_or_else(|| {
             anyhow::anyhow!(
-                "{name} is not installed (package {}); the qcow2 target needs it",
+                "{name} is not installed (package {}); the qcow2 output needs it",
                 package_of(name)
             )
         })

@@ -27,7 +27,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 /// How often a waiting caller looks at the cancel flag.
-pub(super) const POLL: Duration = Duration::from_millis(50);
+pub(in crate::output) const POLL: Duration = Duration::from_millis(50);
 /// Bytes handed to the encoder at a time.
 const CHUNK: usize = 1 << 20;
 /// Chunks queued for the encoder: enough to keep it fed while the rewriter
@@ -36,14 +36,14 @@ const DEPTH: usize = 8;
 
 /// What the compressor thread wrote.
 #[derive(Debug)]
-pub(super) struct Compressed {
+pub(in crate::output) struct Compressed {
     pub sha256: node_spec::Sha256Hex,
     pub size: u64,
 }
 
 /// Why [`Compressor::finish`] or a write gave up.
 #[derive(Debug)]
-pub(super) enum Stop {
+pub(in crate::output) enum Stop {
     /// The cancel flag was set.
     Interrupted,
     /// Compressing or writing the file failed.
@@ -109,7 +109,7 @@ impl Shared {
 
 /// The writing end on the caller's thread; the encoder runs on another.
 #[derive(Debug)]
-pub(super) struct Compressor<'c> {
+pub(in crate::output) struct Compressor<'c> {
     shared: Arc<Shared>,
     current: Vec<u8>,
     result: Receiver<io::Result<Compressed>>,

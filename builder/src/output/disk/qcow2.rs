@@ -1,4 +1,4 @@
-//! The qcow2 target: base disk (a vendor cloud image, or a disk assembled
+//! The qcow2 output: base disk (a vendor cloud image, or a disk assembled
 //! from a bootstrapped rootfs) → raw working copy → layer applied to the
 //! ext4 root with debugfs → `e2fsck -fn` → qcow2, renamed into place only
 //! when complete.
@@ -18,8 +18,8 @@ use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
 use super::tools::Tools;
 use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
 use crate::layer::{Layer, Op};
+use crate::output::leftovers;
 use crate::source::{hash_file, run_command, FetchOptions};
-use crate::target::leftovers;
 
 /// Where the disk comes from.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +155,7 @@ pub fn write_disk(
     // Scratch beside the output: the final rename stays on one filesystem,
     // and dropping the directory on any error removes every partial file.
     // Its name holds the pid, so a later build removes it if this one is
-    // killed (`target::leftovers`).
+    // killed (`output::leftovers`).
     let work = tempfile::Builder::new()
         .prefix(&format!(".imgbuild-disk-{}-", std::process::id()))
         .tempdir_in(dir)

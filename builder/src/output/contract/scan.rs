@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tar::EntryType;
 
 use super::tree::{is_identity_file, BaseFacts, Kind, Node};
-use crate::target::base::{detect_compression, open_base, Compression};
-use crate::target::entry_policy::{unsafe_member, EntryPolicy};
-use crate::target::paths::normalize;
-use crate::target::tar_reader::{Member, ReadFailure, TarReader};
-use crate::target::TargetError;
+use crate::output::tar::base::{detect_compression, open_base, Compression};
+use crate::output::tar::entry_policy::{unsafe_member, EntryPolicy};
+use crate::output::tar::paths::normalize;
+use crate::output::tar::reader::{Member, ReadFailure, TarReader};
+use crate::output::OutputError;
 
 /// Distro files larger than this are recorded without their text.
 const MAX_TEXT: u64 = 64 << 10;
@@ -24,8 +24,8 @@ const MAX_TEXT: u64 = 64 << 10;
 const SEEK_BUFFER: usize = 64 << 10;
 
 /// Gathers [`BaseFacts`] from the base tarball at `path`.
-pub fn scan_base(path: &Path, cancel: &AtomicBool) -> Result<BaseFacts, TargetError> {
-    let open_err = |source| TargetError::OpenBase {
+pub fn scan_base(path: &Path, cancel: &AtomicBool) -> Result<BaseFacts, OutputError> {
+    let open_err = |source| OutputError::OpenBase {
         path: path.to_owned(),
         source,
     };
@@ -56,7 +56,7 @@ pub fn scan_base(path: &Path, cancel: &AtomicBool) -> Result<BaseFacts, TargetEr
 /// Checks every member of the base tarball at `path` against the entry
 /// policy, reading nothing but headers when it is uncompressed: what runs
 /// before a rootfs is extracted on the build host.
-pub fn check_base_entries(path: &Path, cancel: &AtomicBool) -> Result<(), TargetError> {
+pub fn check_base_entries(path: &Path, cancel: &AtomicBool) -> Result<(), OutputError> {
     scan_base(path, cancel).map(drop)
 }
 
@@ -66,12 +66,12 @@ fn scan<R: Read>(
     cancel: &AtomicBool,
     label: &str,
     mut skip: impl FnMut(&mut R, u64) -> std::io::Result<()>,
-) -> Result<BaseFacts, TargetError> {
+) -> Result<BaseFacts, OutputError> {
     let mut facts = BaseFacts::default();
     let mut policy = EntryPolicy::default();
     let mut index = 0u64;
     let mut last = "at the start of the archive".to_owned();
-    let corrupt = |entry, member: &str, f: ReadFailure| TargetError::CorruptBase {
+    let corrupt = |entry, member: &str, f: ReadFailure| OutputError::CorruptBase {
         base: label.to_owned(),
         entry,
         member: member.to_owned(),
@@ -79,7 +79,7 @@ fn scan<R: Read>(
     };
     loop {
         if cancel.load(Ordering::Relaxed) {
-            return Err(TargetError::Interrupted);
+            return Err(OutputError::Interrupted);
         }
         let member = match reader.next_member() {
             Ok(Some(m)) => m,
@@ -264,7 +264,7 @@ mod tests {
         let cut = work.path().join("cut.tar");
         std::fs::write(&cut, &bytes[..at]).unwrap();
         let err = scan_base(&cut, &AtomicBool::new(false)).unwrap_err();
-        assert!(matches!(err, TargetError::CorruptBase { .. }), "{err}");
+        assert!(matches!(err, OutputError::CorruptBase { .. }), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
     }
 
@@ -273,12 +273,12 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let plain = &bases(work.path())[0];
         let err = scan_base(plain, &AtomicBool::new(true)).unwrap_err();
-        assert!(matches!(err, TargetError::Interrupted));
+        assert!(matches!(err, OutputError::Interrupted));
         let txt = work.path().join("notes.txt");
         std::fs::write(&txt, "hello").unwrap();
         assert!(matches!(
             scan_base(&txt, &AtomicBool::new(false)),
-            Err(TargetError::NotTar { .. })
+            Err(OutputError::NotTar { .. })
         ));
     }
 }

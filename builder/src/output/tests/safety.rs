@@ -153,7 +153,7 @@ fn unsafe_base_members_are_refused_with_their_index_and_name() {
             &no_cancel(),
         )
         .unwrap_err();
-        assert!(matches!(err, TargetError::UnsafeMember { .. }), "{err}");
+        assert!(matches!(err, OutputError::UnsafeMember { .. }), "{err}");
         let msg = err.to_string();
         assert!(msg.starts_with("(input stream): "), "{msg}");
         assert!(msg.contains(needle), "{needle:?} not in {msg}");
@@ -273,7 +273,7 @@ fn a_cancel_at_zstd_level_19_returns_within_two_seconds() {
         (result, asked.elapsed())
     });
     let err = result.unwrap_err();
-    assert!(matches!(err, TargetError::Interrupted), "{err}");
+    assert!(matches!(err, OutputError::Interrupted), "{err}");
     assert!(
         latency <= 2 * CANCEL_LATENCY,
         "the cancel took {latency:?} to stop the build"

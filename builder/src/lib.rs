@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod cli;
+pub mod command;
 pub mod emit;
 pub mod layer;
 pub mod output;

@@ -109,7 +109,7 @@ fn install_interrupt_handler() -> Arc<AtomicBool> {
     let f = flag.clone();
     if let Err(e) = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
-            let stopped = crate::source::command::stop_running();
+            let stopped = crate::command::stop_running();
             let removed = crate::output::leftovers::remove_registered();
             eprintln!(
                 "imgbuild: interrupted again; stopped {stopped} running program(s), \

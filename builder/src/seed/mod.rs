@@ -19,9 +19,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::command::{find_in_path, run_command, CommandError};
 use crate::emit::sync_dir;
-use crate::source::find_in_path;
-use crate::source::{run_command, CommandError};
 
 /// The firstboot agent's (and a sensible) cap on each NoCloud file.
 pub const MAX_SEED_FILE_BYTES: u64 = 1024 * 1024;
@@ -344,43 +343,13 @@ pub fn vfat_image_size(data_bytes: u64) -> u64 {
     needed.max(VFAT_MIN_BYTES)
 }
 
-/// A tool with its Debian package, for the "not found" advice.
-#[derive(Debug, Clone, Copy)]
-struct Tool {
-    name: &'static str,
-    package: &'static str,
-}
-
-const XORRISO: Tool = Tool {
-    name: "xorriso",
-    package: "xorriso",
-};
-const MKFS_VFAT: Tool = Tool {
-    name: "mkfs.vfat",
-    package: "dosfstools",
-};
-const MLABEL: Tool = Tool {
-    name: "mlabel",
-    package: "mtools",
-};
-const MCOPY: Tool = Tool {
-    name: "mcopy",
-    package: "mtools",
-};
-
-/// `PATH`, then the sbin directories a non-root `PATH` often lacks
-/// (mkfs.vfat lives in /usr/sbin).
-fn find_tool(tool: Tool) -> Result<PathBuf, SeedError> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
-    std::env::join_paths(dirs)
-        .ok()
-        .and_then(|all| find_in_path(tool.name, &all))
-        .ok_or(SeedError::ToolMissing {
-            tool: tool.name,
-            package: tool.package,
-        })
+/// `tool` from `PATH` or the sbin directories; missing, the error names
+/// its package.
+fn find_tool(tool: &'static str) -> Result<PathBuf, SeedError> {
+    find_in_path(tool, &crate::command::tool_search_path()).ok_or(SeedError::ToolMissing {
+        tool,
+        package: crate::command::package_of(tool),
+    })
 }
 
 /// The programs one format needs, found up front.
@@ -417,12 +386,12 @@ pub fn write_seed(output: &Path, files: &SeedFiles, opts: &SeedOptions) -> Resul
     // Find every tool before creating anything.
     let tools = match opts.format {
         SeedFormat::Iso => Tools::Iso {
-            xorriso: find_tool(XORRISO)?,
+            xorriso: find_tool("xorriso")?,
         },
         SeedFormat::Vfat => Tools::Vfat {
-            mkfs: find_tool(MKFS_VFAT)?,
-            mlabel: find_tool(MLABEL)?,
-            mcopy: find_tool(MCOPY)?,
+            mkfs: find_tool("mkfs.vfat")?,
+            mlabel: find_tool("mlabel")?,
+            mcopy: find_tool("mcopy")?,
         },
     };
     let dir = crate::parent_dir(output);

@@ -17,8 +17,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::cache::{now_secs, BootstrapRecord};
-use super::command::{display_command, find_in_path, run_command_observed, CommandError};
 use super::{hash_file, Cache, FetchOptions, Fetched, SourceError};
+use crate::command::{display_command, find_in_path, run_command_observed, CommandError};
 use crate::plan::schema::{BootstrapSpec, BootstrapTool};
 
 /// Version of what goes into [`bootstrap_key`] and how the tool is invoked.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use node_spec::Sha256Hex;
 
-use super::command::CommandError;
+use crate::command::CommandError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {

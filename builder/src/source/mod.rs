@@ -16,7 +16,6 @@ mod bootstrap;
 mod cache;
 mod catalog;
 mod checksums;
-pub(crate) mod command;
 mod error;
 mod http;
 
@@ -38,7 +37,6 @@ use crate::plan::schema::{Artifact, SourceSpec};
 pub use bootstrap::{bootstrap_key, bootstrap_rootfs, BOOTSTRAP_FORMAT};
 pub use cache::{BootstrapRecord, Cache, UrlRecord};
 pub use checksums::{parse_checksums, select_checksum, url_file_name};
-pub use command::{find_in_path, run_command, run_command_stdin, CommandError};
 pub use error::{Chain, SourceError};
 
 /// How a fetch may behave. Built by the CLI from `--offline`, whether stderr

@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 
 use super::debugfs::quote;
 use super::{debugfs_errors, debugfs_script, parse_ls_p, ListedEntry};
+use crate::command::{run_command, CommandError};
 use crate::layer::{Layer, Op};
-use crate::source::{run_command, CommandError};
 
 /// The raw image's file name inside its directory.
 pub const RAW_NAME: &str = "disk.raw";

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::apply::RAW_NAME;
 use super::tools::Tools;
-use crate::source::{run_command, run_command_stdin};
+use crate::command::{run_command, run_command_stdin};
 
 /// Root filesystem label, as on Ubuntu cloud images.
 pub const ROOT_LABEL: &str = "cloudimg-rootfs";

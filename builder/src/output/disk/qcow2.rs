@@ -17,9 +17,10 @@ use super::apply::{apply_layer, check_fs, Ext4At, RAW_NAME};
 use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
 use super::tools::Tools;
 use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
+use crate::command::run_command;
 use crate::layer::{Layer, Op};
 use crate::output::leftovers;
-use crate::source::{hash_file, run_command, FetchOptions};
+use crate::source::{hash_file, FetchOptions};
 
 /// Where the disk comes from.
 #[derive(Debug, Clone, Copy)]

@@ -7,20 +7,20 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::source::find_in_path;
+use crate::command::{find_in_path, package_of, tool_search_path};
 
-/// `(program, Debian package)` for every tool the disk output may run.
-pub const DISK_TOOLS: &[(&str, &str)] = &[
-    ("qemu-img", "qemu-utils"),
-    ("debugfs", "e2fsprogs"),
-    ("e2fsck", "e2fsprogs"),
-    ("mke2fs", "e2fsprogs"),
-    ("sfdisk", "fdisk"),
-    ("mkfs.fat", "dosfstools"),
-    ("mmd", "mtools"),
-    ("mcopy", "mtools"),
-    ("grub-mkimage", "grub-common"),
-    ("tar", "tar"),
+/// Every tool the disk output may run (packages in [`crate::command::TOOLS`]).
+pub const DISK_TOOLS: &[&str] = &[
+    "qemu-img",
+    "debugfs",
+    "e2fsck",
+    "mke2fs",
+    "sfdisk",
+    "mkfs.fat",
+    "mmd",
+    "mcopy",
+    "grub-mkimage",
+    "tar",
 ];
 
 /// Tool paths, resolved from `PATH` plus the sbin directories (e2fsprogs
@@ -34,15 +34,7 @@ pub struct Tools {
 
 impl Tools {
     pub fn from_env() -> Self {
-        let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
-            if !dirs.iter().any(|d| d == std::path::Path::new(extra)) {
-                dirs.push(extra.into());
-            }
-        }
-        let path_var = std::env::join_paths(dirs).unwrap_or_default();
+        let path_var = tool_search_path();
         Self {
             path_var,
             found: BTreeMap::new(),
@@ -102,12 +94,4 @@ impl Tools {
         }
         Ok(dir)
     }
-}
-
-fn package_of(name: &str) -> &'static str {
-    DISK_TOOLS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, p)| *p)
-        .unwrap_or("?")
 }

@@ -163,7 +163,7 @@ fn check_signature(
     let sig_url = format!("{url}.asc");
     let sig = http::fetch_index(&sig_url, cache, opts)?;
     let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let gpgv = super::find_in_path("gpgv", &path_var).ok_or(SourceError::ToolMissing {
+    let gpgv = crate::command::find_in_path("gpgv", &path_var).ok_or(SourceError::ToolMissing {
         tool: "gpgv",
         install: "apt-get install gpgv (or dnf install gnupg2)",
     })?;
@@ -173,15 +173,17 @@ fn check_signature(
     let keyring = std::path::absolute(keyring).unwrap_or_else(|_| keyring.to_owned());
     let mut cmd = Command::new(gpgv);
     cmd.arg("--keyring").arg(&keyring).arg(&sig).arg(&data);
-    match super::run_command(&mut cmd, &opts.cancel) {
+    match crate::command::run_command(&mut cmd, &opts.cancel) {
         Ok(_) => {
             tracing::info!(index = %url, keyring = %keyring.display(), "index signature is good");
             Ok(())
         }
-        Err(super::CommandError::Interrupted { command }) => Err(SourceError::Interrupted {
-            what: format!("running {command}"),
-        }),
-        Err(super::CommandError::Failed { stderr_tail, .. }) => Err(catalog_error(
+        Err(crate::command::CommandError::Interrupted { command }) => {
+            Err(SourceError::Interrupted {
+                what: format!("running {command}"),
+            })
+        }
+        Err(crate::command::CommandError::Failed { stderr_tail, .. }) => Err(catalog_error(
             url,
             format!(
                 "its signature {sig_url} does not verify with {}: {}— the index was altered or \

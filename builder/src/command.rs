@@ -1,6 +1,8 @@
-//! The one place the source step runs external programs. Errors carry the
-//! command line and the tail of stderr, so a failed bootstrap says what ran
-//! and why it stopped without re-running anything by hand.
+//! The one place imgbuild runs external programs (mmdebstrap, gpgv, qemu-img,
+//! debugfs, sfdisk, xorriso, …), for every step. Errors carry the command
+//! line and the tail of stderr, so a failed tool says what ran and why it
+//! stopped without re-running anything by hand. A Ctrl-C reaches each
+//! child's whole process group ([`stop_running`] for the second one).
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -13,6 +15,51 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// Every host program imgbuild runs, with the Debian package that provides
+/// it: one table for the "not installed" advice of every step.
+pub const TOOLS: &[(&str, &str)] = &[
+    // Bases.
+    ("mmdebstrap", "mmdebstrap"),
+    ("gpgv", "gpgv"),
+    // Disks.
+    ("qemu-img", "qemu-utils"),
+    ("debugfs", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("mke2fs", "e2fsprogs"),
+    ("sfdisk", "fdisk"),
+    ("mkfs.fat", "dosfstools"),
+    ("mmd", "mtools"),
+    ("mcopy", "mtools"),
+    ("grub-mkimage", "grub-common"),
+    ("tar", "tar"),
+    // Seeds.
+    ("xorriso", "xorriso"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mlabel", "mtools"),
+];
+
+/// The Debian package of a program in [`TOOLS`].
+pub fn package_of(program: &str) -> &'static str {
+    TOOLS
+        .iter()
+        .find(|(n, _)| *n == program)
+        .map_or("?", |(_, p)| p)
+}
+
+/// `PATH` plus the sbin directories a non-root `PATH` often lacks
+/// (e2fsprogs, sfdisk and mkfs.vfat live there).
+pub fn tool_search_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for extra in ["/usr/local/sbin", "/usr/sbin", "/sbin"] {
+        if !dirs.iter().any(|d| d == std::path::Path::new(extra)) {
+            dirs.push(extra.into());
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or_default()
+}
 
 /// Lines of stderr kept for an error message.
 const STDERR_TAIL_LINES: usize = 20;
@@ -344,6 +391,22 @@ fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_program_run_has_its_package() {
+        let run = crate::output::disk::tools::DISK_TOOLS.iter().chain(&[
+            "xorriso",
+            "mkfs.vfat",
+            "mlabel",
+            "mcopy",
+            "mmdebstrap",
+            "gpgv",
+        ]);
+        for program in run {
+            assert_ne!(package_of(program), "?", "{program} is not in TOOLS");
+        }
+        assert_eq!(package_of("sfdisk"), "fdisk");
+    }
 
     #[test]
     fn find_in_path_wants_an_executable_file() {

@@ -46,17 +46,19 @@ pub struct Built {
     pub extra_files: Vec<PathBuf>,
 }
 
-/// Step timings, in order.
-#[derive(Debug, Default)]
-struct Timings(BTreeMap<String, u64>);
+/// Step timings in the order the steps ran. Each artifact gets its own
+/// copy of the shared steps' timings (plan, fetch-inputs) and adds its own,
+/// so a manifest lists exactly the steps that made its artifact.
+#[derive(Debug, Default, Clone)]
+struct Timings(emit::StepTimings);
 
 impl Timings {
     fn time<T>(&mut self, step: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let out = f();
-        self.0
-            .insert(step.to_owned(), start.elapsed().as_millis() as u64);
-        tracing::debug!(step, ms = self.0[step], "step finished");
+        let ms = start.elapsed().as_millis() as u64;
+        self.0 .0.push((step.to_owned(), ms));
+        tracing::debug!(step, ms, "step finished");
         out
     }
 }
@@ -84,6 +86,7 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
 
     let mut built = Vec::new();
     for kind in &plan.outputs {
+        let mut timings = timings.clone();
         match kind {
             OutputKind::Lxc => built.push(build_lxc(&plan, &inputs, opts, &fetch, &mut timings)?),
             OutputKind::Qcow2 => {

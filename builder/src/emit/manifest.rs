@@ -45,8 +45,55 @@ pub struct Manifest {
     /// Host-side configuration files written next to the artifact.
     #[serde(default)]
     pub host_config: Vec<String>,
-    /// Wall-clock milliseconds per pipeline step.
-    pub timings_ms: BTreeMap<String, u64>,
+    /// Wall-clock milliseconds per step of this artifact's build, in the
+    /// order the steps ran (the shared ones — plan, fetch-inputs — first).
+    pub timings_ms: StepTimings,
+}
+
+/// `(step, milliseconds)` in the order the steps ran, written as a JSON
+/// object whose keys keep that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepTimings(pub Vec<(String, u64)>);
+
+impl StepTimings {
+    pub fn iter(&self) -> impl Iterator<Item = &(String, u64)> {
+        self.0.iter()
+    }
+
+    pub fn get(&self, step: &str) -> Option<u64> {
+        self.0.iter().find(|(s, _)| s == step).map(|(_, ms)| *ms)
+    }
+}
+
+impl Serialize for StepTimings {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = ser.serialize_map(Some(self.0.len()))?;
+        for (step, ms) in &self.0 {
+            map.serialize_entry(step, ms)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for StepTimings {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StepTimings;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of step names to milliseconds")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<StepTimings, A::Error> {
+                let mut v = Vec::new();
+                while let Some(entry) = a.next_entry::<String, u64>()? {
+                    v.push(entry);
+                }
+                Ok(StepTimings(v))
+            }
+        }
+        de.deserialize_map(V)
+    }
 }
 
 /// The template contract's outcome (builder/src/output/contract): what

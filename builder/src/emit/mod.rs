@@ -7,7 +7,7 @@ mod manifest;
 pub use hostconfig::{lxc_config, pve_config, HostConfigVariant};
 pub use manifest::{
     manifest_path_for, AddedFile, ArtifactInfo, BaseInfo, DiskInfo, InputFile, K3sInfo, Manifest,
-    NetworkTool, PctInfo, TarInfo, MANIFEST_SCHEMA,
+    NetworkTool, PctInfo, StepTimings, TarInfo, MANIFEST_SCHEMA,
 };
 
 use std::io::Write;

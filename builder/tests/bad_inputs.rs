@@ -211,14 +211,23 @@ fn small_base_builds_and_strips_machine_state() {
 
     // The manifest's timings are this artifact's steps, in the order run.
     let m: imgbuild::emit::Manifest = serde_json::from_str(
-        &std::fs::read_to_string(out.join("debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst.manifest.json"))
-            .unwrap(),
+        &std::fs::read_to_string(
+            out.join("debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst.manifest.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     let steps: Vec<&str> = m.timings_ms.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(
         steps,
-        ["plan", "fetch-inputs", "fetch-base", "layer", "check-template", "write-template"]
+        [
+            "plan",
+            "fetch-inputs",
+            "fetch-base",
+            "layer",
+            "check-template",
+            "write-template"
+        ]
     );
 }
 

@@ -84,7 +84,10 @@ impl<'de> Deserialize<'de> for StepTimings {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a mapping of step names to milliseconds")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<StepTimings, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<StepTimings, A::Error> {
                 let mut v = Vec::new();
                 while let Some(entry) = a.next_entry::<String, u64>()? {
                     v.push(entry);

@@ -3,7 +3,6 @@
 //! [`compute_layer`], apply it with a target, [`emit`] the artifact's manifest
 //! and host configuration.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -129,9 +128,9 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
     if plan.profile.bake.agent {
         let path = match &opts.agent {
             Some(p) => p.clone(),
-            None => find_agent_binary()?,
+            None => crate::agent_binary::find()?,
         };
-        check_agent_binary(&path)?;
+        crate::agent_binary::check(&path)?;
         inputs.agent = Some(blob(
             source::fetch_local(&path, None, fetch)
                 .with_context(|| format!("reading the agent binary {}", path.display()))?,
@@ -180,98 +179,6 @@ fn artifact_file_name(a: &plan::schema::Artifact) -> Option<String> {
         (None, None) => return None,
     };
     (!name.is_empty()).then_some(name)
-}
-
-/// Where the statically linked agent is, in the order a user would expect:
-/// `$IMGBUILD_AGENT`, next to `imgbuild`, then the static build's output in
-/// this workspace's target directory.
-pub fn find_agent_binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("IMGBUILD_AGENT") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating the imgbuild executable")?;
-    let mut candidates = Vec::new();
-    if let Some(dir) = exe.parent() {
-        candidates.push(dir.join("firstboot-agent"));
-        // target/{debug,release}/imgbuild → target/x86_64-unknown-linux-gnu/release/
-        if let Some(target_dir) = dir.parent() {
-            candidates.push(target_dir.join("x86_64-unknown-linux-gnu/release/firstboot-agent"));
-        }
-        // target/debug/deps/… when run from tests
-        if let Some(target_dir) = dir.parent().and_then(Path::parent) {
-            candidates.push(target_dir.join("x86_64-unknown-linux-gnu/release/firstboot-agent"));
-        }
-    }
-    // Prefer the static build over a plain one next to imgbuild.
-    candidates.rotate_left(1);
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "firstboot-agent binary not found (looked in {}); build it with `bash firstboot-agent/build-static.sh`, or pass --agent PATH",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-}
-
-/// Refuse an agent that would not run on every supported distro: it must be
-/// an x86_64 ELF without a program interpreter (statically linked).
-pub fn check_agent_binary(path: &Path) -> Result<()> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("reading agent binary {}", path.display()))?;
-    match elf_interpreter(&bytes) {
-        Err(why) => bail!("{} is not a usable firstboot-agent: {why}", path.display()),
-        Ok(Some(interp)) => bail!(
-            "{} is dynamically linked (interpreter {interp}); it may not run on Rocky 9 or Ubuntu 22.04. Build it with `bash firstboot-agent/build-static.sh`",
-            path.display()
-        ),
-        Ok(None) => Ok(()),
-    }
-}
-
-/// The PT_INTERP of a 64-bit little-endian x86_64 ELF, if any.
-pub fn elf_interpreter(b: &[u8]) -> std::result::Result<Option<String>, String> {
-    let u16_at = |o: usize| b.get(o..o + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u32_at = |o: usize| {
-        b.get(o..o + 4)
-            .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-    };
-    let u64_at = |o: usize| {
-        b.get(o..o + 8).map(|s| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            u64::from_le_bytes(a)
-        })
-    };
-    if b.get(0..4) != Some(b"\x7fELF") {
-        return Err("not an ELF file".into());
-    }
-    if b.get(4) != Some(&2) || b.get(5) != Some(&1) || u16_at(18) != Some(62) {
-        return Err("not an x86_64 (64-bit little-endian) ELF file".into());
-    }
-    let short = || "truncated ELF header".to_string();
-    let phoff = u64_at(32).ok_or_else(short)? as usize;
-    let phentsize = u16_at(54).ok_or_else(short)? as usize;
-    let phnum = u16_at(56).ok_or_else(short)? as usize;
-    for i in 0..phnum {
-        let ph = phoff + i * phentsize;
-        if u32_at(ph).ok_or_else(short)? == 3 {
-            let off = u64_at(ph + 8).ok_or_else(short)? as usize;
-            let size = u64_at(ph + 32).ok_or_else(short)? as usize;
-            let raw = b.get(off..off + size).ok_or_else(short)?;
-            let s = String::from_utf8_lossy(raw)
-                .trim_end_matches('\0')
-                .to_owned();
-            return Ok(Some(s));
-        }
-    }
-    Ok(None)
 }
 
 /// The recipe's source for `kind`, its fetched base and the layer for it.
@@ -620,7 +527,7 @@ fn common_manifest(
         source_date_epoch: plan.source_date_epoch,
         files_added: added_files(layer),
         removed_patterns: removed_patterns(layer),
-        os_release: parse_os_release(os_release.unwrap_or("")),
+        os_release: emit::parse_os_release(os_release.unwrap_or("")),
         tar: None,
         disk: None,
         pct: None,
@@ -727,53 +634,9 @@ fn added_files(layer: &Layer) -> Vec<emit::AddedFile> {
         .collect()
 }
 
-/// `KEY=value` / `KEY="value"` lines of os-release into a map.
-pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') {
-                return None;
-            }
-            let (k, v) = l.split_once('=')?;
-            let v = v.trim();
-            let v = v
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(v);
-            Some((k.trim().to_owned(), v.to_owned()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn os_release_parsing() {
-        let m = parse_os_release(
-            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n# c\nVERSION_ID='12'\n",
-        );
-        assert_eq!(m["ID"], "debian");
-        assert_eq!(m["VERSION_ID"], "12");
-        assert_eq!(m["PRETTY_NAME"], "Debian GNU/Linux 12 (bookworm)");
-    }
-
-    #[test]
-    fn elf_checks() {
-        assert!(elf_interpreter(b"#!/bin/sh\n")
-            .unwrap_err()
-            .contains("not an ELF"));
-        // The test binary itself is dynamically linked on this target.
-        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
-        let interp = elf_interpreter(&me).unwrap();
-        assert!(interp.is_some_and(|i| i.contains("ld-linux")));
-        let mut truncated = me[..64].to_vec();
-        truncated.truncate(40);
-        assert!(elf_interpreter(&truncated).is_err());
-    }
 
     #[test]
     fn artifact_names() {

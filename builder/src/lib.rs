@@ -3,6 +3,7 @@
 //! resolve the plan → fetch the base → compute the layer → apply it to the
 //! base (target) → emit the artifact and its manifest.
 
+pub mod agent_binary;
 pub mod build;
 pub mod cli;
 pub mod command;

@@ -248,3 +248,38 @@ pub fn manifest_path_for(artifact: &Path) -> PathBuf {
     s.push(".manifest.json");
     PathBuf::from(s)
 }
+
+/// `KEY=value` / `KEY="value"` lines of os-release into a map.
+pub fn parse_os_release(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.starts_with('#') {
+                return None;
+            }
+            let (k, v) = l.split_once('=')?;
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(v);
+            Some((k.trim().to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_release_parsing() {
+        let m = parse_os_release(
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\n# c\nVERSION_ID='12'\n",
+        );
+        assert_eq!(m["ID"], "debian");
+        assert_eq!(m["VERSION_ID"], "12");
+        assert_eq!(m["PRETTY_NAME"], "Debian GNU/Linux 12 (bookworm)");
+    }
+}

@@ -62,6 +62,16 @@ impl Timings {
     }
 }
 
+/// What every output's steps read: the plan, the inputs fetched for the
+/// layer, the caller's options and how to fetch.
+#[derive(Debug, Clone, Copy)]
+struct BuildContext<'a> {
+    plan: &'a Plan,
+    inputs: &'a LayerInputs,
+    opts: &'a BuildOptions,
+    fetch: &'a FetchOptions,
+}
+
 /// Build every output the plan asks for.
 pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> Result<Vec<Built>> {
     let mut timings = Timings::default();
@@ -83,15 +93,19 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
 
+    let cx = BuildContext {
+        plan: &plan,
+        inputs: &inputs,
+        opts,
+        fetch: &fetch,
+    };
     let mut built = Vec::new();
     for kind in &plan.outputs {
         let mut timings = timings.clone();
-        match kind {
-            OutputKind::Lxc => built.push(build_lxc(&plan, &inputs, opts, &fetch, &mut timings)?),
-            OutputKind::Qcow2 => {
-                built.push(build_qcow2(&plan, &inputs, opts, &fetch, &mut timings)?)
-            }
-        }
+        built.push(match kind {
+            OutputKind::Lxc => build_lxc(&cx, &mut timings)?,
+            OutputKind::Qcow2 => build_qcow2(&cx, &mut timings)?,
+        });
     }
     Ok(built)
 }
@@ -183,13 +197,16 @@ fn artifact_file_name(a: &plan::schema::Artifact) -> Option<String> {
 
 /// The recipe's source for `kind`, its fetched base and the layer for it.
 fn base_and_layer<'p>(
-    plan: &'p Plan,
-    inputs: &LayerInputs,
-    opts: &BuildOptions,
-    fetch: &FetchOptions,
+    cx: &BuildContext<'p>,
     timings: &mut Timings,
     kind: OutputKind,
 ) -> Result<(&'p plan::schema::SourceSpec, Fetched, Layer)> {
+    let BuildContext {
+        plan,
+        inputs,
+        opts,
+        fetch,
+    } = *cx;
     let spec = plan
         .recipe
         .source(kind)
@@ -214,14 +231,9 @@ fn base_and_layer<'p>(
     Ok((spec, base, layer))
 }
 
-fn build_lxc(
-    plan: &Plan,
-    inputs: &LayerInputs,
-    opts: &BuildOptions,
-    fetch: &FetchOptions,
-    timings: &mut Timings,
-) -> Result<Built> {
-    let (spec, base, layer) = base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Lxc)?;
+fn build_lxc(cx: &BuildContext<'_>, timings: &mut Timings) -> Result<Built> {
+    let BuildContext { plan, opts, .. } = *cx;
+    let (spec, base, layer) = base_and_layer(cx, timings, OutputKind::Lxc)?;
     // Before anything is written: a base pct cannot boot fails here.
     let contract = timings.time("check-template", || {
         check_template_contract(plan, spec, &base, &layer, opts)
@@ -383,15 +395,11 @@ fn emit_lxc_sidecars(
     })
 }
 
-fn build_qcow2(
-    plan: &Plan,
-    inputs: &LayerInputs,
-    opts: &BuildOptions,
-    fetch: &FetchOptions,
-    timings: &mut Timings,
-) -> Result<Built> {
-    let (spec, base, layer) =
-        base_and_layer(plan, inputs, opts, fetch, timings, OutputKind::Qcow2)?;
+fn build_qcow2(cx: &BuildContext<'_>, timings: &mut Timings) -> Result<Built> {
+    let BuildContext {
+        plan, opts, fetch, ..
+    } = *cx;
+    let (spec, base, layer) = base_and_layer(cx, timings, OutputKind::Qcow2)?;
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);

@@ -12,7 +12,13 @@ pub fn repo_root() -> PathBuf {
 /// binary or tool fails with the command that provides it.
 pub fn agent_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("IMGBUILD_AGENT") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "IMGBUILD_AGENT={} does not exist; build it with `bash firstboot-agent/build-static.sh`",
+            p.display()
+        );
+        return p;
     }
     let p = repo_root().join("target/x86_64-unknown-linux-gnu/release/firstboot-agent");
     assert!(

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::checks::{render_table, Level};
+use crate::k3s::proxy::ProxyEnv;
 use crate::rootfs::Root;
 use crate::run::{self, RunOptions};
 use crate::state::{RunResult, State};
@@ -103,6 +104,7 @@ impl RunArgs {
             system,
             &RunOptions {
                 no_wait: self.no_wait,
+                env: ProxyEnv::from_process(),
             },
         )?;
         Ok(ExitCode::SUCCESS)
@@ -112,7 +114,12 @@ impl RunArgs {
 impl CheckArgs {
     pub fn run(self, system: &dyn System) -> Result<ExitCode> {
         let root = Root::new(&self.root.root);
-        let findings = run::check(&root, system, Duration::from_secs(self.timeout));
+        let findings = run::check(
+            &root,
+            system,
+            Duration::from_secs(self.timeout),
+            &ProxyEnv::from_process(),
+        );
         if self.json {
             println!("{}", serde_json::to_string_pretty(&findings)?);
         } else {
@@ -165,6 +172,11 @@ pub fn render_status(state: &State, result: Option<&RunResult>) -> String {
             k.version, k.role, k.topology, k.unit, k.instance_id
         )),
         None => out.push_str("k3s:       not installed by the agent\n"),
+    }
+    if let Some(r) = result.filter(|r| !r.dry_run && state.k3s.is_some()) {
+        if let Some(u) = r.k3s_scripts.last() {
+            out.push_str(&format!("uninstall: {u}\n"));
+        }
     }
     out.push_str("steps:\n");
     for (name, s) in &state.steps {

@@ -11,7 +11,8 @@ use node_spec::{BakedDefaults, DEFAULTS_PATH};
 use crate::checks::{self, network, Finding, Level};
 use crate::env::{self, Environment};
 use crate::hostname;
-use crate::k3s::{self, binary};
+use crate::k3s::proxy::{ProxyEnv, ProxySettings};
+use crate::k3s::{self, binary, scripts};
 use crate::leftovers;
 use crate::message::plain_serde;
 use crate::metadata::{self, token_file, NodeConfig};
@@ -28,6 +29,9 @@ pub struct RunOptions {
     /// [`READY_UNIT`], which runs `firstboot-agent run` again once K3s has
     /// started (the agent's own unit is ordered before K3s, so it cannot wait).
     pub no_wait: bool,
+    /// The proxy variables of the agent's own environment
+    /// ([`ProxyEnv::from_process`] on a node; tests give their own).
+    pub env: ProxyEnv,
 }
 
 pub const READY_UNIT: &str = "firstboot-agent-ready.service";
@@ -240,15 +244,61 @@ pub fn load_defaults(root: &Root) -> Result<BakedDefaults> {
         .map_err(|e| anyhow!("{DEFAULTS_PATH}: {}", plain_serde(&e.to_string())))
 }
 
-/// Metadata, merged over the defaults.
-pub fn load_node_config(root: &Root, system: &dyn System) -> Result<NodeConfig> {
+/// Metadata, merged over the defaults; the proxies of the metadata over
+/// those of the agent's environment.
+pub fn load_node_config(root: &Root, system: &dyn System, env: &ProxyEnv) -> Result<NodeConfig> {
     let defaults = load_defaults(root)?;
     let md = metadata::load(root, system)?;
     let mut cfg = metadata::merge::merge(&defaults, &md, &md.user_data_path)?;
     let warnings = token_file::check(root, &cfg)?;
     cfg.warnings.extend(warnings);
+    env.check()
+        .map_err(|(name, message)| metadata::MetadataError::Invalid {
+            path: k3s::proxy::ENV_SOURCE.into(),
+            line: None,
+            key: name,
+            message,
+        })?;
+    cfg.proxy = ProxySettings::combine(&cfg.proxy_meta, env);
+    cfg.warnings.extend(proxy_findings(&cfg));
     cfg.ssh = Some(ssh::plan(root, &cfg.login)?);
     Ok(cfg)
+}
+
+/// A joining node whose server would be reached through the proxy: K3s
+/// asks that its nodes' addresses be in NO_PROXY (docs.k3s.io, "Configuring
+/// an HTTP proxy"); most proxies cannot reach them.
+fn proxy_findings(cfg: &NodeConfig) -> Vec<Finding> {
+    let Some(server) = &cfg.server else {
+        return Vec::new();
+    };
+    match cfg.proxy.for_url(&server.url) {
+        Some(p) => vec![Finding::warn(
+            "proxy",
+            format!(
+                "K3s would reach its server {} through the proxy {} ({}), as {} is not in NO_PROXY",
+                server.url,
+                k3s::proxy::redacted(&p.value),
+                p.from,
+                server.host
+            ),
+            format!(
+                "add the nodes' network (e.g. {}) to k3s.proxy.no-proxy",
+                example_network(&server.host)
+            ),
+        )],
+        None => Vec::new(),
+    }
+}
+
+/// `10.0.0.0/8` for 10.1.2.3 and the like, else the host itself.
+fn example_network(host: &str) -> String {
+    match host.parse::<std::net::Ipv4Addr>().map(|ip| ip.octets()) {
+        Ok([10, ..]) => "10.0.0.0/8".into(),
+        Ok([172, b, ..]) if (16..32).contains(&b) => "172.16.0.0/12".into(),
+        Ok([192, 168, ..]) => "192.168.0.0/16".into(),
+        _ => host.to_owned(),
+    }
 }
 
 /// The metadata step's message: the instance, where it came from, and how
@@ -265,6 +315,37 @@ fn metadata_message(c: &NodeConfig) -> String {
         msg.push_str(&format!("; vendor-data: {v}"));
     }
     msg
+}
+
+/// What the uninstall script keeps: listed once, before K3s first starts
+/// (then the files under /etc/rancher/k3s and the data directory are the
+/// image's or cloud-init's), and recorded in the state. A K3s started by
+/// an agent that did not record the list has made files of its own there
+/// since; then only the image's air-gap archives are kept.
+fn kept_on_uninstall(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<Vec<String>> {
+    if let Some(k) = &r.state.kept_on_uninstall {
+        return Ok(k.clone());
+    }
+    let keep = if r.state.k3s.is_none() {
+        let (files, left_out) = scripts::image_files(r.root, &scripts::data_dir(cfg))?;
+        if left_out {
+            tracing::warn!(
+                "the uninstall script lists {} of the files under /etc/rancher/k3s and {} (names with quotes or control characters, or more than {}, are not kept)",
+                files.len(),
+                scripts::data_dir(cfg),
+                scripts::MAX_KEPT
+            );
+        }
+        files
+    } else {
+        cfg.airgap_images
+            .iter()
+            .map(|i| i.path.clone())
+            .filter(|p| r.root.exists(p))
+            .collect()
+    };
+    r.state.kept_on_uninstall = Some(keep.clone());
+    Ok(keep)
 }
 
 /// `firstboot-agent run`.
@@ -292,7 +373,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     // 1. Metadata (read every run: it carries the instance-id).
     let mut cfg = None;
     r.step("metadata", |r| {
-        let c = load_node_config(r.root, r.system)?;
+        let c = load_node_config(r.root, r.system, &opts.env)?;
         let msg = metadata_message(&c);
         for n in &c.notes {
             tracing::info!("ignored: {n}");
@@ -315,15 +396,21 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     r.result.metadata_source = Some(cfg.metadata_source.clone());
     r.result.vendor_data = cfg.vendor.describe();
     r.result.k3s_settings_from = cfg.origins.k3s_settings();
+    r.result.proxy_from_environment = cfg.proxy.from_environment.clone();
 
     // First boot is decided by instance-id; an installed K3s is never
     // reinstalled or renamed because the instance-id changed.
     if r.state.instance_id.as_deref() != Some(&cfg.instance_id) {
         if let Some(k) = r.state.k3s.clone() {
+            let uninstall = if k.unit == node_spec::Role::Agent.unit_name() {
+                scripts::uninstall_path(node_spec::Role::Agent)
+            } else {
+                scripts::uninstall_path(node_spec::Role::Server)
+            };
             let msg = format!(
                 "instance-id changed from {} to {}, but this node already runs K3s {} as {} ({}); leaving it alone. \
-                 To provision it again, uninstall K3s and remove {}",
-                k.instance_id, cfg.instance_id, k.version, k.topology, k.unit, state::STATE_FILE
+                 To provision it again, run {uninstall} (it removes K3s and {}), then `firstboot-agent run`",
+                k.instance_id, cfg.instance_id, k.version, k.topology, k.unit, state::STATE_DIR
             );
             tracing::warn!("{msg}");
             r.result.warnings.push(msg.clone());
@@ -435,7 +522,9 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         })?;
     }
 
-    // 6. K3s binary, air-gap images, config, unit.
+    // 6. K3s binary, install.sh's scripts, air-gap images, config, unit.
+    // What changes here restarts a K3s that an earlier run started.
+    let mut changed: Vec<String> = Vec::new();
     let mut sha256 = String::new();
     r.step("k3s-binary", |r| {
         let installed = binary::install(r.root, r.system, &cfg)?;
@@ -445,10 +534,36 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             binary::Origin::Baked => "installed from the image".to_owned(),
             binary::Origin::Downloaded(url) => format!("downloaded from {url}"),
         };
-        Ok(Outcome::msg(format!(
-            "K3s {} {how} (sha256 {})",
-            cfg.version, installed.sha256
-        )))
+        if installed.origin != binary::Origin::AlreadyInstalled {
+            changed.push(binary::K3S_BIN.to_owned());
+        }
+        let mut msg = format!("K3s {} {how} (sha256 {})", cfg.version, installed.sha256);
+        if !installed.not_linked.is_empty() {
+            msg.push_str(&format!("; {}", installed.not_linked.join(", ")));
+        }
+        Ok(Outcome::msg(msg))
+    })?;
+    r.step("k3s-scripts", |r| {
+        let keep = kept_on_uninstall(r, &cfg)?;
+        let written = scripts::write(r.root, &cfg, &keep)?;
+        r.result.k3s_scripts = vec![
+            scripts::KILLALL_PATH.to_owned(),
+            scripts::uninstall_path(cfg.role).to_owned(),
+        ];
+        let kept = if keep.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; the uninstall keeps {} file(s) the image put under /etc/rancher/k3s and {}",
+                keep.len(),
+                scripts::data_dir(&cfg)
+            )
+        };
+        Ok(Outcome::msg(if written.is_empty() {
+            format!("{} unchanged{kept}", r.result.k3s_scripts.join(", "))
+        } else {
+            format!("wrote {} (mode 0755){kept}", written.join(", "))
+        }))
     })?;
     if !cfg.airgap_images.is_empty() {
         r.step("airgap-images", |r| {
@@ -459,6 +574,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     let extra_args = tweaks::extra_k3s_args(&environment);
     r.step("k3s-config", |r| {
         let written = k3s::write_config(r.root, &cfg, &extra_args)?;
+        changed.extend(written.iter().cloned());
         Ok(Outcome::msg(if written.is_empty() {
             "unchanged".to_owned()
         } else {
@@ -466,16 +582,32 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         }))
     })?;
     r.step("k3s-unit", |r| {
-        let changed = k3s::write_unit(r.root, cfg.role)?;
+        let written = k3s::write_unit(r.root, cfg.role)?;
+        if written {
+            changed.push(k3s::config::unit_path(cfg.role));
+        }
         Ok(Outcome::msg(format!(
             "{} {}",
             k3s::config::unit_path(cfg.role),
-            if changed { "written" } else { "unchanged" }
+            if written { "written" } else { "unchanged" }
         )))
     })?;
 
-    // 7. Start.
-    if !r.skip_done("k3s-start") {
+    // 7. Start; or, when an earlier run started K3s, restart it if its
+    // binary, config, env file or unit changed since (install.sh restarts
+    // only then, too).
+    if r.skip_done("k3s-start") {
+        if !changed.is_empty() {
+            r.step("k3s-restart", |r| {
+                k3s::restart(r.system, cfg.role)?;
+                Ok(Outcome::msg(format!(
+                    "{} restarted: {} changed",
+                    cfg.unit_name(),
+                    changed.join(", ")
+                )))
+            })?;
+        }
+    } else {
         r.step("k3s-start", |r| {
             k3s::enable_and_start(r.system, cfg.role)?;
             r.state.k3s = Some(K3sRecord {
@@ -623,9 +755,14 @@ pub fn summary(res: &RunResult) -> String {
 
 /// `firstboot-agent check`: detection and preflight, changing nothing.
 /// Returns the findings; the caller turns any failure into an exit code.
-pub fn check(root: &Root, system: &dyn System, timeout: std::time::Duration) -> Vec<Finding> {
+pub fn check(
+    root: &Root,
+    system: &dyn System,
+    timeout: std::time::Duration,
+    env: &ProxyEnv,
+) -> Vec<Finding> {
     let mut out = Vec::new();
-    let cfg = match load_node_config(root, system) {
+    let cfg = match load_node_config(root, system, env) {
         Ok(c) => {
             out.push(Finding::pass("metadata", metadata_message(&c)));
             out.extend(c.warnings.iter().cloned());

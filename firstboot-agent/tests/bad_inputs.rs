@@ -353,7 +353,15 @@ fn temp_files_only_appear_in_swept_directories() {
         let mut before = Vec::new();
         files(r, &mut before);
         std::thread::sleep(Duration::from_millis(20));
-        run(&Root::new(r), &fake_for(r), &RunOptions { no_wait: true }).unwrap();
+        run(
+            &Root::new(r),
+            &fake_for(r),
+            &RunOptions {
+                no_wait: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
         let mut after = Vec::new();
         files(r, &mut after);
         for (path, mtime) in after {

@@ -224,3 +224,108 @@ fn file_mirror_works() {
     assert!(matches!(got.origin, Origin::Downloaded(_)));
     assert_eq!(std::fs::read(root.path(K3S_BIN)).unwrap(), FAKE_K3S);
 }
+
+/// With a proxy for the mirror's scheme, the agent asks the proxy (HTTP's
+/// absolute-form request line) and never the mirror host itself — here a
+/// name that does not resolve; with the mirror in NO_PROXY it goes direct.
+#[test]
+fn downloads_go_through_the_proxy_k3s_would_use() {
+    use firstboot_agent::k3s::proxy::{ProxyEnv, ProxyMeta, ProxySettings};
+    let sha = sha256_hex(FAKE_K3S);
+    let mirror = "http://mirror.invalid:8080/rel";
+    let routes = release_routes(FAKE_K3S, &sha)
+        .into_iter()
+        .map(|(path, route)| (format!("http://mirror.invalid:8080{path}"), route))
+        .collect();
+    let (proxy, hits) = serve(routes);
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let mut cfg = config(mirror, None);
+    cfg.proxy = ProxySettings::combine(
+        &ProxyMeta::default(),
+        &ProxyEnv::from_pairs(&[("http_proxy", &proxy), ("HTTPS_PROXY", "http://unused:1")]),
+    );
+    let got = binary::install(&root, &FakeSystem::new(), &cfg).unwrap();
+    assert!(matches!(got.origin, Origin::Downloaded(_)), "{got:?}");
+    assert_eq!(
+        hits.get("http://mirror.invalid:8080/rel/v1.34.3%2Bk3s1/k3s"),
+        1
+    );
+    assert_eq!(std::fs::read(root.path(K3S_BIN)).unwrap(), FAKE_K3S);
+
+    // NO_PROXY names the mirror: direct, so the unresolvable name fails,
+    // and the message says there was no proxy in the way.
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    cfg.proxy = ProxySettings::combine(
+        &ProxyMeta {
+            no_proxy: Some(".invalid".into()),
+            ..ProxyMeta::default()
+        },
+        &ProxyEnv::from_pairs(&[("HTTP_PROXY", &proxy)]),
+    );
+    let sys = FakeSystem::new();
+    let e = binary::install(&root, &sys, &cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("mirror.invalid") && !e.contains("through the proxy"),
+        "{e}"
+    );
+
+    // A proxy the agent's client cannot speak to is refused with advice.
+    cfg.proxy = ProxySettings::combine(
+        &ProxyMeta {
+            http: Some("socks5://u:pw@proxy.lan:1080".into()),
+            ..ProxyMeta::default()
+        },
+        &ProxyEnv::default(),
+    );
+    let e = binary::install(&root, &sys, &cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("cannot use the proxy socks5://u:***@proxy.lan:1080 (k3s.proxy.http)")
+            && e.contains("only through http:// proxies")
+            && !e.contains("pw@"),
+        "{e}"
+    );
+}
+
+/// kubectl, crictl and ctr are linked as install.sh's create_symlinks links
+/// them: not over an existing file or link, and not when the tool is on
+/// the PATH already.
+#[test]
+fn tool_links_follow_install_sh() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    let root = Root::new(r);
+    write(r, "/usr/bin/ctr", "#!/bin/sh\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        r.join("usr/bin/ctr"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    write(r, "/opt/kubectl", "#!/bin/sh\n");
+    std::fs::create_dir_all(r.join("usr/local/bin")).unwrap();
+    std::os::unix::fs::symlink("/opt/kubectl", r.join("usr/local/bin/kubectl")).unwrap();
+    let skipped = binary::link_tools(&root).unwrap();
+    assert_eq!(
+        skipped,
+        vec!["/usr/local/bin/ctr not linked (/usr/bin/ctr exists)"]
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("usr/local/bin/kubectl")).unwrap(),
+        Path::new("/opt/kubectl")
+    );
+    assert_eq!(
+        std::fs::read_link(r.join("usr/local/bin/crictl")).unwrap(),
+        Path::new("k3s")
+    );
+    assert!(!r.join("usr/local/bin/ctr").exists());
+    // A link that leads nowhere is replaced.
+    std::fs::remove_file(r.join("usr/local/bin/kubectl")).unwrap();
+    std::os::unix::fs::symlink("/gone", r.join("usr/local/bin/kubectl")).unwrap();
+    binary::link_tools(&root).unwrap();
+    assert_eq!(
+        std::fs::read_link(r.join("usr/local/bin/kubectl")).unwrap(),
+        Path::new("k3s")
+    );
+}

@@ -326,7 +326,15 @@ fn no_wait_queues_the_ready_unit_and_a_later_run_finishes() {
     node_root(r, "");
     seed(r, "i1", "#cloud-config\n");
     let sys = fake_for(r);
-    let res = run(&Root::new(r), &sys, &RunOptions { no_wait: true }).unwrap();
+    let res = run(
+        &Root::new(r),
+        &sys,
+        &RunOptions {
+            no_wait: true,
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
     assert!(!res.finished);
     assert!(sys
         .systemctl_calls()

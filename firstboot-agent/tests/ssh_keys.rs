@@ -469,7 +469,10 @@ fn links_in_the_way_are_not_written_through() {
     let res = run(
         &Root::new(r),
         &FakeSystem::new(),
-        &RunOptions { no_wait: true },
+        &RunOptions {
+            no_wait: true,
+            ..RunOptions::default()
+        },
     )
     .unwrap();
     assert!(

@@ -123,9 +123,21 @@ pub fn targets(cfg: &NodeConfig, needs_download: bool) -> Targets {
     if let Some(s) = &cfg.server {
         add_name(&s.host, "K3s server");
     }
+    // Through a proxy, only the proxy must resolve: it looks the mirror up.
+    let mirror_proxy = needs_download
+        .then(|| cfg.proxy.for_url(&format!("{}/", cfg.mirror)))
+        .flatten()
+        .and_then(|p| url_host_port(&proxy_url(&p.value)).map(|hp| (hp, p.from.clone())));
     if needs_download {
-        if let Some((h, _)) = url_host_port(&cfg.mirror) {
-            add_name(&h, "K3s release mirror");
+        match &mirror_proxy {
+            Some(((h, _), from)) => {
+                add_name(h, &format!("proxy for the K3s release mirror, {from}"))
+            }
+            None => {
+                if let Some((h, _)) = url_host_port(&cfg.mirror) {
+                    add_name(&h, "K3s release mirror");
+                }
+            }
         }
     }
     for n in &cfg.check_names {
@@ -141,7 +153,20 @@ pub fn targets(cfg: &NodeConfig, needs_download: bool) -> Targets {
     for (h, p) in &cfg.check_endpoints {
         t.endpoints.push((h.clone(), *p, "check endpoint".into()));
     }
+    if let Some(((h, p), from)) = mirror_proxy {
+        t.endpoints
+            .push((h, p, format!("proxy for the K3s release mirror, {from}")));
+    }
     t
+}
+
+/// A proxy setting as a URL (Go reads a bare `host:port` as http).
+fn proxy_url(value: &str) -> String {
+    if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    }
 }
 
 /// One pass over addresses, routes, DNS and TCP.
@@ -247,7 +272,11 @@ fn probe(root: &Root, system: &dyn System, targets: &Targets) -> Result<Vec<Find
                     "cannot connect ({why}): {}",
                     last_err.unwrap_or_else(|| "no address".into())
                 ),
-                "check that the server runs and that firewalls allow the port (K3s API: 6443/tcp)",
+                if why.starts_with("proxy") {
+                    "check the proxy's address and that it runs and accepts this node"
+                } else {
+                    "check that the server runs and that firewalls allow the port (K3s API: 6443/tcp)"
+                },
             ));
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use node_spec::Sha256Hex;
 use sha2::{Digest, Sha256};
 
+use super::proxy::ProxySettings;
 use crate::metadata::NodeConfig;
 use crate::rootfs::{symlink_atomic, sync_dir, FileError, Root};
 use crate::system::System;
@@ -42,6 +43,13 @@ pub enum DownloadError {
         expected: Sha256Hex,
         expected_from: String,
         actual: Sha256Hex,
+    },
+    #[error("{url}: cannot use the proxy {proxy} ({from}): {message}")]
+    Proxy {
+        url: String,
+        proxy: String,
+        from: String,
+        message: String,
     },
     #[error("{url} has no entry for `k3s`")]
     NoSumEntry { url: String },
@@ -78,6 +86,8 @@ pub enum Origin {
 pub struct Installed {
     pub origin: Origin,
     pub sha256: Sha256Hex,
+    /// `kubectl`/`crictl`/`ctr` not linked to k3s, and why.
+    pub not_linked: Vec<String>,
 }
 
 /// sha256 of a file; `Ok(None)` when it does not exist.
@@ -145,7 +155,39 @@ fn release_url(cfg: &NodeConfig, file: &str) -> String {
     format!("{}/{}/{file}", cfg.mirror, cfg.version.url_encoded())
 }
 
-fn open_url(url: &str, version: &str) -> Result<Box<dyn Read + Send>, DownloadError> {
+/// The ureq agent for `url`: through the proxy K3s would use for it
+/// ([`ProxySettings::for_url`]), or direct.
+fn http_agent(url: &str, proxy: &ProxySettings) -> Result<ureq::Agent, DownloadError> {
+    let mut b = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(15))
+        .timeout_read(Duration::from_secs(60))
+        .user_agent(concat!("firstboot-agent/", env!("CARGO_PKG_VERSION")))
+        .try_proxy_from_env(false);
+    if let Some(p) = proxy.for_url(url) {
+        let shown = super::proxy::redacted(&p.value);
+        let bad = |why: &str| DownloadError::Proxy {
+            url: url.to_owned(),
+            proxy: shown.clone(),
+            from: p.from.clone(),
+            message: why.to_owned(),
+        };
+        // K3s also takes https:// and socks5:// proxies; the agent's HTTP
+        // client speaks to plain HTTP ones only.
+        if p.value.contains("://") && !p.value.starts_with("http://") {
+            return Err(bad("the agent downloads only through http:// proxies (K3s itself uses this one) — give an http:// URL, or bake the K3s binary into the image (bake.k3s-binary)"));
+        }
+        let proxy = ureq::Proxy::new(&p.value).map_err(|e| bad(&e.to_string()))?;
+        tracing::info!("downloading {url} through the proxy {shown} ({})", p.from);
+        b = b.proxy(proxy);
+    }
+    Ok(b.build())
+}
+
+fn open_url(
+    url: &str,
+    version: &str,
+    proxy: &ProxySettings,
+) -> Result<Box<dyn Read + Send>, DownloadError> {
     if let Some(path) = url.strip_prefix("file://") {
         let path = path.replace("%2B", "+");
         return match File::open(&path) {
@@ -157,11 +199,17 @@ fn open_url(url: &str, version: &str) -> Result<Box<dyn Read + Send>, DownloadEr
             Err(e) => Err(FileError::new("reading", path, e).into()),
         };
     }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(15))
-        .timeout_read(Duration::from_secs(60))
-        .user_agent(concat!("firstboot-agent/", env!("CARGO_PKG_VERSION")))
-        .build();
+    let agent = http_agent(url, proxy)?;
+    let via = proxy
+        .for_url(url)
+        .map(|p| {
+            format!(
+                " (through the proxy {}, {})",
+                super::proxy::redacted(&p.value),
+                p.from
+            )
+        })
+        .unwrap_or_default();
     match agent.get(url).call() {
         Ok(resp) => Ok(Box::new(resp.into_reader())),
         Err(ureq::Error::Status(404, _)) => Err(DownloadError::NotFound {
@@ -174,7 +222,7 @@ fn open_url(url: &str, version: &str) -> Result<Box<dyn Read + Send>, DownloadEr
         }),
         Err(ureq::Error::Transport(t)) => Err(DownloadError::Transport {
             url: url.to_owned(),
-            message: transport_message(&t),
+            message: format!("{}{via}", transport_message(&t)),
         }),
     }
 }
@@ -221,8 +269,8 @@ fn with_retries<T>(
     }
 }
 
-fn fetch_text(url: &str, version: &str) -> Result<String, DownloadError> {
-    let mut r = open_url(url, version)?;
+fn fetch_text(url: &str, version: &str, proxy: &ProxySettings) -> Result<String, DownloadError> {
+    let mut r = open_url(url, version, proxy)?;
     let mut buf = String::new();
     r.by_ref()
         .take(1024 * 1024)
@@ -309,6 +357,7 @@ pub fn install(
             Installed {
                 origin: Origin::AlreadyInstalled,
                 sha256: digest,
+                not_linked: Vec::new(),
             }
         } else {
             let f = File::open(&baked).map_err(|e| FileError::new("reading", &baked, e))?;
@@ -317,12 +366,13 @@ pub fn install(
             Installed {
                 origin: Origin::Baked,
                 sha256,
+                not_linked: Vec::new(),
             }
         }
     } else {
         let sums_url = release_url(cfg, "sha256sum-amd64.txt");
         let listed = match with_retries(system, "fetching the checksum list", || {
-            fetch_text(&sums_url, version)
+            fetch_text(&sums_url, version, &cfg.proxy)
         }) {
             Ok(text) => {
                 Some(
@@ -354,21 +404,26 @@ pub fn install(
             Installed {
                 origin: Origin::AlreadyInstalled,
                 sha256: expected,
+                not_linked: Vec::new(),
             }
         } else {
             let url = release_url(cfg, "k3s");
             let sha256 = with_retries(system, "downloading K3s", || {
-                let r = open_url(&url, version)?;
+                let r = open_url(&url, version, &cfg.proxy)?;
                 stream_install(r, &url, &dest, &expected, &expected_from)
             })?;
             Installed {
                 origin: Origin::Downloaded(url),
                 sha256,
+                not_linked: Vec::new(),
             }
         }
     };
-    link_tools(root)?;
-    Ok(installed)
+    let not_linked = link_tools(root)?;
+    Ok(Installed {
+        not_linked,
+        ..installed
+    })
 }
 
 /// Both sources missing cannot happen (a failed fetch without a pin returns
@@ -379,18 +434,45 @@ fn unreachable_none(url: &str) -> Result<(Sha256Hex, String), DownloadError> {
     })
 }
 
-/// kubectl/crictl/ctr → k3s, unless a real tool of that name is there.
-fn link_tools(root: &Root) -> Result<(), FileError> {
+/// The directories of systemd's default PATH, where install.sh's
+/// `command -v` finds a tool under a unit or a root shell.
+const PATH_DIRS: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// kubectl/crictl/ctr → k3s, as install.sh's `create_symlinks` makes them:
+/// only where `/usr/local/bin/<tool>` does not exist (a link that leads
+/// nowhere counts as missing) and no tool of that name is on the PATH
+/// (Debian's `containerd` package has its own `ctr`, a `kubectl` package
+/// its `kubectl`). A link made earlier is left as it is. Returns the tools
+/// it did not link, and why.
+pub fn link_tools(root: &Root) -> Result<Vec<String>, FileError> {
+    let mut notes = Vec::new();
     for tool in TOOL_LINKS {
-        let link = root.path("/usr/local/bin").join(tool);
-        match fs::symlink_metadata(&link) {
-            Ok(m) if !m.file_type().is_symlink() => {
-                tracing::warn!("{} exists and is not a link; leaving it", link.display());
+        let link_abs = format!("/usr/local/bin/{tool}");
+        let link = root.path(&link_abs);
+        if fs::metadata(root.path(root.resolve(&link_abs))).is_ok() {
+            continue; // ours from an earlier run, or somebody else's
+        }
+        let elsewhere = PATH_DIRS.iter().map(|d| format!("{d}/{tool}")).find(|p| {
+            p != &link_abs
+                && fs::metadata(root.path(root.resolve(p)))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+        match elsewhere {
+            Some(p) => {
+                tracing::info!("not linking {link_abs} to k3s: {p} is on the PATH");
+                notes.push(format!("{link_abs} not linked ({p} exists)"));
             }
-            _ => symlink_atomic(Path::new("k3s"), &link)?,
+            None => symlink_atomic(Path::new("k3s"), &link)?,
         }
     }
-    Ok(())
+    Ok(notes)
 }
 
 #[cfg(test)]

@@ -83,13 +83,19 @@ pub fn render_config(cfg: &NodeConfig, extra_args: &[(&str, &str)]) -> String {
     )
 }
 
-/// The unit's env file, as install.sh writes it: `K3S_TOKEN='…'`.
-/// Token validation guarantees no quote, backslash or whitespace in it.
+/// The unit's env file, as install.sh's `create_env_file` writes it:
+/// `K3S_TOKEN='…'`, then the proxy variables ([`super::proxy`]), one
+/// `NAME='value'` a line. Validation guarantees no quote, backslash, white
+/// space or control character in any value.
 pub fn render_env_file(cfg: &NodeConfig) -> String {
-    match &cfg.token {
-        Some(t) => format!("K3S_TOKEN='{}'\n", t.expose()),
-        None => String::new(),
+    let mut out = String::new();
+    if let Some(t) = &cfg.token {
+        out.push_str(&format!("K3S_TOKEN='{}'\n", t.expose()));
     }
+    for (name, value) in &cfg.proxy.env {
+        out.push_str(&format!("{name}='{value}'\n"));
+    }
+    out
 }
 
 /// The systemd unit K3s's install script writes for this role.

@@ -1,8 +1,11 @@
-//! Step 5 and 6: install the pinned K3s, write its config, unit and env
-//! file, place air-gap images, start it and wait until it is ready.
+//! Step 5 and 6: install the pinned K3s and install.sh's killall and
+//! uninstall scripts, write its config, unit and env file (proxies
+//! included), place air-gap images, start it and wait until it is ready.
 
 pub mod binary;
 pub mod config;
+pub mod proxy;
+pub mod scripts;
 
 use std::path::Path;
 use std::time::Duration;
@@ -141,6 +144,15 @@ pub fn enable_and_start(system: &dyn System, role: Role) -> Result<(), K3sError>
     systemctl(system, &["daemon-reload"])?;
     systemctl(system, &["enable", unit])?;
     systemctl(system, &["start", "--no-block", unit])?;
+    Ok(())
+}
+
+/// Restart a K3s an earlier run started, so it reads what changed
+/// (`--no-block`, as for the start).
+pub fn restart(system: &dyn System, role: Role) -> Result<(), K3sError> {
+    let unit = role.unit_name();
+    systemctl(system, &["daemon-reload"])?;
+    systemctl(system, &["restart", "--no-block", unit])?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ pub use super::values::{ServerUrl, Token};
 use super::vendor::{self, Origin, Origins, VendorUse};
 use super::{Metadata, MetadataError};
 use crate::checks::Finding;
+use crate::k3s::proxy::{self, ProxyMeta, ProxySettings};
 use crate::message::{check_one_line, quoted};
 
 /// The K3s API port servers listen on and joining nodes dial.
@@ -83,6 +84,12 @@ pub struct NodeConfig {
     pub control_plane_taint: bool,
     /// Other config.yaml keys (defaults, then metadata).
     pub extra_config: BTreeMap<String, serde_yaml::Value>,
+    /// `k3s.proxy` as the metadata gives it.
+    pub proxy_meta: ProxyMeta,
+    /// The proxies of this node: `k3s.proxy` over the agent's environment
+    /// (merge() sees the metadata only; `run::load_node_config` adds the
+    /// environment).
+    pub proxy: ProxySettings,
     /// Host names that must resolve.
     pub check_names: Vec<String>,
     /// `host:port` endpoints that must accept TCP.
@@ -481,6 +488,8 @@ pub fn merge(
         Ok(Duration::from_secs(secs))
     };
 
+    let proxy_meta = proxy_meta(k.proxy.as_ref(), &invalid)?;
+
     let mirror = k
         .mirror
         .clone()
@@ -517,6 +526,8 @@ pub fn merge(
         node_taints,
         control_plane_taint: control_plane_taint && role == Role::Server,
         extra_config: config,
+        proxy: ProxySettings::combine(&proxy_meta, &proxy::ProxyEnv::default()),
+        proxy_meta,
         check_names,
         check_endpoints,
         network_timeout: timeout(
@@ -542,6 +553,52 @@ pub fn merge(
         vendor: layered.vendor.clone(),
         ssh: None,
         warnings: Vec::new(),
+    })
+}
+
+/// `k3s.proxy`, validated: one line, a proxy URL each, no-proxy entries.
+/// An empty value is kept as "no proxy" ([`ProxyMeta`]).
+fn proxy_meta(
+    keys: Option<&super::userdata::ProxyKeys>,
+    invalid: &dyn Fn(&str, String) -> MetadataError,
+) -> Result<ProxyMeta, MetadataError> {
+    let Some(keys) = keys else {
+        return Ok(ProxyMeta::default());
+    };
+    for (key, value) in [("proxy.http", &keys.http), ("proxy.https", &keys.https)] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            proxy::check_url(v).map_err(|m| invalid(key, m))?;
+        }
+    }
+    let items = match &keys.no_proxy {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(serde_yaml::Value::String(s)) => Some(vec![s.clone()]),
+        Some(serde_yaml::Value::Sequence(seq)) => Some(
+            seq.iter()
+                .map(|v| v.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    invalid(
+                        "proxy.no-proxy",
+                        "expected host names, domains, IP addresses or CIDR ranges as strings".into(),
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err(invalid(
+                "proxy.no-proxy",
+                "expected a list of host names, domains, IP addresses or CIDR ranges, or one comma-separated string".into(),
+            ))
+        }
+    };
+    let no_proxy = items
+        .map(|i| proxy::no_proxy_list(&i))
+        .transpose()
+        .map_err(|m| invalid("proxy.no-proxy", m))?;
+    Ok(ProxyMeta {
+        http: keys.http.clone(),
+        https: keys.https.clone(),
+        no_proxy,
     })
 }
 

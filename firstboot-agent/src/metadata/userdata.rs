@@ -86,6 +86,19 @@ pub struct K3sMeta {
     /// Further K3s config keys, written to config.yaml as given.
     #[serde(default)]
     pub config: BTreeMap<String, serde_yaml::Value>,
+    /// HTTP proxies for K3s (its env file) and the agent's downloads.
+    pub proxy: Option<ProxyKeys>,
+}
+
+/// `k3s.proxy`: written into the unit's env file as `HTTP_PROXY`,
+/// `HTTPS_PROXY` and `NO_PROXY` ([`crate::k3s::proxy`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ProxyKeys {
+    pub http: Option<String>,
+    pub https: Option<String>,
+    /// A list of entries, or one comma-separated string.
+    pub no_proxy: Option<serde_yaml::Value>,
 }
 
 /// The subset of `#cloud-config` the agent reads; other keys belong to

@@ -101,8 +101,9 @@ impl fmt::Display for Origin {
 }
 
 /// Which file each setting came from. Keys are `hostname`, `fqdn`,
-/// `ssh_authorized_keys`, `user`, `users`, `vendor_data`, `k3s.<key>` and
-/// `k3s.config.<key>`; anything not listed is user-data's.
+/// `ssh_authorized_keys`, `user`, `users`, `vendor_data`, `k3s.<key>`,
+/// `k3s.config.<key>` and `k3s.proxy.<key>`; anything not listed is
+/// user-data's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origins {
     user_data: String,
@@ -142,12 +143,11 @@ impl Origins {
                     let line = data.k3s_lines.get(k).or(data.lines.get("k3s")).copied();
                     self.keys.insert(name, at(line));
                 }
-                if let (Value::Mapping(config), "config") = (v, k) {
-                    for ck in config.keys().filter_map(Value::as_str) {
-                        let name = format!("k3s.config.{ck}");
+                if let (Value::Mapping(sub), "config" | "proxy") = (v, k) {
+                    for ck in sub.keys().filter_map(Value::as_str) {
+                        let name = format!("k3s.{k}.{ck}");
                         if wanted(&name) {
-                            self.keys
-                                .insert(name, at(data.k3s_lines.get("config").copied()));
+                            self.keys.insert(name, at(data.k3s_lines.get(k).copied()));
                         }
                     }
                 }

@@ -87,6 +87,12 @@ pub struct State {
     pub steps: BTreeMap<String, StepRecord>,
     pub k3s: Option<K3sRecord>,
     pub finished: bool,
+    /// The files the image or cloud-init had put under /etc/rancher/k3s and
+    /// K3s's data directory before K3s first started, which the uninstall
+    /// script keeps (listed once, before the first start, and kept here so
+    /// later runs write the same script).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_on_uninstall: Option<Vec<String>>,
 }
 
 impl Default for State {
@@ -97,6 +103,7 @@ impl Default for State {
             steps: BTreeMap::new(),
             k3s: None,
             finished: false,
+            kept_on_uninstall: None,
         }
     }
 }
@@ -172,6 +179,14 @@ pub struct RunResult {
     /// Temp files of killed runs removed at the start of this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_temp_files: Vec<String>,
+    /// install.sh's scripts on this node: `k3s-killall.sh` and the role's
+    /// uninstall script.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub k3s_scripts: Vec<String>,
+    /// Proxy variables copied from the agent's own environment into K3s's
+    /// env file (names only: the values may hold passwords).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_from_environment: Vec<String>,
 }
 
 impl RunResult {

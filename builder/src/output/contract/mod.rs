@@ -626,6 +626,23 @@ fn check_networkd(
         "/usr/lib/systemd/systemd-networkd",
     ];
     if let Some(path) = paths.iter().find_map(|p| tree.executable(p).ok()) {
+        if let Some(found) = masked(tree, "systemd-networkd.service") {
+            missing.push(Missing {
+                item: NETWORKD,
+                found,
+                needed_for: "pct writes eth0's address to /etc/systemd/network/eth0.network and \
+                             enables systemd-networkd (Setup/Ubuntu.pm), but systemd never starts \
+                             a masked unit; eth0 stays down"
+                    .into(),
+                fix: Fix::Advice(
+                    "unmask it in the rootfs (`systemctl unmask systemd-networkd.service`) and \
+                     re-create the tarball"
+                        .into(),
+                ),
+                network: true,
+            });
+            return;
+        }
         stack.push(Tool {
             what: "systemd-networkd".into(),
             path,
@@ -643,6 +660,18 @@ fn check_networkd(
         fix: Fix::Install(if split { "systemd-networkd" } else { "systemd" }.into()),
         network: true,
     });
+}
+
+/// "…/UNIT is masked (-> /dev/null)" when the base masks `unit` in
+/// /etc/systemd/system (where `systemctl mask` puts the link).
+fn masked(tree: &Tree<'_>, unit: &str) -> Option<String> {
+    let path = format!("/etc/systemd/system/{unit}");
+    match tree.entry(&path)?.kind {
+        Kind::Symlink(target) if target == "/dev/null" => {
+            Some(format!("{path} masks it (-> /dev/null)"))
+        }
+        _ => None,
+    }
 }
 
 fn ubuntu_version(release: &str) -> Option<(u32, u32)> {
@@ -695,6 +724,23 @@ fn check_network_manager(
         "/etc/sysconfig/network-scripts/ifcfg-eth0"
     };
     match tree.executable("/usr/sbin/NetworkManager") {
+        Ok(_) if masked(tree, "NetworkManager.service").is_some() => {
+            missing.push(Missing {
+                item: NETWORK_MANAGER,
+                found: masked(tree, "NetworkManager.service").unwrap_or_default(),
+                needed_for: format!(
+                    "pct writes eth0's address to {writes} (Setup/CentOS.pm) for NetworkManager, \
+                     but systemd never starts a masked unit; eth0 stays down"
+                ),
+                fix: Fix::Advice(
+                    "unmask it in the rootfs (`systemctl unmask NetworkManager.service`) and \
+                     re-create the tarball"
+                        .into(),
+                ),
+                network: true,
+            });
+            return;
+        }
         Ok(path) => stack.push(Tool {
             what: "NetworkManager".into(),
             path,

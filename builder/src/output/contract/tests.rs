@@ -463,6 +463,18 @@ fn ubuntu_items_each() {
             out.errors[0]
         );
     }
+    // A masked networkd is as good as none: pct's eth0.network is never applied.
+    let masked = ubuntu().symlink("/etc/systemd/system/systemd-networkd.service", "/dev/null");
+    let out = check(&masked, &o);
+    assert_eq!(items(&out.errors), vec!["systemd-networkd"]);
+    assert!(
+        out.errors[0].found.contains("masks it"),
+        "{}",
+        out.errors[0]
+    );
+    let masked = rocky().symlink("/etc/systemd/system/NetworkManager.service", "/dev/null");
+    let out = check(&masked, &opts(Distro::Rocky, "9"));
+    assert_eq!(items(&out.errors), vec!["NetworkManager"]);
     let no_networkd = without(ubuntu(), "/usr/lib/systemd/systemd-networkd");
     let out = check(&no_networkd, &o);
     assert_eq!(items(&out.errors), vec!["systemd-networkd"]);

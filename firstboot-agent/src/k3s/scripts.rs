@@ -22,6 +22,9 @@
 //!   with what it holds, where install.sh's `rm -rf` deletes the volume's
 //!   data (k3s#3264);
 //! * only `kubectl`/`crictl`/`ctr` links that point to k3s are removed;
+//! * a forced unmount that fails is tried once more without `-f`: LXC's
+//!   seccomp policy (`reject_force_umount` in its common.seccomp, which
+//!   Proxmox containers get) refuses every `umount -f` in a container;
 //! * every file path is prefixed with `ROOT`, empty on the node, so tests
 //!   run the scripts against a directory.
 //!
@@ -218,7 +221,7 @@ do_unmount_and_remove() {{
     set +x
     while read -r _ path _; do
         case "$path" in $1*) echo "$path" ;; esac
-    done < /proc/self/mounts | sort -r | xargs -r -t -n 1 sh -c 'umount -f "$0" && rm -rf "$0"'
+    done < /proc/self/mounts | sort -r | xargs -r -t -n 1 sh -c '{{ umount -f "$0" 2>/dev/null || umount "$0"; }} && rm -rf "$0"'
     set -x
 }}
 

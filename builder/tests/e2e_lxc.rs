@@ -18,7 +18,9 @@
 //! Restarting (with pct's pre-start set-up again) neither reinstalls K3s nor
 //! loses `/dev/kmsg`, and the renamed worker keeps its K3s node name. The
 //! server's seed carries an SSH key: the host logs in with it, and sshd
-//! refuses passwords, before and after the restart.
+//! refuses passwords, before and after the restart. At the end, the renamed
+//! worker's `k3s-agent-uninstall.sh` removes K3s and the agent's state, and
+//! `firstboot-agent run` provisions it again.
 //!
 //! Needs root, `lxc`, `mmdebstrap`, `iproute2`, `zstd`, `dnsmasq`, the static
 //! agent and the static stand-in (see `tests/k3s-standin/README.md`,
@@ -398,6 +400,197 @@ fn assert_network(node: &Node, lab: &Lab, ipv4: Ipv4) -> String {
         node.name
     );
     ip
+}
+
+/// Processes whose command line holds one of `needles`, from `ps` inside.
+fn processes(node: &Node, needles: &[&str]) -> Vec<String> {
+    node.attach_ok(&["ps", "-e", "-o", "pid=,args="])
+        .lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+/// Mount points inside the node under K3s's and the kubelet's directories.
+fn k3s_mounts(node: &Node) -> Vec<String> {
+    node.attach_ok(&["cat", "/proc/self/mounts"])
+        .lines()
+        .filter(|l| {
+            let at = l.split_whitespace().nth(1).unwrap_or_default();
+            ["/run/k3s", "/var/lib/kubelet", "/var/lib/rancher/k3s"]
+                .iter()
+                .any(|d| at == *d || at.starts_with(&format!("{d}/")))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Step 11 of the test (see there).
+fn assert_uninstall_and_provision_again(worker: &Node, server: &Node, mirror: &str) {
+    let uninstall = "/usr/local/bin/k3s-agent-uninstall.sh";
+    for script in ["/usr/local/bin/k3s-killall.sh", uninstall] {
+        assert_eq!(mode(worker, script), 0o755, "[{}] {script}", worker.name);
+    }
+    assert!(!worker.path("/usr/local/bin/k3s-uninstall.sh").exists());
+    let shim = "/var/lib/rancher/k3s/data/e2e/bin/containerd-shim-runc-v2";
+    let rootfs = "/run/k3s/containerd/io.containerd.runtime.v2.task/k8s.io/e2e/rootfs";
+    let volume = "/var/lib/kubelet/pods/e2e/volumes/kubernetes.io~empty-dir/cache";
+    worker.attach_ok(&[
+        "sh",
+        "-ec",
+        &format!(
+            "mkdir -p {dir} {rootfs} {volume}
+printf '#!/bin/sh\\nsleep 7261 &\\nsleep 7261 &\\nwait\\n' > {shim}
+chmod 755 {shim}
+setsid {shim} </dev/null >/dev/null 2>&1 &
+mount -t tmpfs e2e-rootfs {rootfs}
+mount -t tmpfs e2e-volume {volume}
+ip link add cni0 type bridge
+ip link add vethe2e type veth peer name vethe2e-peer
+ip link set vethe2e master cni0
+ip link add flannel.1 type vxlan id 1 dev eth0 dstport 8472
+iptables -N KUBE-E2E
+iptables -A INPUT -j KUBE-E2E
+iptables -A INPUT -s 192.0.2.1/32 -j ACCEPT",
+            dir = Path::new(shim).parent().unwrap().display()
+        ),
+    ]);
+    poll(
+        &format!("the shim's two children in {}", worker.name),
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || (processes(worker, &["sleep 7261"]).len() == 2).then_some(()),
+    );
+    assert_eq!(k3s_mounts(worker).len(), 2, "{:?}", k3s_mounts(worker));
+    let k3s_procs = ["/usr/local/bin/k3s", "containerd-shim", "sleep 7261"];
+    assert!(
+        !processes(worker, &["/usr/local/bin/k3s agent"]).is_empty(),
+        "[{}] the stand-in agent is not running before the uninstall",
+        worker.name
+    );
+
+    let uninstalled_at = unix_now();
+    let o = worker.attach(&[uninstall]);
+    let trace = text(&o);
+    assert!(
+        o.status.success(),
+        "[{}] {uninstall} failed:\n{trace}",
+        worker.name
+    );
+    let left = processes(worker, &k3s_procs);
+    assert!(
+        left.is_empty(),
+        "[{}] still running: {left:?}\n{trace}",
+        worker.name
+    );
+    let mounts = k3s_mounts(worker);
+    assert!(
+        mounts.is_empty(),
+        "[{}] still mounted: {mounts:?}\n{trace}",
+        worker.name
+    );
+    let links = worker.attach_ok(&["ip", "-o", "link", "show"]);
+    for gone in ["cni0", "vethe2e", "flannel.1"] {
+        assert!(
+            !links.contains(&format!(": {gone}:")) && !links.contains(&format!(": {gone}@")),
+            "[{}] {gone} is still there:\n{links}",
+            worker.name
+        );
+    }
+    let rules = worker.attach_ok(&["iptables-save"]);
+    assert!(
+        !rules.contains("KUBE-") && rules.contains("-A INPUT -s 192.0.2.1/32 -j ACCEPT"),
+        "[{}] iptables after the uninstall:\n{rules}",
+        worker.name
+    );
+    for gone in [
+        "/var/lib/firstboot-agent/done",
+        "/var/lib/firstboot-agent",
+        "/usr/local/bin/k3s",
+        "/usr/local/bin/kubectl",
+        "/etc/systemd/system/k3s-agent.service",
+        "/etc/systemd/system/k3s-agent.service.env",
+        "/etc/rancher/k3s",
+        "/var/lib/rancher/k3s",
+        "/var/lib/kubelet",
+        "/usr/local/bin/k3s-killall.sh",
+        uninstall,
+    ] {
+        assert!(
+            std::fs::symlink_metadata(worker.path(gone)).is_err(),
+            "[{}] {gone} is still there\n{trace}",
+            worker.name
+        );
+    }
+    for kept in [
+        "/usr/local/sbin/firstboot-agent",
+        "/etc/systemd/system/firstboot-agent.service",
+        "/etc/firstboot-agent/defaults.yaml",
+        "/var/lib/cloud/seed/nocloud/meta-data",
+        "/var/lib/cloud/seed/nocloud/user-data",
+    ] {
+        assert!(
+            worker.path(kept).exists(),
+            "[{}] {kept} was removed",
+            worker.name
+        );
+    }
+    assert_eq!(
+        worker.attach_out(&["systemctl", "is-enabled", "firstboot-agent.service"]),
+        "enabled"
+    );
+    assert_ne!(
+        worker.attach_out(&["systemctl", "is-active", "k3s-agent.service"]),
+        "active"
+    );
+
+    // The agent provisions the node again from its seed, K3s from the mirror.
+    let o = worker.attach(&["firstboot-agent", "run"]);
+    assert!(
+        o.status.success(),
+        "[{}] firstboot-agent run after the uninstall failed:\n{}",
+        worker.name,
+        text(&o)
+    );
+    let res = worker
+        .read_json("/var/lib/firstboot-agent/result.json")
+        .unwrap();
+    assert_eq!(res["finished"], true, "{res:#}");
+    assert_eq!(res["errors"], Value::Array(vec![]), "{res:#}");
+    assert!(
+        step(&res, "k3s-binary")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("downloaded from {mirror}/"))),
+        "{res:#}"
+    );
+    assert!(worker.path("/var/lib/firstboot-agent/done").exists());
+    assert_active(worker, "k3s-agent.service");
+    assert_eq!(mode(worker, uninstall), 0o755);
+    let rec = "/var/lib/rancher/k3s/standin/effective-config.json";
+    let eff = worker.read_json(rec).unwrap();
+    assert_eq!(eff["status"], "running", "{eff:#}");
+    assert!(
+        eff["started_at_unix"].as_u64().unwrap_or(0) >= uninstalled_at,
+        "{eff:#}"
+    );
+    assert_eq!(eff["join"]["ok"], true, "{eff:#}");
+    assert_eq!(eff["node_name"], "k3s-e2e-worker", "{eff:#}");
+    let joins = server
+        .read("/var/lib/rancher/k3s/standin/joins.jsonl")
+        .unwrap_or_default();
+    let accepted = joins
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|j| j["node_name"] == "k3s-e2e-worker" && j["accepted"] == true)
+        .count();
+    assert!(
+        accepted >= 2,
+        "the server recorded {accepted} join(s) of the worker:\n{joins}"
+    );
+    eprintln!(
+        "[{}] {uninstall} removed K3s and the agent's state; firstboot-agent run provisioned it again",
+        worker.name
+    );
 }
 
 #[test]
@@ -1059,6 +1252,16 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     let weff2 = worker.read_json(rec).unwrap();
     assert_eq!(weff2["join"]["ok"], true, "{weff2:#}");
     assert_eq!(weff2["node_name"], "k3s-e2e-worker", "{weff2:#}");
+
+    // 11. K3s's uninstall script on the renamed worker, as a runbook runs
+    // it — after giving the node what a real K3s leaves behind and the
+    // stand-in does not make: a containerd shim with its children, a
+    // container's rootfs and a pod volume mounted, cni0 with a pod's veth,
+    // flannel.1, and KUBE- rules. Then nothing of K3s is left (process,
+    // mount, link, rule, file, the agent's state), the agent, its unit,
+    // defaults and seed are, and `firstboot-agent run` provisions the node
+    // again: it joins once more.
+    assert_uninstall_and_provision_again(&worker, &server, &mirror);
 
     eprintln!(
         "\nend-to-end LXC test passed in {:.0} s (server {server_secs:.1} s, HA server {ha_secs:.1} s, \

@@ -439,6 +439,29 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         return Ok(r.result);
     }
 
+    // The proxies of the agent's environment are those of the first run
+    // that had any: the readiness run is another unit, without the drop-ins
+    // of firstboot-agent.service, and must not write an env file without
+    // them (and restart K3s for it).
+    if opts.env.is_empty() {
+        if let Some(recorded) = r.state.proxy_environment.clone() {
+            let env = ProxyEnv::from_pairs(
+                &recorded
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect::<Vec<_>>(),
+            );
+            cfg.proxy = ProxySettings::combine(&cfg.proxy_meta, &env);
+            r.result.proxy_from_environment = cfg.proxy.from_environment.clone();
+            let found = proxy_findings(&cfg);
+            r.result
+                .warnings
+                .extend(found.iter().map(|f| format!("metadata: {f}")));
+        }
+    } else {
+        r.state.proxy_environment = Some(opts.env.pairs());
+    }
+
     // 2. Host name.
     let mut proxmox_names = false;
     r.step("hostname", |r| {

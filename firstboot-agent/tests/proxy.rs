@@ -251,3 +251,33 @@ fn the_preflight_checks_the_proxy_the_download_goes_through() {
         "{e}"
     );
 }
+
+/// The readiness run is firstboot-agent-ready.service, which does not get
+/// the drop-ins of firstboot-agent.service: it writes the env file with the
+/// proxies the first run found, and so does not restart K3s.
+#[test]
+fn the_readiness_run_keeps_the_proxies_of_the_first_runs_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    node_root(r, "");
+    seed(r, "i1", &agent("  proxy:\n    no-proxy: 10.0.0.0/8\n"));
+    let first = RunOptions {
+        no_wait: true,
+        env: ProxyEnv::from_pairs(&[("HTTPS_PROXY", "http://u:pw@proxy.lan:3128")]),
+    };
+    run(&Root::new(r), &fake_for(r), &first).unwrap();
+    let env_file = read(r, ENV_FILE);
+    assert!(
+        env_file.contains("HTTPS_PROXY='http://u:pw@proxy.lan:3128'\n"),
+        "{env_file}"
+    );
+    let state = std::fs::metadata(r.join("var/lib/firstboot-agent/state.json")).unwrap();
+    assert_eq!(state.permissions().mode() & 0o777, 0o600);
+
+    let sys = fake_for(r);
+    let res = run(&Root::new(r), &sys, &RunOptions::default()).unwrap();
+    assert!(res.finished, "{res:#?}");
+    assert_eq!(read(r, ENV_FILE), env_file);
+    assert_eq!(sys.systemctl_calls(), ["is-active k3s-agent.service"]);
+    assert_eq!(res.proxy_from_environment, ["HTTPS_PROXY"]);
+}

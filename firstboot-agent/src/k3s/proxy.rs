@@ -77,6 +77,20 @@ impl ProxyEnv {
         Self::from_vars(pairs.iter().map(|(k, v)| (k.into(), v.into())))
     }
 
+    /// No proxy variable at all.
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The variables as found (the valid ones; [`ProxyEnv::check`] has
+    /// refused a run with others).
+    pub fn pairs(&self) -> std::collections::BTreeMap<String, String> {
+        self.vars
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.clone().ok()?)))
+            .collect()
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.vars
             .iter()

@@ -93,6 +93,11 @@ pub struct State {
     /// later runs write the same script).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_on_uninstall: Option<Vec<String>>,
+    /// The proxy variables of the agent's environment in the first run of
+    /// this instance that had any, for runs without them (the readiness
+    /// unit). state.json is 0600: a proxy URL may hold a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_environment: Option<BTreeMap<String, String>>,
 }
 
 impl Default for State {
@@ -104,6 +109,7 @@ impl Default for State {
             k3s: None,
             finished: false,
             kept_on_uninstall: None,
+            proxy_environment: None,
         }
     }
 }

@@ -214,6 +214,32 @@ mod tests {
     }
 
     #[test]
+    fn status_names_the_uninstall_script_once_k3s_is_installed() {
+        let mut state = State {
+            instance_id: Some("i1".into()),
+            ..State::default()
+        };
+        let result = RunResult {
+            k3s_scripts: vec![
+                "/usr/local/bin/k3s-killall.sh".into(),
+                "/usr/local/bin/k3s-agent-uninstall.sh".into(),
+            ],
+            ..RunResult::default()
+        };
+        assert!(!render_status(&state, Some(&result)).contains("uninstall:"));
+        state.k3s = Some(crate::state::K3sRecord {
+            instance_id: "i1".into(),
+            version: "v1.34.3+k3s1".into(),
+            role: "agent".into(),
+            topology: "agent".into(),
+            unit: "k3s-agent.service".into(),
+            sha256: String::new(),
+        });
+        assert!(render_status(&state, Some(&result))
+            .contains("uninstall: /usr/local/bin/k3s-agent-uninstall.sh\n"));
+    }
+
+    #[test]
     fn parses_subcommands() {
         let c = Cli::try_parse_from(["firstboot-agent", "run", "--root", "/tmp/x", "--no-wait"])
             .unwrap();

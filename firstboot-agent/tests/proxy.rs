@@ -281,3 +281,34 @@ fn the_readiness_run_keeps_the_proxies_of_the_first_runs_environment() {
     assert_eq!(sys.systemctl_calls(), ["is-active k3s-agent.service"]);
     assert_eq!(res.proxy_from_environment, ["HTTPS_PROXY"]);
 }
+
+/// `k3s.proxy` is merged key by key, like `k3s.config`: a proxy every node
+/// shares in vendor-data, a node's own no-proxy in user-data.
+#[test]
+fn vendor_data_and_user_data_proxies_merge_key_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    node_root(r, "");
+    seed_with_vendor(
+        r,
+        "i1",
+        &agent("  proxy:\n    no-proxy: [10.0.0.0/8]\n"),
+        "#cloud-config\nk3s:\n  proxy:\n    https: http://shared-proxy:3128\n    no-proxy: [.lan]\n",
+    );
+    let res = run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap();
+    assert!(res.finished);
+    assert_eq!(
+        read(r, ENV_FILE),
+        format!(
+            "K3S_TOKEN='{TOKEN}'\nHTTPS_PROXY='http://shared-proxy:3128'\nNO_PROXY='10.0.0.0/8'\n"
+        )
+    );
+    assert_eq!(
+        res.k3s_settings_from["k3s.proxy.https"],
+        "/var/lib/cloud/seed/nocloud/vendor-data:3"
+    );
+    assert_eq!(
+        res.k3s_settings_from["k3s.proxy.no-proxy"],
+        "/var/lib/cloud/seed/nocloud/user-data:6"
+    );
+}

@@ -3,15 +3,14 @@
 //! target and the text of the few small distro files, writing nothing. An uncompressed base (what a bootstrap caches) is
 //! walked by seeking from header to header, so file data is never read.
 
-use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tar::EntryType;
 
 use super::tree::{is_identity_file, BaseFacts, Kind, Node};
-use crate::output::tar::base::{detect_compression, open_base, Compression};
+use crate::output::tar::base::{detect_compression, open_base, read_head, Compression};
 use crate::output::tar::entry_policy::{unsafe_member, EntryPolicy};
 use crate::output::tar::paths::normalize;
 use crate::output::tar::reader::{Member, ReadFailure, TarReader};
@@ -25,21 +24,15 @@ const SEEK_BUFFER: usize = 64 << 10;
 
 /// Gathers [`BaseFacts`] from the base tarball at `path`.
 pub fn scan_base(path: &Path, cancel: &AtomicBool) -> Result<BaseFacts, OutputError> {
-    let open_err = |source| OutputError::OpenBase {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = File::open(path).map_err(open_err)?;
-    let mut head = Vec::with_capacity(512);
-    (&mut file)
-        .take(512)
-        .read_to_end(&mut head)
-        .map_err(open_err)?;
+    let (mut file, head) = read_head(path)?;
     let label = path.display().to_string();
     match detect_compression(&head) {
         Some(Compression::None) => {
-            // Reopen rather than seek back: the reader starts at byte 0.
-            let file = File::open(path).map_err(open_err)?;
+            // Back to byte 0, where the reader starts.
+            file.rewind().map_err(|source| OutputError::OpenBase {
+                path: path.to_owned(),
+                source,
+            })?;
             let reader = TarReader::new(BufReader::with_capacity(SEEK_BUFFER, file));
             scan(reader, cancel, &label, |r, n| {
                 let n = i64::try_from(n).map_err(|_| std::io::ErrorKind::InvalidData)?;

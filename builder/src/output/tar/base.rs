@@ -42,16 +42,9 @@ pub fn detect_compression(head: &[u8]) -> Option<Compression> {
     }
 }
 
-/// Opens a base tarball and returns its decompressed, buffered tar stream.
-pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, OutputError> {
-    open_base_with_progress(path, None)
-}
-
-/// Like [`open_base`]; `progress` advances by the bytes read from the file.
-pub fn open_base_with_progress(
-    path: &Path,
-    progress: Option<&ProgressBar>,
-) -> Result<Box<dyn Read + Send>, OutputError> {
+/// Opens the base at `path` and reads its first 512 bytes (at most), which
+/// [`detect_compression`] looks at; the file is left just after them.
+pub(in crate::output) fn read_head(path: &Path) -> Result<(File, Vec<u8>), OutputError> {
     let open_err = |source| OutputError::OpenBase {
         path: path.to_owned(),
         source,
@@ -62,6 +55,24 @@ pub fn open_base_with_progress(
         .take(512)
         .read_to_end(&mut head)
         .map_err(open_err)?;
+    Ok((file, head))
+}
+
+/// Opens a base tarball and returns its decompressed, buffered tar stream.
+pub fn open_base(path: &Path) -> Result<Box<dyn Read + Send>, OutputError> {
+    open_base_with_progress(path, None)
+}
+
+/// Like [`open_base`]; `progress` advances by the bytes read from the file.
+pub fn open_base_with_progress(
+    path: &Path,
+    progress: Option<&ProgressBar>,
+) -> Result<Box<dyn Read + Send>, OutputError> {
+    let (file, head) = read_head(path)?;
+    let open_err = |source| OutputError::OpenBase {
+        path: path.to_owned(),
+        source,
+    };
     let compression = detect_compression(&head).ok_or_else(|| OutputError::NotTar {
         path: path.to_owned(),
     })?;

@@ -13,6 +13,8 @@
 mod alloc_guard;
 #[path = "../../tests/fuzz/mutate.rs"]
 mod mutate;
+#[path = "../../tests/fuzz/scratch.rs"]
+mod scratch;
 #[path = "fuzz/tar_input.rs"]
 mod tar_input;
 
@@ -25,18 +27,11 @@ use imgbuild::output::disk::gpt::crc32;
 use imgbuild::output::disk::{find_root, parse_gpt, probe_filesystem, SECTOR};
 use imgbuild::output::{rewrite_tar, scan_base};
 use mutate::{Mutation, Number};
+use scratch::scratch_dir;
 use tar_input::TarInput;
 
 #[global_allocator]
 static ALLOC: alloc_guard::Counting = alloc_guard::Counting;
-
-/// A temporary directory in memory when the machine has /dev/shm: the
-/// targets that go through files write one per input.
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
-}
 
 const GPT_IMG: &[u8] = include_bytes!("fixtures/fuzz/gpt.img");
 const EXT4_HEAD: &[u8] = include_bytes!("fixtures/fuzz/ext4.head");

@@ -16,6 +16,8 @@
 mod alloc_guard;
 #[path = "../../tests/fuzz/mutate.rs"]
 mod mutate;
+#[path = "../../tests/fuzz/scratch.rs"]
+mod scratch;
 
 use std::path::Path;
 
@@ -29,17 +31,10 @@ use firstboot_agent::rootfs::Root;
 use firstboot_agent::system::FakeSystem;
 use mutate::Mutation;
 use node_spec::BakedDefaults;
+use scratch::scratch_dir;
 
 #[global_allocator]
 static ALLOC: alloc_guard::Counting = alloc_guard::Counting;
-
-/// A temporary directory in memory when the machine has /dev/shm: the
-/// targets that go through files write one per input.
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .unwrap()
-}
 
 macro_rules! fixture {
     ($name:literal) => {

@@ -723,11 +723,12 @@ fn check_network_manager(
     } else {
         "/etc/sysconfig/network-scripts/ifcfg-eth0"
     };
+    let masked_unit = masked(tree, "NetworkManager.service");
     match tree.executable("/usr/sbin/NetworkManager") {
-        Ok(_) if masked(tree, "NetworkManager.service").is_some() => {
+        Ok(_) if masked_unit.is_some() => {
             missing.push(Missing {
                 item: NETWORK_MANAGER,
-                found: masked(tree, "NetworkManager.service").unwrap_or_default(),
+                found: masked_unit.unwrap_or_default(),
                 needed_for: format!(
                     "pct writes eth0's address to {writes} (Setup/CentOS.pm) for NetworkManager, \
                      but systemd never starts a masked unit; eth0 stays down"

@@ -186,10 +186,10 @@ fn check_signature(
         Err(crate::command::CommandError::Failed { stderr_tail, .. }) => Err(catalog_error(
             url,
             format!(
-                "its signature {sig_url} does not verify with {}: {}— the index was altered or \
+                "its signature {sig_url} does not verify with {}: {} — the index was altered or \
                  the keyring is not the one that signs it; nothing was used",
                 keyring.display(),
-                stderr_tail.trim_end().to_owned() + " "
+                stderr_tail.trim_end()
             ),
         )),
         Err(e) => Err(e.into()),

@@ -226,7 +226,8 @@ fn fw_is_static(fw: Firmware) -> bool {
 /// KEY --ciupgrade 0 --ipconfig0 ip=IP/24,gw=HOST (or ip=dhcp) --nameserver
 /// HOST --searchdomain lab.internal --cicustom vendor=…`, byte for byte as
 /// `cloudinit_userdata`, `nocloud_network` and `nocloud_gen_metadata` make
-/// the files (Cloudinit.pm), written with `imgbuild seed`.
+/// the files (Cloudinit.pm), written with `imgbuild seed`. With a search
+/// domain, `get_hostname_fqdn` makes the fqdn `<name>.<searchdomain>`.
 #[allow(clippy::too_many_arguments)]
 fn proxmox_seed(
     dir: &Path,
@@ -239,7 +240,7 @@ fn proxmox_seed(
     vendor_data: &Path,
 ) -> PathBuf {
     let user_data = format!(
-        "#cloud-config\nhostname: {hostname}\nmanage_etc_hosts: true\nfqdn: {hostname}\n\
+        "#cloud-config\nhostname: {hostname}\nmanage_etc_hosts: true\nfqdn: {hostname}.lab.internal\n\
          user: k3sadmin\nssh_authorized_keys:\n  - {}\nchpasswd:\n  expire: False\n\
          users:\n  - default\n",
         public_key.trim()

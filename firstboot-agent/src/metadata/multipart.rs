@@ -1,46 +1,33 @@
 //! MIME multipart user-data and vendor-data: the `text/cloud-config`
-//! parts are read (plain, 7bit or 8bit), other parts ignored, and the
-//! parts folded into one as cloud-init's part handler folds them.
+//! parts are read (nested multiparts walked into, base64 and
+//! quoted-printable decoded), other parts ignored, and the parts folded
+//! into one as cloud-init's part handler folds them. MIME itself is parsed
+//! by `mailparse`.
 
-use std::collections::BTreeMap;
+use mailparse::{body::Body, ParsedMail};
 
 use super::userdata::{parse_cloud_config, UserData};
 use super::MetadataError;
 use crate::message::shortened;
 
-/// Headers of a MIME entity (folded lines joined, names lower-cased) and the
-/// index of the first body line.
-fn mime_headers(lines: &[&str], start: usize) -> (BTreeMap<String, String>, usize) {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    let mut last: Option<String> = None;
-    let mut i = start;
-    while i < lines.len() {
-        let l = lines[i];
-        i += 1;
-        if l.trim().is_empty() {
-            break;
-        }
-        if l.starts_with([' ', '\t']) {
-            if let Some(v) = last.as_ref().and_then(|k| headers.get_mut(k)) {
-                v.push(' ');
-                v.push_str(l.trim());
-            }
-            continue;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            headers.insert(k.clone(), v.trim().to_owned());
-            last = Some(k);
-        }
-    }
-    (headers, i)
+/// 0-based line of `inner`, a slice of `whole`.
+fn line_of(whole: &[u8], inner: &[u8]) -> usize {
+    let at = (inner.as_ptr() as usize)
+        .saturating_sub(whole.as_ptr() as usize)
+        .min(whole.len());
+    whole[..at].iter().filter(|&&b| b == b'\n').count()
 }
 
-fn mime_param(value: &str, name: &str) -> Option<String> {
-    value.split(';').skip(1).find_map(|p| {
-        let (k, v) = p.split_once('=')?;
-        (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().trim_matches('"').to_owned())
-    })
+/// The leaf parts in order, nested multiparts walked into as cloud-init's
+/// `email.message.walk()` does.
+fn leaves<'m, 'a>(mail: &'m ParsedMail<'a>, out: &mut Vec<&'m ParsedMail<'a>>) {
+    if mail.ctype.mimetype.starts_with("multipart/") {
+        for sub in &mail.subparts {
+            leaves(sub, out);
+        }
+    } else {
+        out.push(mail);
+    }
 }
 
 pub(super) fn parse_multipart(
@@ -48,95 +35,84 @@ pub(super) fn parse_multipart(
     kind: &str,
     text: &str,
 ) -> Result<UserData, MetadataError> {
-    let lines: Vec<&str> = text.lines().collect();
-    let (headers, body_start) = mime_headers(&lines, 0);
-    let ctype = headers.get("content-type").cloned().unwrap_or_default();
+    let raw = text.as_bytes();
     let unsupported = |line: usize, message: String| MetadataError::Unsupported {
         path: path.to_owned(),
         line,
         message,
     };
-    if !ctype.to_ascii_lowercase().starts_with("multipart/") {
+    let mail = mailparse::parse_mail(raw)
+        .map_err(|e| unsupported(1, format!("MIME {kind} does not parse: {e}")))?;
+    if !mail.ctype.mimetype.starts_with("multipart/") {
         return Err(unsupported(
             1,
             format!(
                 "MIME {kind} of type `{}` is not supported; expected multipart/mixed",
-                shortened(&ctype)
+                shortened(&mail.ctype.mimetype)
             ),
         ));
     }
-    let boundary = mime_param(&ctype, "boundary")
-        .ok_or_else(|| unsupported(1, format!("multipart {kind} without a boundary")))?;
-    let delimiter = format!("--{boundary}");
-    let closing = format!("--{boundary}--");
-
-    // Collect (first line index, lines) of each part.
-    let mut parts: Vec<(usize, Vec<&str>)> = Vec::new();
-    let mut current: Option<(usize, Vec<&str>)> = None;
-    for (i, l) in lines.iter().enumerate().skip(body_start) {
-        let t = l.trim_end();
-        if t == delimiter || t == closing {
-            parts.extend(current.take());
-            if t == closing {
-                break;
-            }
-            current = Some((i + 1, Vec::new()));
-        } else if let Some((_, body)) = current.as_mut() {
-            body.push(l);
-        }
+    if !mail.ctype.params.contains_key("boundary") {
+        return Err(unsupported(
+            1,
+            format!("multipart {kind} without a boundary"),
+        ));
     }
-    parts.extend(current.take());
+    let mut parts = Vec::new();
+    leaves(&mail, &mut parts);
 
     let mut out = UserData::default();
     let mut k3s_part_line: Option<usize> = None;
-    for (first_line, part) in parts {
-        let (h, body_idx) = mime_headers(&part, 0);
-        let ptype = h
-            .get("content-type")
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_else(|| "text/plain".into());
-        let encoding = h
-            .get("content-transfer-encoding")
-            .map(|v| v.to_ascii_lowercase())
-            .unwrap_or_default();
-        let body_line = first_line + body_idx; // 0-based index of body start
+    for part in parts {
+        let first_line = line_of(raw, part.raw_bytes) + 1;
+        let ptype = &part.ctype.mimetype;
         if ptype != "text/cloud-config" {
             out.ignored.push(format!(
-                "{path}:{}: MIME part of type {}",
-                first_line + 1,
-                shortened(&ptype)
+                "{path}:{first_line}: MIME part of type {}",
+                shortened(ptype)
             ));
             continue;
         }
-        if !encoding.is_empty() && !matches!(encoding.as_str(), "7bit" | "8bit" | "binary") {
-            return Err(unsupported(
-                first_line + 1,
-                format!(
-                    "text/cloud-config part with Content-Transfer-Encoding {} \
-                     is not supported; include it as plain text",
-                    shortened(&encoding)
-                ),
-            ));
-        }
-        let body = part[body_idx..].join("\n");
-        let ud = parse_cloud_config(path, &body, body_line)?;
+        // cloud-init reads a part with `get_payload(decode=True)`: base64
+        // and quoted-printable are decoded, any other transfer encoding is
+        // taken as written; mailparse's `Body` makes the same choice.
+        let ud = match part.get_body_encoded() {
+            // Kept as written, so errors and provenance name lines of the file.
+            Body::SevenBit(b) | Body::EightBit(b) => {
+                let body = std::str::from_utf8(b.get_raw()).map_err(|_| {
+                    unsupported(first_line, "text/cloud-config part is not UTF-8".into())
+                })?;
+                parse_cloud_config(path, body, line_of(raw, b.get_raw()))?
+            }
+            Body::Binary(b) => {
+                let body = std::str::from_utf8(b.get_raw()).map_err(|_| {
+                    unsupported(first_line, "text/cloud-config part is not UTF-8".into())
+                })?;
+                parse_cloud_config(path, body, line_of(raw, b.get_raw()))?
+            }
+            // Decoded first; lines then count within the decoded part.
+            Body::Base64(b) | Body::QuotedPrintable(b) => {
+                let decoded = b.get_decoded_as_string().map_err(|e| {
+                    unsupported(
+                        first_line,
+                        format!("text/cloud-config part does not decode: {e}"),
+                    )
+                })?;
+                let label = format!("{path} (part at line {first_line}, decoded)");
+                parse_cloud_config(&label, &decoded, 0)?
+            }
+        };
         if ud.k3s.is_some() {
             if let Some(prev) = k3s_part_line {
                 return Err(unsupported(
-                    first_line + 1,
+                    first_line,
                     format!(
                         "a second text/cloud-config part sets `k3s:` (the first is at line {prev}); \
                          keep the k3s settings in one part"
                     ),
                 ));
             }
-            k3s_part_line = Some(first_line + 1);
+            k3s_part_line = Some(first_line);
         }
         fold_part(&mut out, ud);
     }
@@ -238,10 +214,34 @@ mod tests {
     }
 
     #[test]
-    fn multipart_base64_part_is_refused() {
-        let text = "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/cloud-config\nContent-Transfer-Encoding: base64\n\nI2Nsb3VkLWNvbmZpZwo=\n--b--\n";
-        let e = err(text);
-        assert!(e.contains("base64") && e.contains(":4:"), "{e}");
+    fn base64_and_quoted_printable_parts_are_decoded() {
+        // "#cloud-config\nhostname: b64\n"
+        let text = "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/cloud-config\nContent-Transfer-Encoding: base64\n\nI2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogYjY0Cg==\n--b\nContent-Type: text/cloud-config\nContent-Transfer-Encoding: quoted-printable\n\n#cloud-config\nfqdn: q=3Dp.example\n--b--\n";
+        let ud = parse_user_data(P, text.as_bytes()).unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("b64"));
+        assert_eq!(ud.fqdn.as_deref(), Some("q=p.example"));
+        // A YAML error in a decoded part names the part.
+        let bad = text.replace(
+            "I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogYjY0Cg==",
+            "I2Nsb3VkLWNvbmZpZwpob3N0bmFtZTogW29vcHMK",
+        );
+        let e = err(&bad);
+        assert!(e.contains("(part at line 4, decoded)"), "{e}");
+    }
+
+    #[test]
+    fn nested_multipart_and_crlf_are_read() {
+        let text = "Content-Type: multipart/mixed; boundary=outer\r\n\r\n--outer\r\nContent-Type: multipart/alternative; boundary=inner\r\n\r\n--inner\r\nContent-Type: text/cloud-config\r\n\r\n#cloud-config\r\nhostname: nested\r\n--inner--\r\n--outer\r\nContent-Type: text/x-shellscript\r\n\r\n#!/bin/sh\r\n--outer--\r\n";
+        let ud = parse_user_data(P, text.as_bytes()).unwrap();
+        assert_eq!(ud.hostname.as_deref(), Some("nested"));
+        assert_eq!(
+            ud.ignored,
+            vec![format!("{P}:13: MIME part of type text/x-shellscript")]
+        );
+        let e = err("Content-Type: multipart/mixed\n\n--b\n--b--\n");
+        assert!(e.contains("without a boundary"), "{e}");
+        let e = err("Content-Type: text/plain\n\nhello\n");
+        assert!(e.contains("expected multipart/mixed"), "{e}");
     }
 
     #[test]

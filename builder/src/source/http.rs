@@ -491,7 +491,11 @@ fn progress_bar(opts: &FetchOptions, name: &str) -> ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_server::{Reply, TestServer};
+    use k3s_standin::http::{Reply, Routes, Server};
+
+    fn serve(routes: Vec<(&str, Vec<Reply>)>) -> Server {
+        Routes::new(routes).serve()
+    }
     use super::super::{fetch_artifact, RetryPolicy};
     use super::*;
     use crate::plan::schema::Artifact;
@@ -564,7 +568,7 @@ mod tests {
     #[test]
     fn download_verifies_caches_and_second_fetch_makes_no_request() {
         let data = body(300_000);
-        let server = TestServer::start(vec![("/rootfs.tar.xz", vec![Reply::ok(&data)])]);
+        let server = serve(vec![("/rootfs.tar.xz", vec![Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let art = pinned(server.url("/rootfs.tar.xz"), sha(&data));
@@ -600,7 +604,7 @@ mod tests {
     #[test]
     fn wrong_digest_reports_both_and_caches_nothing() {
         let data = body(10_000);
-        let server = TestServer::start(vec![("/a.img", vec![Reply::ok(&data)])]);
+        let server = serve(vec![("/a.img", vec![Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let wrong = sha(b"not it");
@@ -625,7 +629,7 @@ mod tests {
     #[test]
     fn cut_off_download_fails_after_retries_and_caches_nothing() {
         let data = body(50_000);
-        let server = TestServer::start(vec![("/a.img", vec![Reply::cut_off(&data, 20_000)])]);
+        let server = serve(vec![("/a.img", vec![Reply::cut_off(&data, 20_000)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
 
@@ -644,7 +648,7 @@ mod tests {
     #[test]
     fn cut_off_download_resumes_with_range() {
         let data = body(50_000);
-        let server = TestServer::start(vec![(
+        let server = serve(vec![(
             "/a.img",
             vec![Reply::cut_off(&data, 20_000), Reply::ok(&data)],
         )]);
@@ -656,14 +660,14 @@ mod tests {
         assert_eq!(std::fs::read(&got.path).unwrap(), data);
         let reqs = server.requests();
         assert_eq!(reqs.len(), 2);
-        assert_eq!(reqs[0].range, None);
-        assert_eq!(reqs[1].range.as_deref(), Some("bytes=20000-"));
+        assert_eq!(reqs[0].request.header("range"), None);
+        assert_eq!(reqs[1].request.header("range"), Some("bytes=20000-"));
     }
 
     #[test]
     fn server_ignoring_range_is_read_again_from_the_start() {
         let data = body(50_000);
-        let server = TestServer::start(vec![(
+        let server = serve(vec![(
             "/a.img",
             vec![
                 Reply::cut_off(&data, 20_000),
@@ -681,8 +685,7 @@ mod tests {
     #[test]
     fn server_error_is_retried() {
         let data = body(1000);
-        let server =
-            TestServer::start(vec![("/a.img", vec![Reply::status(500), Reply::ok(&data)])]);
+        let server = serve(vec![("/a.img", vec![Reply::status(500), Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
 
@@ -693,7 +696,7 @@ mod tests {
 
     #[test]
     fn not_found_is_not_retried() {
-        let server = TestServer::start(vec![]);
+        let server = serve(vec![]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
 
@@ -735,7 +738,7 @@ mod tests {
             sha(b"other"),
             sha(&data)
         );
-        let server = TestServer::start(vec![
+        let server = serve(vec![
             (
                 "/r/ubuntu-24.04-server-cloudimg-amd64-root.tar.xz",
                 vec![Reply::ok(&data)],
@@ -764,7 +767,11 @@ mod tests {
         // but the blob is not downloaded twice.
         let online = fetch(&art, &cache, &opts()).unwrap();
         assert!(online.from_cache);
-        let paths: Vec<_> = server.requests().into_iter().map(|r| r.path).collect();
+        let paths: Vec<_> = server
+            .requests()
+            .into_iter()
+            .map(|r| r.request.target)
+            .collect();
         assert_eq!(
             paths.iter().filter(|p| p.ends_with("SHA256SUMS")).count(),
             2
@@ -780,7 +787,7 @@ mod tests {
              SHA256 (Rocky-9-Container-Base.latest.x86_64.tar.xz) = {}\n",
             sha(&data)
         );
-        let server = TestServer::start(vec![
+        let server = serve(vec![
             (
                 "/Rocky-9-Container-Base.latest.x86_64.tar.xz",
                 vec![Reply::ok(&data)],
@@ -804,7 +811,7 @@ mod tests {
     #[test]
     fn checksum_file_without_the_entry_lists_what_it_has() {
         let sums = format!("{}  a.img\n{}  b.img\n", sha(b"a"), sha(b"b"));
-        let server = TestServer::start(vec![("/SHA256SUMS", vec![Reply::ok(sums.as_bytes())])]);
+        let server = serve(vec![("/SHA256SUMS", vec![Reply::ok(sums.as_bytes())])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let art = by_sums(server.url("/c.img"), server.url("/SHA256SUMS"));
@@ -829,7 +836,7 @@ mod tests {
 
     #[test]
     fn offline_miss_is_a_clear_error_without_requests() {
-        let server = TestServer::start(vec![]);
+        let server = serve(vec![]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
 
@@ -901,7 +908,7 @@ mod tests {
     #[test]
     fn cancel_interrupts_the_download_and_leaves_no_temp_file() {
         let data = body(200_000);
-        let server = TestServer::start(vec![("/a.img", vec![Reply::ok(&data)])]);
+        let server = serve(vec![("/a.img", vec![Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let o = opts();
@@ -916,7 +923,7 @@ mod tests {
     #[test]
     fn user_agent_names_the_tool() {
         let data = body(10);
-        let server = TestServer::start(vec![("/a", vec![Reply::ok(&data)])]);
+        let server = serve(vec![("/a", vec![Reply::ok(&data)])]);
         let dir = tempfile::tempdir().unwrap();
         fetch(
             &pinned(server.url("/a"), sha(&data)),
@@ -925,7 +932,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            server.requests()[0].user_agent.as_deref(),
+            server.requests()[0].request.header("user-agent"),
             Some(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
         );
     }

@@ -19,9 +19,6 @@ mod checksums;
 mod error;
 mod http;
 
-#[cfg(test)]
-mod test_server;
-
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -4,10 +4,9 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
+use k3s_standin::http::{Reply, Routes, Server};
 
 use sha2::{Digest, Sha256};
 
@@ -117,62 +116,35 @@ pub struct Route {
     pub cut_first: usize,
 }
 
-#[derive(Clone, Default)]
-pub struct Hits(pub Arc<Mutex<HashMap<String, usize>>>);
+/// The requests a [`serve`] server answered.
+#[derive(Clone, Copy)]
+pub struct Hits(&'static Server);
 
 impl Hits {
-    pub fn get(&self, path: &str) -> usize {
-        self.0.lock().unwrap().get(path).copied().unwrap_or(0)
+    /// How many requests named `target` (a path, or an absolute URL when
+    /// the request went through a proxy).
+    pub fn get(&self, target: &str) -> usize {
+        self.0
+            .requests()
+            .iter()
+            .filter(|l| l.request.target == target)
+            .count()
     }
 }
 
-/// Serve `routes` on 127.0.0.1; returns the base URL and the hit counter.
+/// Serve `routes` on 127.0.0.1 through the suites' loopback server, until
+/// the test process exits; returns the base URL and the hit counter.
 pub fn serve(routes: HashMap<String, Route>) -> (String, Hits) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hits = Hits::default();
-    let h = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut first = String::new();
-            if reader.read_line(&mut first).is_err() {
-                continue;
-            }
-            loop {
-                let mut l = String::new();
-                if reader.read_line(&mut l).unwrap_or(0) == 0 || l == "\r\n" {
-                    break;
-                }
-            }
-            let path = first.split_whitespace().nth(1).unwrap_or("/").to_owned();
-            let n = {
-                let mut m = h.0.lock().unwrap();
-                let c = m.entry(path.clone()).or_insert(0);
-                *c += 1;
-                *c
-            };
-            let route = routes.get(&path).cloned().unwrap_or(Route {
-                status: 404,
-                body: b"not found".to_vec(),
-                cut_first: 0,
-            });
-            let head = format!(
-                "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                route.status,
-                route.body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            if n <= route.cut_first {
-                let _ = stream.write_all(&route.body[..route.body.len() / 2]);
-            } else {
-                let _ = stream.write_all(&route.body);
-            }
-            let _ = stream.flush();
-        }
+    let routes = routes.into_iter().map(|(target, r)| {
+        let mut replies = vec![Reply::cut_off(&r.body, r.body.len() / 2); r.cut_first];
+        replies.push(Reply::Status {
+            code: r.status,
+            body: r.body,
+        });
+        (target, replies)
     });
-    (base, hits)
+    let server: &'static Server = Box::leak(Box::new(Routes::new(routes).serve()));
+    (server.url(""), Hits(server))
 }
 
 /// A release layout for `binary` under `/rel/<version>/`.

@@ -11,10 +11,12 @@
 //!
 //! [`mirror`] lays out and serves a release directory in GitHub's layout
 //! (`<version>/k3s`, `<version>/sha256sum-amd64.txt`) over loopback HTTP,
-//! with optional faults for tests.
+//! with optional faults for tests; [`http`] is the loopback server it and
+//! the other suites' download tests answer through.
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod log;
 pub mod mirror;
 pub mod node;

@@ -4,16 +4,15 @@
 //!
 //! [`prepare`] only writes the files (`<dir>/<version>/…`, `+` kept in the
 //! directory name, so `python3 -m http.server` serves them too); [`serve`]
-//! answers HTTP/1.1 `GET`/`HEAD` from a directory, one request per
-//! connection, with optional [`Faults`].
+//! answers HTTP/1.1 `GET`/`HEAD` from a directory through the suites'
+//! loopback [`Server`], with optional [`Faults`].
 
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::http::{Request as HttpRequest, Response, Server};
 use crate::{sha256_hex, version};
 
 pub const SUMS_FILE: &str = "sha256sum-amd64.txt";
@@ -93,87 +92,54 @@ pub struct Request {
 /// A running mirror; stops when dropped.
 #[derive(Debug)]
 pub struct Mirror {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    log: Arc<Mutex<Vec<Request>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: Server,
 }
 
 impl Mirror {
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr()
     }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.url("")
     }
 
     /// The requests answered so far.
     pub fn requests(&self) -> Vec<Request> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.server
+            .requests()
+            .into_iter()
+            .map(|l| Request {
+                method: l.request.method,
+                target: l.request.target,
+                status: l.status,
+            })
+            .collect()
     }
 
     /// Block the calling thread while the mirror serves.
-    pub fn wait(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn wait(self) {
+        self.server.wait()
     }
-}
-
-impl Drop for Mirror {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-struct Shared {
-    dir: PathBuf,
-    faults: Faults,
-    count: AtomicU64,
-    log: Arc<Mutex<Vec<Request>>>,
-    verbose: bool,
 }
 
 /// Serve `dir` on `listen` (e.g. `127.0.0.1:0`) until the [`Mirror`] is
 /// dropped. `verbose` logs each request to stderr.
 pub fn serve(dir: &Path, listen: &str, faults: Faults, verbose: bool) -> io::Result<Mirror> {
-    let listener = TcpListener::bind(listen)?;
-    let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let shared = Arc::new(Shared {
-        dir: dir.to_path_buf(),
-        faults,
-        count: AtomicU64::new(0),
-        log: Arc::clone(&log),
-        verbose,
-    });
-    let stop2 = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if stop2.load(Ordering::SeqCst) {
-                break;
-            }
-            let Ok(stream) = conn else { continue };
-            let shared = Arc::clone(&shared);
-            std::thread::spawn(move || {
-                let _ = handle(stream, &shared);
-            });
+    let dir = dir.to_path_buf();
+    let count = AtomicU64::new(0);
+    let server = Server::start(listen, move |req| {
+        let response = answer(&dir, &faults, count.fetch_add(1, Ordering::SeqCst), req);
+        if verbose {
+            crate::log::info(&format!(
+                "{} {} {}",
+                req.method, req.target, response.status
+            ));
         }
-    });
-    Ok(Mirror {
-        addr,
-        stop,
-        log,
-        thread: Some(thread),
-    })
+        response
+    })?;
+    Ok(Mirror { server })
 }
 
 /// Percent-decode a URL path; `None` on malformed escapes or non-UTF-8.
@@ -205,128 +171,36 @@ fn resolve(dir: &Path, target: &str) -> Option<PathBuf> {
     Some(dir.join(rel))
 }
 
-fn handle(stream: TcpStream, sh: &Shared) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut request_line = String::new();
-    reader.by_ref().take(8192).read_line(&mut request_line)?;
-    // Drain the headers.
-    let mut total = 0usize;
-    loop {
-        let mut h = String::new();
-        let n = reader.by_ref().take(8192).read_line(&mut h)?;
-        total += n;
-        if n == 0 || h == "\r\n" || h == "\n" || total > 64 * 1024 {
-            break;
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let mut out = stream;
-    let record = |status: u16| {
-        if sh.verbose {
-            crate::log::info(&format!("{method} {target} {status}"));
-        }
-        if let Ok(mut l) = sh.log.lock() {
-            l.push(Request {
-                method: method.clone(),
-                target: target.clone(),
-                status,
-            });
-        }
+/// The mirror's answer to its `n`-th request (0-based).
+fn answer(dir: &Path, faults: &Faults, n: u64, req: &HttpRequest) -> Response {
+    let text = |status: u16, body: &str| {
+        Response::new(status, body).header("Content-Type", "text/plain; charset=utf-8")
     };
-    let n = sh.count.fetch_add(1, Ordering::SeqCst);
-    if n < sh.faults.fail_first {
-        record(503);
-        return respond(
-            &mut out,
-            503,
-            "Service Unavailable",
-            b"injected failure\n",
-            method == "HEAD",
-        );
+    if n < faults.fail_first {
+        return text(503, "injected failure\n");
     }
-    if method != "GET" && method != "HEAD" {
-        record(405);
-        return respond(
-            &mut out,
-            405,
-            "Method Not Allowed",
-            b"only GET and HEAD\n",
-            false,
-        );
+    if req.method != "GET" && req.method != "HEAD" {
+        return text(405, "only GET and HEAD\n");
     }
-    let Some(path) = resolve(&sh.dir, &target).filter(|p| p.is_file()) else {
-        record(404);
-        return respond(
-            &mut out,
-            404,
-            "Not Found",
-            b"404 page not found\n",
-            method == "HEAD",
-        );
+    let Some(path) = resolve(dir, &req.target).filter(|p| p.is_file()) else {
+        return text(404, "404 page not found\n");
     };
-    let is_k3s = path.file_name().is_some_and(|n| n == "k3s");
-    let len = std::fs::metadata(&path)?.len();
-    record(200);
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-    )?;
-    if method == "HEAD" {
-        return out.flush();
-    }
-    let limit = if is_k3s {
-        sh.faults.cut_after.unwrap_or(u64::MAX)
-    } else {
-        u64::MAX
+    let mut body = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => return text(500, &format!("reading {}: {e}\n", path.display())),
     };
-    let mut file = std::fs::File::open(&path)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sent: u64 = 0;
-    let corrupt_at = len / 2;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+    let mut response = Response::new(200, Vec::new());
+    if path.file_name().is_some_and(|n| n == "k3s") {
+        if faults.corrupt && !body.is_empty() {
+            let at = body.len() / 2;
+            body[at] ^= 0xff;
         }
-        let chunk = &mut buf[..n];
-        if is_k3s && sh.faults.corrupt && (sent..sent + n as u64).contains(&corrupt_at) {
-            chunk[(corrupt_at - sent) as usize] ^= 0xff;
+        if let Some(cut) = faults.cut_after {
+            response = response.cut_after(usize::try_from(cut).unwrap_or(usize::MAX));
         }
-        let room = limit.saturating_sub(sent);
-        if (n as u64) >= room {
-            out.write_all(&chunk[..room as usize])?;
-            out.flush()?;
-            if room < n as u64 || sent + room < len {
-                // Cut: close mid-body.
-                return out.shutdown(std::net::Shutdown::Both);
-            }
-        } else {
-            out.write_all(chunk)?;
-        }
-        sent += n as u64;
     }
-    out.flush()
-}
-
-fn respond(
-    out: &mut TcpStream,
-    code: u16,
-    reason: &str,
-    body: &[u8],
-    head: bool,
-) -> io::Result<()> {
-    write!(
-        out,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head {
-        out.write_all(body)?;
-    }
-    out.flush()
+    response.body = body;
+    response.header("Content-Type", "application/octet-stream")
 }
 
 #[cfg(test)]

@@ -431,7 +431,7 @@ fn build_qcow2(cx: &BuildContext<'_>, timings: &mut Timings) -> Result<Built> {
     written.pending.commit()?;
     if let Err(e) = staged.commit() {
         let _ = std::fs::remove_file(&out_path);
-        return Err(e);
+        return Err(e.into());
     }
     Ok(Built {
         kind: OutputKind::Qcow2,

@@ -1,10 +1,11 @@
 //! The node's filesystem as seen through `--root`: every absolute path the
 //! agent uses is joined onto the root, and every write is atomic.
 
-use std::fs::{self, File, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
+use std::io;
 use std::path::{Component, Path, PathBuf};
+
+use node_spec::atomic::{self, AtomicError, Placement};
 
 use crate::leftovers::{temp_prefix, AGENT_TEMP};
 use crate::message::io_cause;
@@ -157,33 +158,18 @@ pub fn write_atomic_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), FileError> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| FileError::new("writing", path, io::ErrorKind::InvalidInput.into()))?;
-    fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix(AGENT_TEMP))
-        .tempfile_in(dir)
-        .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
-    tmp.write_all(content)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| FileError::new("writing", path, e))?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid))
-            .map_err(|e| FileError::new("setting the owner of", path, e))?;
-    }
-    fs::set_permissions(tmp.path(), Permissions::from_mode(mode))
-        .map_err(|e| FileError::new("setting the mode of", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| FileError::new("renaming into place", path, e.error))?;
-    sync_dir(dir)
+    let prefix = temp_prefix(AGENT_TEMP);
+    let how = Placement::new(&prefix, mode).owner(owner).create_dir();
+    atomic::write(path, content, how).map_err(file_error)
+}
+
+fn file_error(e: AtomicError) -> FileError {
+    FileError::new(e.action, e.path, e.source)
 }
 
 /// fsync a directory so a rename in it survives a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), FileError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FileError::new("syncing directory", dir, e))
+    atomic::sync_dir(dir).map_err(file_error)
 }
 
 /// Replace `link` with a symlink to `target`, atomically.
@@ -206,6 +192,7 @@ pub fn symlink_atomic(target: &Path, link: &Path) -> Result<(), FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn paths_stay_below_the_root() {

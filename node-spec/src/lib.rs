@@ -8,6 +8,7 @@
 //! Nothing in here may hold a secret: the defaults file ships inside every
 //! image built from a profile. Tokens arrive from metadata at boot.
 
+pub mod atomic;
 mod defaults;
 mod values;
 

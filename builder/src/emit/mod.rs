@@ -10,69 +10,33 @@ pub use manifest::{
     K3sInfo, Manifest, NetworkTool, PctInfo, StepTimings, TarInfo, MANIFEST_SCHEMA,
 };
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::Context;
+use node_spec::atomic::{self, Placement};
+pub use node_spec::atomic::{sync_dir, Staged};
 
 /// Write `bytes` to `path` so that readers see the old file or the complete
-/// new one, never a partial one: temp file in the same directory, fsync,
-/// rename, fsync the directory. The file is world-readable (0644): this
-/// writes manifests and host configuration, which hold no secrets.
+/// new one, never a partial one ([`node_spec::atomic`]). The file is
+/// world-readable (0644): this writes manifests and host configuration,
+/// which hold no secrets.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    stage_write(path, bytes)?.commit()
-}
-
-/// A file written and synced beside its final path, put in place by
-/// [`Staged::commit`]; removed if dropped uncommitted.
-#[derive(Debug)]
-pub struct Staged {
-    tmp: tempfile::NamedTempFile,
-    path: std::path::PathBuf,
-}
-
-impl Staged {
-    /// Rename into place and sync the directory.
-    pub fn commit(self) -> anyhow::Result<()> {
-        let dir = crate::parent_dir(&self.path).to_owned();
-        self.tmp
-            .persist(&self.path)
-            .with_context(|| format!("renaming into place {}", self.path.display()))?;
-        sync_dir(&dir)
-    }
+    stage_write(path, bytes)?.commit()?;
+    Ok(())
 }
 
 /// The first half of [`atomic_write`]: everything but the rename, so a
 /// caller can stage several files and then commit them together.
 pub fn stage_write(path: &Path, bytes: &[u8]) -> anyhow::Result<Staged> {
-    let dir = crate::parent_dir(path);
-    // The pid lets the next build sweep this if we are killed before the
-    // rename (`output::leftovers::output_dir_owner`).
-    let prefix = format!(".imgbuild-{}-", std::process::id());
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&prefix)
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| {
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-        })
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(Staged {
-        tmp,
-        path: path.to_owned(),
-    })
+    Ok(atomic::stage(path, bytes, placement(0o644))?)
 }
 
-/// fsync a directory so a rename in it survives a crash.
-pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
+/// How the builder stages a file in an output directory: the pid in the
+/// name lets the next build sweep it if this one is killed before the
+/// rename (`output::leftovers::output_dir_owner`).
+pub fn placement(mode: u32) -> Placement<'static> {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| format!(".imgbuild-{}-", std::process::id()));
+    Placement::new(prefix, mode).suffix(".tmp")
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The Proxmox/LXC container template: base tarball → layer applied →
 //! multi-threaded zstd (on its own thread) → `out_path`, written atomically.
 
-use std::fs::{self, File};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use indicatif::ProgressBar;
+
+use node_spec::atomic::{Placement, Staged};
 
 use super::leftovers;
 use super::tar::base::open_base_with_progress;
@@ -100,36 +101,27 @@ pub fn write_template_with_progress(
         n => n,
     };
 
-    let dir = match out_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let file_name = out_path.file_name().ok_or_else(|| {
         OutputError::Options(format!("{} is not a file path", out_path.display()))
     })?;
     // `.NAME.PID.XXXXXX.partial`: a later build removes it if this process
-    // dies without cleaning up (see `super::leftovers`).
-    let temp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.{}.",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .map_err(|source| OutputError::Write {
-            path: format!("a temporary file in {}", dir.display()),
-            source,
-        })?;
-    let _registered = leftovers::register(temp.path());
-    let temp_label = temp.path().display().to_string();
+    // dies without cleaning up (see `super::leftovers`). A template is read
+    // by pveam/pct and web servers: 0644.
+    let prefix = format!(".{}.{}.", file_name.to_string_lossy(), std::process::id());
+    let how = Placement::new(&prefix, 0o644).suffix(".partial");
+    let mut temp = Staged::new(out_path, how).map_err(|e| OutputError::Write {
+        path: format!("a temporary file for {}", out_path.display()),
+        source: e.source,
+    })?;
+    let _registered = leftovers::register(temp.temp_path());
+    let temp_label = temp.temp_path().display().to_string();
     let write_err = |source: io::Error| OutputError::Write {
         path: temp_label.clone(),
         source,
     };
 
     let input = open_base_with_progress(base, progress)?;
-    let file = temp.as_file().try_clone().map_err(write_err)?;
+    let file = temp.file().try_clone().map_err(write_err)?;
     let mut compressor =
         Compressor::start(file, opts.zstd_level, workers, cancel).map_err(write_err)?;
     let labels = Labels {
@@ -146,22 +138,10 @@ pub fn write_template_with_progress(
         Stop::Interrupted => OutputError::Interrupted,
         Stop::Io(e) => write_err(e),
     })?;
-    // tempfile creates 0600; a template is read by pveam/pct and web servers.
-    fs::set_permissions(
-        temp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(write_err)?;
-    temp.persist(out_path).map_err(|e| OutputError::Write {
-        path: out_path.display().to_string(),
-        source: e.error,
+    temp.commit().map_err(|e| OutputError::Write {
+        path: e.path.display().to_string(),
+        source: e.source,
     })?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| OutputError::Write {
-            path: dir.display().to_string(),
-            source,
-        })?;
 
     Ok(TemplateOutput {
         sha256: compressed.sha256,

@@ -20,7 +20,6 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::command::{find_in_path, run_command, CommandError};
-use crate::emit::sync_dir;
 
 /// The firstboot agent's (and a sensible) cap on each NoCloud file.
 pub const MAX_SEED_FILE_BYTES: u64 = 1024 * 1024;
@@ -400,14 +399,12 @@ pub fn write_seed(output: &Path, files: &SeedFiles, opts: &SeedOptions) -> Resul
         .tempdir_in(dir)
         .map_err(io_err("creating a staging directory in", dir))?;
     let staged = stage_files(stage.path(), files, opts.source_date_epoch)?;
-    // Removed on drop unless persisted: no partial output on any error.
-    let tmp = tempfile::Builder::new()
-        .prefix(".imgbuild-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io_err("creating a temporary file in", dir))?;
+    // Removed on drop unless committed: no partial output on any error. The
+    // seed may carry a join token, so it is 0600.
+    let tmp = node_spec::atomic::Staged::new(output, crate::emit::placement(0o600))
+        .map_err(atomic_err)?;
     match &tools {
-        Tools::Iso { xorriso } => make_iso(xorriso, tmp.path(), &staged, opts)?,
+        Tools::Iso { xorriso } => make_iso(xorriso, tmp.temp_path(), &staged, opts)?,
         Tools::Vfat {
             mkfs,
             mlabel,
@@ -418,22 +415,18 @@ pub fn write_seed(output: &Path, files: &SeedFiles, opts: &SeedOptions) -> Resul
                 mlabel,
                 mcopy,
             };
-            make_vfat(&vfat, tmp.path(), &staged, files.total_len(), opts)?
+            make_vfat(&vfat, tmp.temp_path(), &staged, files.total_len(), opts)?
         }
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("syncing", tmp.path()))?;
-    tmp.persist(output).map_err(|e| SeedError::Io {
-        action: "renaming into place",
-        path: output.display().to_string(),
-        source: e.error,
-    })?;
-    sync_dir(dir).map_err(|e| SeedError::Io {
-        action: "syncing directory",
-        path: dir.display().to_string(),
-        source: std::io::Error::other(format!("{e:#}")),
-    })
+    tmp.commit().map_err(atomic_err)
+}
+
+fn atomic_err(e: node_spec::atomic::AtomicError) -> SeedError {
+    SeedError::Io {
+        action: e.action,
+        path: e.path.display().to_string(),
+        source: e.source,
+    }
 }
 
 /// Write each file under its NoCloud name, with mtime = the epoch (xorriso

@@ -20,7 +20,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -293,28 +293,20 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, SourceError>
 }
 
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), SourceError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| SourceError::io("creating", dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".index-")
-        .tempfile_in(dir)
-        .map_err(|e| SourceError::io("creating a temp file in", dir, e))?;
     let mut text = serde_json::to_string_pretty(value).map_err(|e| SourceError::CorruptIndex {
         path: path.to_path_buf(),
         reason: format!("cannot serialize: {e}"),
     })?;
     text.push('\n');
-    tmp.write_all(text.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| SourceError::io("writing", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| SourceError::io("writing", path, e.error))?;
-    sync_parent(path)
+    let how = node_spec::atomic::Placement::new(".index-", 0o600).create_dir();
+    node_spec::atomic::write(path, text.as_bytes(), how)
+        .map_err(|e| SourceError::io(e.action, &e.path, e.source))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::time::Duration;
 
     fn digest(s: &str) -> Sha256Hex {

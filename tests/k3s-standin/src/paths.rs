@@ -1,8 +1,7 @@
 //! Every file the stand-in touches goes through [`Root`], so unit tests can
 //! run it against a temporary directory (`--root DIR` / `K3S_STANDIN_ROOT`).
 
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// The filesystem root the stand-in works in (`/` outside tests).
@@ -39,33 +38,19 @@ impl Root {
 /// Write `bytes` to `dest` through a temp file in the same directory, with
 /// `mode` set before the rename.
 pub fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let prefix = format!(".{name}.tmp-");
+    let how = node_spec::atomic::Placement::new(&prefix, mode).create_dir();
+    node_spec::atomic::write(dest, bytes, how).map_err(|e| io::Error::new(e.source.kind(), e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn paths_are_rooted() {

@@ -396,7 +396,7 @@ impl PendingDisk {
     pub fn commit(self) -> Result<()> {
         fs::rename(&self.tmp, &self.out)
             .with_context(|| format!("moving the finished disk to {}", self.out.display()))?;
-        crate::emit::sync_dir(crate::parent_dir(&self.out))
+        Ok(crate::emit::sync_dir(crate::parent_dir(&self.out))?)
     }
 }
 

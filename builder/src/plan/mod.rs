@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{PlanError, PlanErrors, PlanWarning};
 pub use locate::Seg;
-use node_spec::{BakedDefaults, ChecksDefaults, K3sDefaults, DEFAULTS_SCHEMA, DEFAULT_K3S_MIRROR};
+use node_spec::{BakedDefaults, K3sDefaults, DEFAULTS_SCHEMA, DEFAULT_K3S_MIRROR};
 pub use schema::{OutputKind, Profile, Recipe};
 pub use validate::parse_mode;
 
@@ -75,11 +75,7 @@ impl Plan {
                 airgap_images: Vec::new(),
                 config: k.config.clone(),
             },
-            checks: ChecksDefaults {
-                dns_names: self.profile.checks.dns_names.clone(),
-                network_timeout_secs: self.profile.checks.network_timeout_secs,
-                ready_timeout_secs: self.profile.checks.ready_timeout_secs,
-            },
+            checks: self.profile.checks.clone(),
         }
     }
 

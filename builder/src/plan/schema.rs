@@ -33,7 +33,8 @@ pub struct Profile {
     #[serde(default)]
     pub files: Vec<FileSpec>,
     #[serde(default)]
-    pub checks: ChecksSpec,
+    /// Baked as written: one type for the profile and the agent's defaults.
+    pub checks: node_spec::ChecksDefaults,
     /// Which artifacts `imgbuild build` makes.
     #[serde(default = "default_outputs")]
     pub outputs: Vec<OutputKind>,
@@ -183,31 +184,6 @@ pub struct FileSpec {
 
 fn default_file_mode() -> String {
     "0644".into()
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct ChecksSpec {
-    #[serde(default)]
-    pub dns_names: Vec<String>,
-    #[serde(default = "default_timeout")]
-    pub network_timeout_secs: u64,
-    #[serde(default = "default_timeout")]
-    pub ready_timeout_secs: u64,
-}
-
-impl Default for ChecksSpec {
-    fn default() -> Self {
-        Self {
-            dns_names: Vec::new(),
-            network_timeout_secs: default_timeout(),
-            ready_timeout_secs: default_timeout(),
-        }
-    }
-}
-
-fn default_timeout() -> u64 {
-    300
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -278,7 +278,7 @@ pub(super) fn shapes() -> Vec<Shape> {
         probe::<schema::BakeSpec>(),
         probe::<schema::Artifact>(),
         probe::<schema::FileSpec>(),
-        probe::<schema::ChecksSpec>(),
+        probe::<node_spec::ChecksDefaults>(),
         probe::<schema::LxcSpec>(),
         probe::<schema::Qcow2Spec>(),
         probe::<schema::Recipe>(),

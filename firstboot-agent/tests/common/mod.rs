@@ -8,8 +8,6 @@ use std::path::Path;
 
 use k3s_standin::http::{Reply, Routes, Server};
 
-use sha2::{Digest, Sha256};
-
 pub const VERSION: &str = "v1.34.3+k3s1";
 pub const FAKE_K3S: &[u8] = b"#!/bin/sh\necho fake k3s\n";
 pub const TOKEN: &str =
@@ -20,12 +18,8 @@ pub const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPOPtOnFImdUeF5WsjLaNpBgqIUaDrkKM8ROv3r9AJd2 admin@laptop";
 pub const SSH_KEY_2: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBJ45pw6UbK9ATIK4hGoNep13smYJSnnW1rRNmR8CjGpRGh1d8yvUzjmlthvz++EbzPogbHVlaC1KXP/+GUAphMA= ops";
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// Lowercase hex sha256 of `data`.
+pub use k3s_standin::sha256_hex;
 
 pub fn write(root: &Path, abs: &str, content: impl AsRef<[u8]>) {
     let p = root.join(abs.trim_start_matches('/'));

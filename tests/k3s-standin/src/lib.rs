@@ -28,7 +28,7 @@ pub mod version;
 /// Lowercase hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(bytes))
+    node_spec::Sha256Hex::from_digest(&Sha256::digest(bytes)).to_string()
 }
 
 /// `n` bytes from the kernel's random source.

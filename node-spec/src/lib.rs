@@ -10,6 +10,7 @@
 
 pub mod atomic;
 mod defaults;
+pub mod retry;
 mod values;
 
 pub use defaults::{

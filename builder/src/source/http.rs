@@ -8,6 +8,7 @@
 //! Across runs nothing is resumed: a failed or interrupted download deletes
 //! its temp file, so the cache never holds anything unverified.
 
+use node_spec::retry::{retry, Backoff, GaveUp};
 use std::io::{Read, Seek, Write};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -263,39 +264,44 @@ fn resolve_checksum(
     })
 }
 
-/// Run `attempt` up to `opts.retry.attempts` times, backing off between tries.
+/// Run `attempt` up to `opts.retry.attempts` times, backing off between
+/// tries ([`node_spec::retry`]); Ctrl-C stops before the next try.
 fn with_retries<T>(
     url: &str,
     opts: &FetchOptions,
     mut attempt: impl FnMut(u32) -> Result<T, Attempt>,
 ) -> Result<T, SourceError> {
-    let attempts = opts.retry.attempts.max(1);
-    let mut backoff = opts.retry.initial_backoff;
-    let mut n = 1;
-    loop {
-        if opts.cancelled() {
-            return Err(SourceError::Interrupted {
-                what: format!("fetching {url}"),
-            });
-        }
-        match attempt(n) {
-            Ok(v) => return Ok(v),
-            Err(Attempt::Fatal(e)) => return Err(e),
-            Err(Attempt::Retry(message)) if n >= attempts => {
-                return Err(SourceError::Network {
-                    url: url.into(),
-                    attempts: n,
-                    message,
-                })
+    let policy = Backoff {
+        attempts: opts.retry.attempts,
+        first_pause: opts.retry.initial_backoff,
+    };
+    let tried = retry(
+        policy,
+        |n| {
+            if opts.cancelled() {
+                return Err(Attempt::Fatal(SourceError::Interrupted {
+                    what: format!("fetching {url}"),
+                }));
             }
-            Err(Attempt::Retry(message)) => {
+            attempt(n)
+        },
+        |a| matches!(a, Attempt::Retry(_)),
+        |n, backoff, a| {
+            if let Attempt::Retry(message) = a {
                 tracing::warn!(%url, attempt = n, "{message}; retrying in {backoff:?}");
-                sleep_unless_cancelled(backoff, opts);
-                backoff = backoff.saturating_mul(2);
-                n += 1;
             }
-        }
-    }
+            sleep_unless_cancelled(backoff, opts);
+            true
+        },
+    );
+    tried.map_err(|GaveUp { error, attempts }| match error {
+        Attempt::Fatal(e) => e,
+        Attempt::Retry(message) => SourceError::Network {
+            url: url.into(),
+            attempts,
+            message,
+        },
+    })
 }
 
 fn sleep_unless_cancelled(d: Duration, opts: &FetchOptions) {

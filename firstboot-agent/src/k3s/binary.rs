@@ -2,6 +2,7 @@
 //! the pinned release from the mirror (GitHub release layout), verify it, and
 //! install it atomically as /usr/local/bin/k3s with its tool links.
 
+use node_spec::retry::{retry, Backoff};
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -246,27 +247,30 @@ fn transport_message(t: &ureq::Transport) -> String {
     parts.join(": ")
 }
 
+/// Retry transient download failures with backoff ([`node_spec::retry`]),
+/// sleeping through the [`System`] so tests do not wait.
 fn with_retries<T>(
     system: &dyn System,
     what: &str,
     mut f: impl FnMut() -> Result<T, DownloadError>,
 ) -> Result<T, DownloadError> {
-    let mut delay = Duration::from_secs(2);
-    let mut attempt = 1;
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(e) if e.transient() && attempt < ATTEMPTS => {
-                tracing::warn!(
-                    "{what} failed (attempt {attempt}/{ATTEMPTS}), retrying in {delay:?}: {e}"
-                );
-                system.sleep(delay);
-                delay *= 2;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let policy = Backoff {
+        attempts: ATTEMPTS,
+        first_pause: Duration::from_secs(2),
+    };
+    retry(
+        policy,
+        |_| f(),
+        DownloadError::transient,
+        |attempt, delay, e| {
+            tracing::warn!(
+                "{what} failed (attempt {attempt}/{ATTEMPTS}), retrying in {delay:?}: {e}"
+            );
+            system.sleep(delay);
+            true
+        },
+    )
+    .map_err(|gave_up| gave_up.error)
 }
 
 fn fetch_text(url: &str, version: &str, proxy: &ProxySettings) -> Result<String, DownloadError> {

@@ -5,11 +5,28 @@
 use std::time::Duration;
 
 /// How many tries, and the pause after the first failed one; each later
-/// pause is twice the one before.
+/// pause is twice the one before, up to `max_pause`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub attempts: u32,
     pub first_pause: Duration,
+    pub max_pause: Duration,
+}
+
+impl Backoff {
+    /// `attempts` tries, pauses doubling from `first_pause` without a cap.
+    pub const fn new(attempts: u32, first_pause: Duration) -> Self {
+        Self {
+            attempts,
+            first_pause,
+            max_pause: Duration::MAX,
+        }
+    }
+
+    /// Pauses never longer than `max_pause`.
+    pub const fn capped(self, max_pause: Duration) -> Self {
+        Self { max_pause, ..self }
+    }
 }
 
 /// The error that ended the retries and the number of tries made.
@@ -36,7 +53,7 @@ pub fn retry<T, E>(
         match attempt(n) {
             Ok(v) => return Ok(v),
             Err(error) if n < attempts && transient(&error) && pause(n, delay, &error) => {
-                delay = delay.saturating_mul(2);
+                delay = delay.saturating_mul(2).min(policy.max_pause);
                 n += 1;
             }
             Err(error) => return Err(GaveUp { error, attempts: n }),
@@ -48,17 +65,14 @@ pub fn retry<T, E>(
 mod tests {
     use super::*;
 
-    const POLICY: Backoff = Backoff {
-        attempts: 4,
-        first_pause: Duration::from_secs(1),
-    };
+    const POLICY: Backoff = Backoff::new(4, Duration::from_secs(1));
 
     #[test]
     fn pauses_double_and_the_last_error_is_returned() {
         let mut pauses = Vec::new();
         let r: Result<(), _> = retry(
             POLICY,
-            |n| Err(n),
+            Err,
             |_| true,
             |_, d, _| {
                 pauses.push(d.as_secs());
@@ -73,6 +87,17 @@ mod tests {
             })
         );
         assert_eq!(pauses, [1, 2, 4]);
+        pauses.clear();
+        let _: Result<(), _> = retry(
+            Backoff::new(5, Duration::from_secs(2)).capped(Duration::from_secs(5)),
+            Err,
+            |_: &u32| true,
+            |_, d, _| {
+                pauses.push(d.as_secs());
+                true
+            },
+        );
+        assert_eq!(pauses, [2, 4, 5, 5]);
     }
 
     #[test]

@@ -271,10 +271,7 @@ fn with_retries<T>(
     opts: &FetchOptions,
     mut attempt: impl FnMut(u32) -> Result<T, Attempt>,
 ) -> Result<T, SourceError> {
-    let policy = Backoff {
-        attempts: opts.retry.attempts,
-        first_pause: opts.retry.initial_backoff,
-    };
+    let policy = Backoff::new(opts.retry.attempts, opts.retry.initial_backoff);
     let tried = retry(
         policy,
         |n| {

@@ -8,6 +8,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use node_spec::retry::{retry, Backoff, GaveUp};
+
 use super::Finding;
 use crate::metadata::merge::url_host_port;
 use crate::metadata::NodeConfig;
@@ -364,29 +366,50 @@ pub fn preflight(
     timeout: Duration,
 ) -> Result<(Vec<Finding>, u32), FileError> {
     let start = system.now();
-    let mut delay = Duration::from_secs(1);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut findings = probe(root, system, targets)?;
-        let failed = super::failures(&findings);
-        let elapsed = system.now().duration_since(start);
-        if failed.is_none() || elapsed + delay > timeout {
-            findings.push(resolv_conf_finding(root)?);
-            if failed.is_some() {
-                // The failures themselves are reported once, by the step.
-                tracing::warn!(attempts, "network preflight gave up after {elapsed:?}");
+    let policy = Backoff::new(u32::MAX, Duration::from_secs(1)).capped(Duration::from_secs(15));
+    let mut tries = 0;
+    let tried = retry(
+        policy,
+        |n| {
+            tries = n;
+            let findings = probe(root, system, targets).map_err(Err)?;
+            match super::failures(&findings) {
+                None => Ok(findings),
+                Some(failed) => Err(Ok((findings, failed))),
             }
-            return Ok((findings, attempts));
-        }
-        tracing::info!(
+        },
+        // A file that cannot be read is not retried; a failed probe is.
+        |e| e.is_ok(),
+        |attempts, delay, e| {
+            let elapsed = system.now().duration_since(start);
+            if elapsed + delay > timeout {
+                return false;
+            }
+            if let Ok((_, failed)) = e {
+                tracing::info!(
+                    attempts,
+                    "network not ready yet, retrying in {delay:?}: {failed}"
+                );
+            }
+            system.sleep(delay);
+            true
+        },
+    );
+    let (mut findings, attempts) = match tried {
+        Ok(findings) => (findings, tries),
+        Err(GaveUp {
+            error: Ok((findings, _)),
             attempts,
-            "network not ready yet, retrying in {delay:?}: {}",
-            failed.unwrap_or_default()
-        );
-        system.sleep(delay);
-        delay = (delay * 2).min(Duration::from_secs(15));
-    }
+        }) => {
+            let elapsed = system.now().duration_since(start);
+            // The failures themselves are reported once, by the step.
+            tracing::warn!(attempts, "network preflight gave up after {elapsed:?}");
+            (findings, attempts)
+        }
+        Err(GaveUp { error: Err(e), .. }) => return Err(e),
+    };
+    findings.push(resolv_conf_finding(root)?);
+    Ok((findings, attempts))
 }
 
 #[cfg(test)]

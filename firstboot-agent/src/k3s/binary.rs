@@ -2,13 +2,13 @@
 //! the pinned release from the mirror (GitHub release layout), verify it, and
 //! install it atomically as /usr/local/bin/k3s with its tool links.
 
-use node_spec::retry::{retry, Backoff};
 use std::fs::{self, File, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use node_spec::retry::{retry, Backoff};
 use node_spec::Sha256Hex;
 use sha2::{Digest, Sha256};
 
@@ -254,10 +254,7 @@ fn with_retries<T>(
     what: &str,
     mut f: impl FnMut() -> Result<T, DownloadError>,
 ) -> Result<T, DownloadError> {
-    let policy = Backoff {
-        attempts: ATTEMPTS,
-        first_pause: Duration::from_secs(2),
-    };
+    let policy = Backoff::new(ATTEMPTS, Duration::from_secs(2));
     retry(
         policy,
         |_| f(),

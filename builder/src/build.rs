@@ -99,12 +99,20 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
         opts,
         fetch: &fetch,
     };
-    let mut built = Vec::new();
-    for kind in &plan.outputs {
+    // Every output's base is fetched and checked before any is written, so a
+    // base pct cannot boot fails the build before a qcow2 listed first is
+    // written.
+    let mut prepared = Vec::new();
+    for &kind in &plan.outputs {
         let mut timings = timings.clone();
-        built.push(match kind {
-            OutputKind::Lxc => build_lxc(&cx, &mut timings)?,
-            OutputKind::Qcow2 => build_qcow2(&cx, &mut timings)?,
+        let p = prepare(&cx, kind, &mut timings)?;
+        prepared.push((p, timings));
+    }
+    let mut built = Vec::new();
+    for (p, mut timings) in prepared {
+        built.push(match p.kind {
+            OutputKind::Lxc => build_lxc(&cx, p, &mut timings)?,
+            OutputKind::Qcow2 => build_qcow2(&cx, p, &mut timings)?,
         });
     }
     Ok(built)
@@ -195,12 +203,23 @@ fn artifact_file_name(a: &plan::schema::Artifact) -> Option<String> {
     (!name.is_empty()).then_some(name)
 }
 
-/// The recipe's source for `kind`, its fetched base and the layer for it.
-fn base_and_layer<'p>(
-    cx: &BuildContext<'p>,
-    timings: &mut Timings,
+/// An output ready to be written: its source, fetched base and layer, and
+/// (for a template) the contract check's outcome.
+struct Prepared<'p> {
     kind: OutputKind,
-) -> Result<(&'p plan::schema::SourceSpec, Fetched, Layer)> {
+    spec: &'p plan::schema::SourceSpec,
+    base: Fetched,
+    layer: Layer,
+    contract: Option<output::ContractOutcome>,
+}
+
+/// Fetch the base for `kind`, compute its layer and, for a template, check
+/// the contract: everything that can fail before an artifact is written.
+fn prepare<'p>(
+    cx: &BuildContext<'p>,
+    kind: OutputKind,
+    timings: &mut Timings,
+) -> Result<Prepared<'p>> {
     let BuildContext {
         plan,
         inputs,
@@ -228,16 +247,31 @@ fn base_and_layer<'p>(
         })
     })?;
     let layer = timings.time("layer", || Ok(compute_layer(plan, inputs, kind)))?;
-    Ok((spec, base, layer))
+    let contract = match kind {
+        // Before anything is written: a base pct cannot boot fails here.
+        OutputKind::Lxc => Some(timings.time("check-template", || {
+            check_template_contract(plan, spec, &base, &layer, opts)
+        })?),
+        OutputKind::Qcow2 => None,
+    };
+    Ok(Prepared {
+        kind,
+        spec,
+        base,
+        layer,
+        contract,
+    })
 }
 
-fn build_lxc(cx: &BuildContext<'_>, timings: &mut Timings) -> Result<Built> {
+fn build_lxc(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) -> Result<Built> {
     let BuildContext { plan, opts, .. } = *cx;
-    let (spec, base, layer) = base_and_layer(cx, timings, OutputKind::Lxc)?;
-    // Before anything is written: a base pct cannot boot fails here.
-    let contract = timings.time("check-template", || {
-        check_template_contract(plan, spec, &base, &layer, opts)
-    })?;
+    let Prepared {
+        base,
+        layer,
+        contract,
+        ..
+    } = p;
+    let contract = contract.context("the template's contract was not checked")?;
 
     let name = plan.template_name();
     let out_path = opts.out_dir.join(&name);
@@ -395,11 +429,13 @@ fn emit_lxc_sidecars(
     })
 }
 
-fn build_qcow2(cx: &BuildContext<'_>, timings: &mut Timings) -> Result<Built> {
+fn build_qcow2(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) -> Result<Built> {
     let BuildContext {
         plan, opts, fetch, ..
     } = *cx;
-    let (spec, base, layer) = base_and_layer(cx, timings, OutputKind::Qcow2)?;
+    let Prepared {
+        spec, base, layer, ..
+    } = p;
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);

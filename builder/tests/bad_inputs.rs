@@ -377,6 +377,42 @@ fn a_debian_base_without_ifupdown_and_dhcp_client_is_refused_before_writing() {
     assert!(!err.contains("systemd as init"), "{err}");
 }
 
+/// A profile may list `qcow2` before `lxc`: the template's contract is still
+/// checked before the disk is written, so a base pct cannot boot leaves no
+/// qcow2 behind either.
+#[test]
+fn the_template_contract_is_checked_before_a_qcow2_listed_first_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_base_without(dir.path(), &["sbin/ifup", "sbin/dhclient"]);
+    let recipe = write_recipe(dir.path(), &base, None);
+    // Any disk will do: with the old order its write failed first.
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let mut yaml = std::fs::read_to_string(&recipe).unwrap();
+    yaml.push_str(&format!(
+        "qcow2:\n  cloud-image:\n    path: {}\n",
+        disk.display()
+    ));
+    std::fs::write(&recipe, yaml).unwrap();
+    let out = dir.path().join("out");
+    let cache_before = tree(&dir.path().join("cache"));
+    let mut args = build_args(
+        dir.path(),
+        &repo_root().join("profiles/worker.yaml"),
+        &recipe,
+        &out,
+    );
+    // `--output lxc` becomes `--output qcow2 --output lxc`.
+    let i = args.iter().position(|a| a == "lxc").unwrap();
+    args.splice(i..=i, ["qcow2".to_owned(), "--output".into(), "lxc".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = imgbuild(&args, &[("SOURCE_DATE_EPOCH", "1700000000")]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("cannot become a Proxmox template"), "{err}");
+    assert_nothing_written(dir.path(), &out, &cache_before);
+}
+
 #[test]
 fn a_debian_base_without_systemd_or_debian_version_names_each_and_its_package() {
     let dir = tempfile::tempdir().unwrap();

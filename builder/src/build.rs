@@ -566,6 +566,7 @@ fn common_manifest(
             origin: base.origin.clone(),
             sha256: base.sha256.to_string(),
             size: base.size,
+            catalog: base.catalog.clone(),
         },
         k3s: k3s_info(plan, layer),
         source_date_epoch: plan.source_date_epoch,

@@ -161,6 +161,23 @@ fn an_ubuntu_standard_template_by_name_from_a_signed_pveam_index() {
         "{}",
         m["pct"]
     );
+    // The manifest says which entry of which index, and how it was trusted.
+    let cat = &m["base"]["catalog"];
+    assert_eq!(cat["name"], "ubuntu-22.04-standard");
+    assert_eq!(cat["version"], "22.04-1");
+    assert_eq!(cat["index"], format!("{}.gz", c.pveam_index()), "{cat}");
+    assert_eq!(
+        cat["listed-digest"],
+        format!("sha512:{}", sha512_file(&new))
+    );
+    assert_eq!(
+        cat["index-signature"],
+        format!(
+            "good, {}.asc checked with {}",
+            c.pveam_index(),
+            key.keyring.display()
+        )
+    );
 
     // pct detects Ubuntu and writes what networkd reads.
     let (distro, rootfs) = pct_create(d, &template);
@@ -201,6 +218,7 @@ fn an_ubuntu_standard_template_by_name_from_a_signed_pveam_index() {
         .as_str()
         .unwrap()
         .ends_with("_22.04-0_amd64.tar.zst"));
+    assert_eq!(m["base"]["catalog"]["version"], "22.04-0");
 
     // A template already on this host is read in place, not downloaded.
     std::fs::copy(&new, empty.join(new.file_name().unwrap())).unwrap();
@@ -212,6 +230,7 @@ fn an_ubuntu_standard_template_by_name_from_a_signed_pveam_index() {
         m["base"]["origin"],
         empty.join(new.file_name().unwrap()).display().to_string()
     );
+    assert_eq!(m["base"]["catalog"]["name"], "ubuntu-22.04-standard");
     let fetched: Vec<_> = c.requested()[before.len()..].to_vec();
     assert!(
         fetched.iter().all(|(p, _)| !p.contains("/system/")),
@@ -381,6 +400,20 @@ fn a_rockylinux_default_image_from_simplestreams_builds_and_pct_sets_it_up() {
     let name = format!("rockylinux-9-k3s-worker_{WORKER}");
     let m = manifest(&b.out, &name);
     assert_eq!(m["pct"]["plugin"], "centos");
+    let cat = &m["base"]["catalog"];
+    assert_eq!(cat["name"], "rockylinux:9:amd64:default");
+    assert_eq!(cat["version"], "20250601_02:06");
+    assert!(
+        cat["listed-digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{cat}"
+    );
+    assert_eq!(
+        cat["index-signature"],
+        "none: simplestreams indexes are not signed"
+    );
     assert_eq!(
         m["base"]["origin"],
         format!(

@@ -184,6 +184,12 @@ fn print_text(
         "base       {} (sha256 {}, {} bytes)",
         m.base.origin, m.base.sha256, m.base.size
     );
+    if let Some(c) = &m.base.catalog {
+        println!(
+            "catalog    {} {} from {} ({} listed; index signature: {})",
+            c.name, c.version, c.index, c.listed_digest, c.index_signature
+        );
+    }
     if let Some(pretty) = m.os_release.get("PRETTY_NAME") {
         println!("os         {pretty}");
     }

@@ -175,6 +175,26 @@ pub struct BaseInfo {
     pub origin: String,
     pub sha256: String,
     pub size: u64,
+    /// Set when the base was taken from a catalog (`pveam`,
+    /// `linuxcontainers`) by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogInfo>,
+}
+
+/// The catalog entry a base came from and how it was trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CatalogInfo {
+    /// The index read (URL, or pveam's local copy).
+    pub index: String,
+    /// pveam package or simplestreams product key.
+    pub name: String,
+    /// pveam version or simplestreams serial.
+    pub version: String,
+    /// The digest the index lists, which the base was checked against.
+    pub listed_digest: String,
+    /// How the index was trusted: its signature checked (and with what), or not.
+    pub index_signature: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,8 @@ mod manifest;
 
 pub use hostconfig::{lxc_config, pve_config, HostConfigVariant};
 pub use manifest::{
-    manifest_path_for, parse_os_release, AddedFile, ArtifactInfo, BaseInfo, DiskInfo, InputFile,
-    K3sInfo, Manifest, NetworkTool, PctInfo, StepTimings, TarInfo, MANIFEST_SCHEMA,
+    manifest_path_for, parse_os_release, AddedFile, ArtifactInfo, BaseInfo, CatalogInfo, DiskInfo,
+    InputFile, K3sInfo, Manifest, NetworkTool, PctInfo, StepTimings, TarInfo, MANIFEST_SCHEMA,
 };
 
 use std::path::Path;

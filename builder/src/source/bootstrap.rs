@@ -118,6 +118,7 @@ fn bootstrap_with_path(
                     size,
                     origin: rec.command,
                     from_cache: true,
+                    catalog: None,
                 });
             }
             None => {
@@ -182,6 +183,7 @@ fn bootstrap_with_path(
         size,
         origin: shown,
         from_cache: false,
+        catalog: None,
     })
 }
 

@@ -80,6 +80,7 @@ pub(super) fn fetch_url(
             size,
             origin: url.into(),
             from_cache: true,
+            catalog: None,
         });
     }
     if opts.offline {
@@ -105,6 +106,7 @@ pub(super) fn fetch_url(
         size,
         origin: url.into(),
         from_cache: false,
+        catalog: None,
     })
 }
 
@@ -168,6 +170,7 @@ pub(super) fn fetch_verified_by(
         size,
         origin: url.into(),
         from_cache: false,
+        catalog: None,
     })
 }
 
@@ -189,6 +192,7 @@ pub(super) fn cached_with_note(
         size,
         origin: url.into(),
         from_cache: true,
+        catalog: None,
     }))
 }
 

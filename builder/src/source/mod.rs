@@ -102,6 +102,9 @@ pub struct Fetched {
     pub origin: String,
     /// True when no download or bootstrap happened in this call.
     pub from_cache: bool,
+    /// For a base taken from a catalog by name: which entry, from which
+    /// index, and how the index was trusted (as the manifest records it).
+    pub catalog: Option<crate::emit::CatalogInfo>,
 }
 
 /// Fetch the base described by a recipe source: an artifact for
@@ -228,6 +231,7 @@ pub fn fetch_local(
         size,
         origin,
         from_cache: false,
+        catalog: None,
     })
 }
 

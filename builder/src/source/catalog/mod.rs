@@ -20,6 +20,7 @@ use sha2::Sha512;
 
 use super::http;
 use super::{Cache, FetchOptions, Fetched, SourceError};
+use crate::emit::CatalogInfo;
 use crate::plan::schema::{
     LinuxcontainersSpec, PveamSpec, DEFAULT_LXC_IMAGE_SERVER, DEFAULT_PVEAM_INDEX,
     DEFAULT_PVE_TEMPLATE_DIR,
@@ -112,6 +113,8 @@ fn hex(bytes: &[u8]) -> String {
 struct Index {
     records: Vec<pveam::AplRecord>,
     label: String,
+    /// How the index was trusted, for the manifest.
+    signature: String,
 }
 
 /// The pveam index: pveam's own signature-checked copy on a Proxmox node
@@ -124,7 +127,11 @@ fn pveam_index(spec: &PveamSpec, cache: &Cache, opts: &FetchOptions) -> Result<I
         let text = read_index(Path::new(PVE_APL_INFO), false, &label)?;
         let records =
             pveam::parse_aplinfo(&text, PVE_APL_BASE).map_err(|r| catalog_error(&label, r))?;
-        return Ok(Index { records, label });
+        return Ok(Index {
+            records,
+            label,
+            signature: format!("checked by `pveam update` (with {PVE_KEYRING})"),
+        });
     }
     let url = spec.index.as_deref().unwrap_or(DEFAULT_PVEAM_INDEX);
     let gz_url = format!("{url}.gz");
@@ -134,20 +141,27 @@ fn pveam_index(spec: &PveamSpec, cache: &Cache, opts: &FetchOptions) -> Result<I
         Some(k) => Some(PathBuf::from(k)),
         None => Some(PathBuf::from(PVE_KEYRING)).filter(|k| k.is_file()),
     };
-    match keyring {
-        Some(keyring) => check_signature(url, &text, &keyring, cache, opts)?,
-        None => tracing::warn!(
+    let signature = match &keyring {
+        Some(keyring) => {
+            check_signature(url, &text, keyring, cache, opts)?;
+            format!("good, {url}.asc checked with {}", keyring.display())
+        }
+        None => {
+            tracing::warn!(
             index = %url,
             "the template index is not signature-checked: no keyring (set `keyring:` in the \
              recipe, or build on a Proxmox node, which has {PVE_KEYRING}); the template is \
              checked against the sha512 this index lists — pin `sha512:` to trust it independently"
-        ),
-    }
+            );
+            "not checked: no keyring".to_owned()
+        }
+    };
     let base = url.rsplit_once('/').map_or(url, |(dir, _)| dir);
     let records = pveam::parse_aplinfo(&text, base).map_err(|r| catalog_error(&gz_url, r))?;
     Ok(Index {
         records,
         label: gz_url,
+        signature,
     })
 }
 
@@ -238,6 +252,13 @@ pub(super) fn fetch_pveam(
         template = %rec.template, version = %rec.version, index = %index.label,
         "pveam template"
     );
+    let entry = CatalogInfo {
+        index: index.label.clone(),
+        name: rec.package.clone(),
+        version: rec.version.clone(),
+        listed_digest: format!("sha512:{listed}"),
+        index_signature: index.signature.clone(),
+    };
     let verify = |path: &Path, origin: &str| -> Result<u64, SourceError> {
         let (actual, size) = sha512_file(path, opts)?;
         if actual != listed {
@@ -268,12 +289,16 @@ pub(super) fn fetch_pveam(
             size,
             origin: shown,
             from_cache: true,
+            catalog: Some(entry),
         });
     }
     let note = format!("sha512:{listed}");
     if let Some(f) = http::cached_with_note(&rec.location, &note, cache)? {
         tracing::info!(url = %rec.location, "using cached copy");
-        return Ok(f);
+        return Ok(Fetched {
+            catalog: Some(entry),
+            ..f
+        });
     }
     if opts.offline {
         return Err(SourceError::NotCached {
@@ -286,8 +311,12 @@ pub(super) fn fetch_pveam(
             ),
         });
     }
-    http::fetch_verified_by(&rec.location, &note, cache, opts, |p| {
+    let f = http::fetch_verified_by(&rec.location, &note, cache, opts, |p| {
         verify(p, &rec.location).map(|_| ())
+    })?;
+    Ok(Fetched {
+        catalog: Some(entry),
+        ..f
     })
 }
 
@@ -343,7 +372,19 @@ pub(super) fn fetch_linuxcontainers(
     }
     let url = format!("{server}/{}", item.path.trim_start_matches('/'));
     tracing::info!(image = %key, %serial, size = item.size, "linuxcontainers image");
-    http::fetch_url(&url, Some(&sha256), None, cache, opts)
+    let f = http::fetch_url(&url, Some(&sha256), None, cache, opts)?;
+    Ok(Fetched {
+        catalog: Some(CatalogInfo {
+            index: products_url,
+            name: key,
+            version: serial.to_string(),
+            listed_digest: format!("sha256:{sha256}"),
+            // Incus and LXC read these indexes over https without a
+            // signature; the image is checked against the sha256 they list.
+            index_signature: "none: simplestreams indexes are not signed".into(),
+        }),
+        ..f
+    })
 }
 
 #[cfg(test)]

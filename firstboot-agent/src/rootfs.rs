@@ -71,9 +71,18 @@ impl Root {
         path
     }
 
-    /// Read a text file; `Ok(None)` when it does not exist.
+    /// `abs` under this root with the links along it followed inside the
+    /// root ([`Root::resolve`]): what reading `abs` on the node reads. Under
+    /// `--root`, `/etc/resolv.conf -> /run/…` is the root's `/run`, not this
+    /// machine's.
+    pub fn real_path(&self, abs: impl AsRef<Path>) -> PathBuf {
+        self.path(self.resolve(abs))
+    }
+
+    /// Read a text file, links followed inside the root; `Ok(None)` when it
+    /// does not exist.
     pub fn read_optional(&self, abs: impl AsRef<Path>) -> Result<Option<String>, FileError> {
-        let path = self.path(abs);
+        let path = self.real_path(abs);
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -81,8 +90,9 @@ impl Root {
         }
     }
 
+    /// Whether `abs` exists on the node, links followed inside the root.
     pub fn exists(&self, abs: impl AsRef<Path>) -> bool {
-        self.path(abs).exists()
+        self.real_path(abs).exists()
     }
 
     /// Write a file atomically (see [`write_atomic`]).
@@ -205,6 +215,33 @@ mod tests {
         assert_eq!(root.path("/a/./b/../../../c"), Path::new("/srv/node/c"));
         assert_eq!(root.path("/"), Path::new("/srv/node"));
         assert_eq!(Root::new("/").path("/x/../y"), Path::new("/y"));
+    }
+
+    #[test]
+    fn reads_follow_links_inside_the_root_not_onto_this_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::new(dir.path());
+        root.write_atomic(
+            "/run/systemd/resolve/stub-resolv.conf",
+            b"nameserver 127.0.0.53\n",
+            0o644,
+        )
+        .unwrap();
+        root.create_dir_all("/etc").unwrap();
+        std::os::unix::fs::symlink(
+            "/run/systemd/resolve/stub-resolv.conf",
+            root.path("/etc/resolv.conf"),
+        )
+        .unwrap();
+        // An absolute link to a file this machine has and the root lacks.
+        std::os::unix::fs::symlink("/proc/self/status", root.path("/etc/host-file")).unwrap();
+        assert_eq!(
+            root.read_optional("/etc/resolv.conf").unwrap().as_deref(),
+            Some("nameserver 127.0.0.53\n")
+        );
+        assert_eq!(root.read_optional("/etc/host-file").unwrap(), None);
+        assert!(!root.exists("/etc/host-file"));
+        assert!(root.exists("/etc/resolv.conf"));
     }
 
     #[test]

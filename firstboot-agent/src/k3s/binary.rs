@@ -457,12 +457,12 @@ pub fn link_tools(root: &Root) -> Result<Vec<String>, FileError> {
     for tool in TOOL_LINKS {
         let link_abs = format!("/usr/local/bin/{tool}");
         let link = root.path(&link_abs);
-        if fs::metadata(root.path(root.resolve(&link_abs))).is_ok() {
+        if fs::metadata(root.real_path(&link_abs)).is_ok() {
             continue; // ours from an earlier run, or somebody else's
         }
         let elsewhere = PATH_DIRS.iter().map(|d| format!("{d}/{tool}")).find(|p| {
             p != &link_abs
-                && fs::metadata(root.path(root.resolve(p)))
+                && fs::metadata(root.real_path(p))
                     .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         });
         match elsewhere {

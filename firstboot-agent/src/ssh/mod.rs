@@ -114,7 +114,7 @@ pub fn detect_cloud_init(root: &Root) -> Result<CloudInit, FileError> {
         return Ok(CloudInit::Absent);
     };
     let cmdline = root.read_optional("/proc/cmdline")?.unwrap_or_default();
-    let by = if root.path(root.resolve(CLOUD_INIT_DISABLED)).exists() {
+    let by = if root.real_path(CLOUD_INIT_DISABLED).exists() {
         Some(CLOUD_INIT_DISABLED.to_owned())
     } else if cmdline
         .split_whitespace()
@@ -350,7 +350,7 @@ fn install_keys(
     let home = account.home.trim_end_matches('/');
     let shown_dir = format!("{home}/.ssh");
     let shown = format!("{shown_dir}/authorized_keys");
-    let home_real = root.path(root.resolve(if home.is_empty() { "/" } else { home }));
+    let home_real = root.real_path(if home.is_empty() { "/" } else { home });
     if !home_real.is_dir() {
         return Ok(Err(format!(
             "the home directory {home} of {} does not exist, so its keys were not installed",

@@ -151,12 +151,21 @@ impl Runner<'_> {
     /// and returned (the node stays retryable). The failure is not logged
     /// here: the caller prints it once.
     fn step(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<Outcome>) -> Result<()> {
+        self.step_with(name, |r| f(r).map(|o| (o, ())))
+    }
+
+    /// [`Runner::step`] for a step that also hands a value to later ones.
+    fn step_with<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce(&mut Self) -> Result<(Outcome, T)>,
+    ) -> Result<T> {
         tracing::info!(step = name, "starting");
         let started = Instant::now();
         let recorded_before = self.system.would_run().len();
-        let outcome = f(self).and_then(|o| match checks::failures(&o.findings) {
+        let outcome = f(self).and_then(|(o, value)| match checks::failures(&o.findings) {
             Some(fail) => Err(anyhow!(fail)),
-            None => Ok(o),
+            None => Ok((o, value)),
         });
         let ms = started.elapsed().as_millis() as u64;
         let left_out: Vec<String> = self
@@ -172,7 +181,7 @@ impl Runner<'_> {
             format!(" (dry run, would run: {})", left_out.join("; "))
         };
         match outcome {
-            Ok(mut o) => {
+            Ok((mut o, value)) => {
                 o.message.push_str(&dry_note);
                 let mut warnings = Vec::new();
                 for w in o.findings.iter().filter(|f| f.level == Level::Warn) {
@@ -196,7 +205,8 @@ impl Runner<'_> {
                 if let Some(rec) = self.state.steps.get_mut(name) {
                     rec.warnings = warnings;
                 }
-                self.save()
+                self.save()?;
+                Ok(value)
             }
             Err(e) => {
                 let mut msg = format!("{e:#}{dry_note}");
@@ -348,58 +358,113 @@ fn kept_on_uninstall(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<Vec<String>
     Ok(keep)
 }
 
-/// `firstboot-agent run`.
-pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunResult> {
-    let state = State::load(root)?;
-    let mut r = Runner {
-        root,
-        system,
-        state,
-        result: RunResult::default(),
-    };
-    r.result.dry_run = r.dry_run();
-    if r.dry_run() {
-        tracing::info!(
-            "dry run: --root {} is not /, so actions on this machine (systemctl, modprobe, sysctl, mount, sethostname, swapoff) are recorded, not performed",
-            root.dir().display()
-        );
-    }
+/// What the steps of one run share: the node's configuration (the metadata
+/// step makes it; hostname adds the K3s node name), the environment, and
+/// what the K3s steps found and changed.
+struct Ctx<'o> {
+    opts: &'o RunOptions,
+    cfg: NodeConfig,
+    environment: Environment,
+    /// Files whose change restarts a K3s an earlier run started.
+    changed: Vec<String>,
+    /// The installed binary's sha256 (the k3s-binary step).
+    sha256: String,
+}
 
-    // 0. Temp files of killed runs (the agent's own, named with their pid).
-    let swept = leftovers::sweep(root, system, SystemTime::now());
+/// `firstboot-agent run`: the steps in order. Each returns early (with the
+/// node retryable) when it fails.
+pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunResult> {
+    let mut r = Runner::start(root, system)?;
+    sweep_leftovers(&mut r);
+    let mut cfg = metadata(&mut r, opts)?;
+    if let Some(done) = first_boot_or_finished(&mut r, &cfg)? {
+        return Ok(done);
+    }
+    proxy_environment(&mut r, &mut cfg, opts);
+    hostname(&mut r, &mut cfg)?;
+    ssh_keys(&mut r, &cfg)?;
+    let environment = environment(&mut r, &cfg)?;
+    let mut cx = Ctx {
+        opts,
+        cfg,
+        environment,
+        changed: Vec::new(),
+        sha256: String::new(),
+    };
+    network(&mut r, &cx)?;
+    tweaks(&mut r, &cx)?;
+    k3s_binary(&mut r, &mut cx)?;
+    k3s_scripts(&mut r, &cx)?;
+    airgap_images(&mut r, &cx)?;
+    k3s_config(&mut r, &mut cx)?;
+    k3s_unit(&mut r, &mut cx)?;
+    k3s_start(&mut r, &cx)?;
+    k3s_ready(r, &cx)
+}
+
+impl<'a> Runner<'a> {
+    fn start(root: &'a Root, system: &'a dyn System) -> Result<Self> {
+        let state = State::load(root)?;
+        let mut r = Runner {
+            root,
+            system,
+            state,
+            result: RunResult::default(),
+        };
+        r.result.dry_run = r.dry_run();
+        if r.dry_run() {
+            tracing::info!(
+                "dry run: --root {} is not /, so actions on this machine (systemctl, modprobe, sysctl, mount, sethostname, swapoff) are recorded, not performed",
+                root.dir().display()
+            );
+        }
+        Ok(r)
+    }
+}
+
+/// Temp files of killed runs (the agent's own, named with their pid).
+fn sweep_leftovers(r: &mut Runner<'_>) {
+    let swept = leftovers::sweep(r.root, r.system, SystemTime::now());
     r.result.removed_temp_files = swept.removed;
     r.result.warnings.extend(swept.failed);
+}
 
-    // 1. Metadata (read every run: it carries the instance-id).
-    let mut cfg = None;
-    r.step("metadata", |r| {
+/// Metadata (read every run: it carries the instance-id).
+fn metadata(r: &mut Runner<'_>, opts: &RunOptions) -> Result<NodeConfig> {
+    let cfg = r.step_with("metadata", |r| {
         let c = load_node_config(r.root, r.system, &opts.env)?;
         let msg = metadata_message(&c);
         for n in &c.notes {
             tracing::info!("ignored: {n}");
         }
         let findings = c.warnings.clone();
-        cfg = Some(c);
-        Ok(Outcome {
-            message: msg,
-            findings,
-            ..Outcome::default()
-        })
+        Ok((
+            Outcome {
+                message: msg,
+                findings,
+                ..Outcome::default()
+            },
+            c,
+        ))
     })?;
-    let mut cfg = cfg.ok_or_else(|| anyhow!("metadata step produced no configuration"))?;
-    r.result.instance_id = Some(cfg.instance_id.clone());
-    r.result.profile = Some(cfg.profile.clone());
-    r.result.role = Some(cfg.role.to_string());
-    r.result.topology = Some(cfg.topology.as_str().to_owned());
-    r.result.k3s_version = Some(cfg.version.to_string());
-    r.result.unit = Some(cfg.unit_name().to_owned());
-    r.result.metadata_source = Some(cfg.metadata_source.clone());
-    r.result.vendor_data = cfg.vendor.describe();
-    r.result.k3s_settings_from = cfg.origins.k3s_settings();
-    r.result.proxy_from_environment = cfg.proxy.from_environment.clone();
+    let res = &mut r.result;
+    res.instance_id = Some(cfg.instance_id.clone());
+    res.profile = Some(cfg.profile.clone());
+    res.role = Some(cfg.role.to_string());
+    res.topology = Some(cfg.topology.as_str().to_owned());
+    res.k3s_version = Some(cfg.version.to_string());
+    res.unit = Some(cfg.unit_name().to_owned());
+    res.metadata_source = Some(cfg.metadata_source.clone());
+    res.vendor_data = cfg.vendor.describe();
+    res.k3s_settings_from = cfg.origins.k3s_settings();
+    res.proxy_from_environment = cfg.proxy.from_environment.clone();
+    Ok(cfg)
+}
 
-    // First boot is decided by instance-id; an installed K3s is never
-    // reinstalled or renamed because the instance-id changed.
+/// First boot is decided by instance-id; an installed K3s is never
+/// reinstalled or renamed because the instance-id changed. Returns the
+/// result when there is nothing more to do.
+fn first_boot_or_finished(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<Option<RunResult>> {
     if r.state.instance_id.as_deref() != Some(&cfg.instance_id) {
         if let Some(k) = r.state.k3s.clone() {
             let uninstall = if k.unit == node_spec::Role::Agent.unit_name() {
@@ -420,7 +485,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             r.state.finished = true;
             r.save()?;
             r.mark_done()?;
-            return Ok(r.result);
+            return Ok(Some(std::mem::take(&mut r.result)));
         }
         r.state = State {
             instance_id: Some(cfg.instance_id.clone()),
@@ -436,51 +501,60 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         r.result.finished = true;
         r.result.warnings.push(msg);
         r.save()?;
-        return Ok(r.result);
+        return Ok(Some(std::mem::take(&mut r.result)));
     }
+    Ok(None)
+}
 
-    // The proxies of the agent's environment are those of the first run
-    // that had any: the readiness run is another unit, without the drop-ins
-    // of firstboot-agent.service, and must not write an env file without
-    // them (and restart K3s for it).
-    if opts.env.is_empty() {
-        if let Some(recorded) = r.state.proxy_environment.clone() {
-            let env = ProxyEnv::from_pairs(
-                &recorded
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect::<Vec<_>>(),
-            );
-            cfg.proxy = ProxySettings::combine(&cfg.proxy_meta, &env);
-            r.result.proxy_from_environment = cfg.proxy.from_environment.clone();
-            let found = proxy_findings(&cfg);
-            r.result
-                .warnings
-                .extend(found.iter().map(|f| format!("metadata: {f}")));
-        }
-    } else {
+/// The proxies of the agent's environment are those of the first run that
+/// had any: the readiness run is another unit, without the drop-ins of
+/// firstboot-agent.service, and must not write an env file without them
+/// (and restart K3s for it).
+fn proxy_environment(r: &mut Runner<'_>, cfg: &mut NodeConfig, opts: &RunOptions) {
+    if !opts.env.is_empty() {
         r.state.proxy_environment = Some(opts.env.pairs());
+        return;
     }
+    let Some(recorded) = r.state.proxy_environment.clone() else {
+        return;
+    };
+    let env = ProxyEnv::from_pairs(
+        &recorded
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    cfg.proxy = ProxySettings::combine(&cfg.proxy_meta, &env);
+    r.result.proxy_from_environment = cfg.proxy.from_environment.clone();
+    let found = proxy_findings(cfg);
+    r.result
+        .warnings
+        .extend(found.iter().map(|f| format!("metadata: {f}")));
+}
 
-    // 2. Host name.
-    let mut proxmox_names = false;
-    r.step("hostname", |r| {
+/// Host name. Proxmox puts its own name back at every `pct start`: K3s
+/// keeps the metadata's, so the node never re-registers under another name.
+fn hostname(r: &mut Runner<'_>, cfg: &mut NodeConfig) -> Result<()> {
+    let proxmox_names = r.step_with("hostname", |r| {
         let o = hostname::apply(r.root, r.system, cfg.hostname.as_deref())?;
-        proxmox_names = o.proxmox_managed;
-        Ok(Outcome {
-            message: o.message,
-            findings: o.findings,
-            ..Outcome::default()
-        })
+        Ok((
+            Outcome {
+                message: o.message,
+                findings: o.findings,
+                ..Outcome::default()
+            },
+            o.proxmox_managed,
+        ))
     })?;
-    // Proxmox puts its own name back at every `pct start`: K3s keeps the
-    // metadata's, so the node never re-registers under another name.
     if proxmox_names && cfg.node_name.is_none() {
         cfg.node_name = cfg.hostname.clone();
     }
+    Ok(())
+}
 
-    // 2b. SSH keys where cloud-init is absent: early, so a node whose later
-    // steps fail can still be logged in to.
+/// SSH keys where cloud-init is absent: early, so a node whose later steps
+/// fail can still be logged in to.
+fn ssh_keys(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<()> {
     r.step("ssh-keys", |r| {
         let plan = cfg
             .ssh
@@ -492,11 +566,12 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             findings: o.findings,
             ..Outcome::default()
         })
-    })?;
+    })
+}
 
-    // 3. Environment.
-    let mut environment: Option<Environment> = None;
-    r.step("environment", |r| {
+/// What the node runs on, against what the role needs.
+fn environment(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<Environment> {
+    r.step_with("environment", |r| {
         let e = env::detect(r.root)?;
         let findings = env::assess(&e, cfg.role);
         let msg = findings
@@ -505,70 +580,83 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        environment = Some(e);
+        Ok((
+            Outcome {
+                message: msg,
+                findings,
+                ..Outcome::default()
+            },
+            e,
+        ))
+    })
+}
+
+/// Network and DNS (not needed any more once K3s has been started).
+fn network(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    if r.state.is_done("k3s-start") {
+        return Ok(());
+    }
+    r.step("network", |r| {
+        let download = binary::needs_download(r.root, &cx.cfg)?;
+        let targets = network::targets(&cx.cfg, download);
+        let (findings, attempts) =
+            network::preflight(r.root, r.system, &targets, cx.cfg.network_timeout)?;
         Ok(Outcome {
-            message: msg,
+            message: format!(
+                "{} checks passed",
+                findings.iter().filter(|f| f.level == Level::Pass).count()
+            ),
+            findings,
+            attempts,
+            status: None,
+        })
+    })
+}
+
+/// Kernel and container settings (once per instance).
+fn tweaks(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    if r.skip_done("tweaks") {
+        return Ok(());
+    }
+    r.step("tweaks", |r| {
+        let findings = tweaks::run(r.root, r.system, &cx.environment, true)?;
+        Ok(Outcome {
+            message: "kernel and container settings applied".into(),
             findings,
             ..Outcome::default()
         })
-    })?;
-    let environment = environment.ok_or_else(|| anyhow!("environment step produced nothing"))?;
+    })
+}
 
-    // 4. Network and DNS (not needed any more once K3s has been started).
-    if !r.state.is_done("k3s-start") {
-        r.step("network", |r| {
-            let download = binary::needs_download(r.root, &cfg)?;
-            let targets = network::targets(&cfg, download);
-            let (findings, attempts) =
-                network::preflight(r.root, r.system, &targets, cfg.network_timeout)?;
-            Ok(Outcome {
-                message: format!(
-                    "{} checks passed",
-                    findings.iter().filter(|f| f.level == Level::Pass).count()
-                ),
-                findings,
-                attempts,
-                status: None,
-            })
-        })?;
-    }
-
-    // 5. Tweaks.
-    if !r.skip_done("tweaks") {
-        r.step("tweaks", |r| {
-            let findings = tweaks::run(r.root, r.system, &environment, true)?;
-            Ok(Outcome {
-                message: "kernel and container settings applied".into(),
-                findings,
-                ..Outcome::default()
-            })
-        })?;
-    }
-
-    // 6. K3s binary, install.sh's scripts, air-gap images, config, unit.
-    // What changes here restarts a K3s that an earlier run started.
-    let mut changed: Vec<String> = Vec::new();
-    let mut sha256 = String::new();
-    r.step("k3s-binary", |r| {
-        let installed = binary::install(r.root, r.system, &cfg)?;
-        sha256 = installed.sha256.to_string();
+/// The K3s binary: already installed, baked, or downloaded; verified.
+fn k3s_binary(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
+    let cfg = &cx.cfg;
+    let installed = r.step_with("k3s-binary", |r| {
+        let installed = binary::install(r.root, r.system, cfg)?;
         let how = match &installed.origin {
             binary::Origin::AlreadyInstalled => "already installed".to_owned(),
             binary::Origin::Baked => "installed from the image".to_owned(),
             binary::Origin::Downloaded(url) => format!("downloaded from {url}"),
         };
-        if installed.origin != binary::Origin::AlreadyInstalled {
-            changed.push(binary::K3S_BIN.to_owned());
-        }
         let mut msg = format!("K3s {} {how} (sha256 {})", cfg.version, installed.sha256);
         if !installed.not_linked.is_empty() {
             msg.push_str(&format!("; {}", installed.not_linked.join(", ")));
         }
-        Ok(Outcome::msg(msg))
+        Ok((Outcome::msg(msg), installed))
     })?;
+    cx.sha256 = installed.sha256.to_string();
+    if installed.origin != binary::Origin::AlreadyInstalled {
+        cx.changed.push(binary::K3S_BIN.to_owned());
+    }
+    Ok(())
+}
+
+/// install.sh's killall and uninstall scripts.
+fn k3s_scripts(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    let cfg = &cx.cfg;
     r.step("k3s-scripts", |r| {
-        let keep = kept_on_uninstall(r, &cfg)?;
-        let written = scripts::write(r.root, &cfg, &keep)?;
+        let keep = kept_on_uninstall(r, cfg)?;
+        let written = scripts::write(r.root, cfg, &keep)?;
         r.result.k3s_scripts = vec![
             scripts::KILLALL_PATH.to_owned(),
             scripts::uninstall_path(cfg.role).to_owned(),
@@ -579,7 +667,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             format!(
                 "; the uninstall keeps {} file(s) the image put under /etc/rancher/k3s and {}",
                 keep.len(),
-                scripts::data_dir(&cfg)
+                scripts::data_dir(cfg)
             )
         };
         Ok(Outcome::msg(if written.is_empty() {
@@ -587,70 +675,98 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         } else {
             format!("wrote {} (mode 0755){kept}", written.join(", "))
         }))
-    })?;
-    if !cfg.airgap_images.is_empty() {
-        r.step("airgap-images", |r| {
-            let placed = k3s::place_airgap_images(r.root, &cfg)?;
-            Ok(Outcome::msg(format!("verified {}", placed.join(", "))))
-        })?;
+    })
+}
+
+/// The image's air-gap archives, verified (only when it has any).
+fn airgap_images(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    if cx.cfg.airgap_images.is_empty() {
+        return Ok(());
     }
-    let extra_args = tweaks::extra_k3s_args(&environment);
-    r.step("k3s-config", |r| {
-        let written = k3s::write_config(r.root, &cfg, &extra_args)?;
-        changed.extend(written.iter().cloned());
-        Ok(Outcome::msg(if written.is_empty() {
+    r.step("airgap-images", |r| {
+        let placed = k3s::place_airgap_images(r.root, &cx.cfg)?;
+        Ok(Outcome::msg(format!("verified {}", placed.join(", "))))
+    })
+}
+
+/// config.yaml and the 0600 env file.
+fn k3s_config(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
+    let extra_args = tweaks::extra_k3s_args(&cx.environment);
+    let cfg = &cx.cfg;
+    let written = r.step_with("k3s-config", |r| {
+        let written = k3s::write_config(r.root, cfg, &extra_args)?;
+        let msg = if written.is_empty() {
             "unchanged".to_owned()
         } else {
             format!("wrote {}", written.join(", "))
-        }))
+        };
+        Ok((Outcome::msg(msg), written))
     })?;
-    r.step("k3s-unit", |r| {
-        let written = k3s::write_unit(r.root, cfg.role)?;
-        if written {
-            changed.push(k3s::config::unit_path(cfg.role));
-        }
-        Ok(Outcome::msg(format!(
-            "{} {}",
-            k3s::config::unit_path(cfg.role),
-            if written { "written" } else { "unchanged" }
-        )))
-    })?;
+    cx.changed.extend(written);
+    Ok(())
+}
 
-    // 7. Start; or, when an earlier run started K3s, restart it if its
-    // binary, config, env file or unit changed since (install.sh restarts
-    // only then, too).
-    if r.skip_done("k3s-start") {
-        if !changed.is_empty() {
-            r.step("k3s-restart", |r| {
-                k3s::restart(r.system, cfg.role)?;
-                Ok(Outcome::msg(format!(
-                    "{} restarted: {} changed",
-                    cfg.unit_name(),
-                    changed.join(", ")
-                )))
-            })?;
-        }
-    } else {
-        r.step("k3s-start", |r| {
-            k3s::enable_and_start(r.system, cfg.role)?;
-            r.state.k3s = Some(K3sRecord {
-                instance_id: cfg.instance_id.clone(),
-                version: cfg.version.to_string(),
-                role: cfg.role.to_string(),
-                topology: cfg.topology.as_str().to_owned(),
-                unit: cfg.unit_name().to_owned(),
-                sha256: sha256.clone(),
-            });
-            Ok(Outcome::msg(if r.dry_run() {
-                format!("{} would be enabled and started", cfg.unit_name())
-            } else {
-                format!("{} enabled and started", cfg.unit_name())
-            }))
-        })?;
+/// The systemd unit install.sh writes for the role.
+fn k3s_unit(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
+    let role = cx.cfg.role;
+    let written = r.step_with("k3s-unit", |r| {
+        let written = k3s::write_unit(r.root, role)?;
+        Ok((
+            Outcome::msg(format!(
+                "{} {}",
+                k3s::config::unit_path(role),
+                if written { "written" } else { "unchanged" }
+            )),
+            written,
+        ))
+    })?;
+    if written {
+        cx.changed.push(k3s::config::unit_path(role));
     }
+    Ok(())
+}
 
-    // 8. Ready.
-    if opts.no_wait {
+/// Start; or, when an earlier run started K3s, restart it if its binary,
+/// config, env file or unit changed since (install.sh restarts only then,
+/// too).
+fn k3s_start(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    let cfg = &cx.cfg;
+    if r.skip_done("k3s-start") {
+        if cx.changed.is_empty() {
+            return Ok(());
+        }
+        return r.step("k3s-restart", |r| {
+            k3s::restart(r.system, cfg.role)?;
+            Ok(Outcome::msg(format!(
+                "{} restarted: {} changed",
+                cfg.unit_name(),
+                cx.changed.join(", ")
+            )))
+        });
+    }
+    r.step("k3s-start", |r| {
+        k3s::enable_and_start(r.system, cfg.role)?;
+        r.state.k3s = Some(K3sRecord {
+            instance_id: cfg.instance_id.clone(),
+            version: cfg.version.to_string(),
+            role: cfg.role.to_string(),
+            topology: cfg.topology.as_str().to_owned(),
+            unit: cfg.unit_name().to_owned(),
+            sha256: cx.sha256.clone(),
+        });
+        Ok(Outcome::msg(if r.dry_run() {
+            format!("{} would be enabled and started", cfg.unit_name())
+        } else {
+            format!("{} enabled and started", cfg.unit_name())
+        }))
+    })
+}
+
+/// Wait for readiness, or (`--no-wait`) hand it to [`READY_UNIT`]; then
+/// mark the node finished.
+fn k3s_ready(mut r: Runner<'_>, cx: &Ctx<'_>) -> Result<RunResult> {
+    let cfg = &cx.cfg;
+    if cx.opts.no_wait {
         r.step("k3s-ready", |r| {
             r.root.write_atomic(
                 format!("/etc/systemd/system/{READY_UNIT}"),
@@ -677,7 +793,7 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             })
         })?;
         if r.dry_run() {
-            println!("{}", dry_run_summary(root, &r.result));
+            println!("{}", dry_run_summary(r.root, &r.result));
         } else {
             println!(
                 "firstboot-agent: {} started ({}); readiness is confirmed by {READY_UNIT}",
@@ -700,14 +816,13 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
             0,
         );
         r.save()?;
-        println!("{}", dry_run_summary(root, &r.result));
+        println!("{}", dry_run_summary(r.root, &r.result));
         return Ok(r.result);
     }
     r.step("k3s-ready", |r| {
         k3s::wait_ready(r.root, r.system, cfg.role, cfg.ready_timeout)?;
         Ok(Outcome::msg(format!("{} is ready", cfg.unit_name())))
     })?;
-
     r.state.finished = true;
     r.result.finished = true;
     r.save()?;

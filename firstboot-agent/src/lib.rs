@@ -10,6 +10,7 @@
 
 pub mod checks;
 pub mod cli;
+pub mod distro;
 pub mod env;
 pub mod hostname;
 pub mod k3s;

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use node_spec::{BakedDefaults, DEFAULTS_PATH};
 
 use crate::checks::{self, network, Finding, Level};
+use crate::distro;
 use crate::env::{self, Environment};
 use crate::hostname;
 use crate::k3s::proxy::{ProxyEnv, ProxySettings};
@@ -369,6 +370,8 @@ struct Ctx<'o> {
     changed: Vec<String>,
     /// The installed binary's sha256 (the k3s-binary step).
     sha256: String,
+    /// K3s runs with `selinux: true` (the distro step).
+    selinux: bool,
 }
 
 /// `firstboot-agent run`: the steps in order. Each returns early (with the
@@ -390,9 +393,14 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         environment,
         changed: Vec::new(),
         sha256: String::new(),
+        selinux: false,
     };
     network(&mut r, &cx)?;
     tweaks(&mut r, &cx)?;
+    distro(&mut r, &mut cx)?;
+    firewall(&mut r, &cx)?;
+    nm_cloud_setup(&mut r, &cx)?;
+    snapshotter(&mut r, &mut cx)?;
     k3s_binary(&mut r, &mut cx)?;
     k3s_scripts(&mut r, &cx)?;
     airgap_images(&mut r, &cx)?;
@@ -628,9 +636,95 @@ fn tweaks(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
     })
 }
 
+/// The distribution's security modules, checked every run (config.yaml
+/// follows them): AppArmor without its parser fails, SELinux gets K3s's
+/// `selinux: true` and fails without the k3s-selinux policy (installed
+/// first from RPMs the image carries, if any).
+fn distro(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
+    let selinux = r.step_with("distro", |r| {
+        let os = distro::OsRelease::read(r.root)?;
+        let apparmor = distro::apparmor::check(r.root, &os)?;
+        let selinux = distro::selinux::run(r.root, r.system, &os, true)?;
+        let message = format!("{}; {}; {}", os.name(), apparmor, selinux.finding);
+        Ok((
+            Outcome {
+                message,
+                findings: vec![apparmor, selinux.finding.clone()],
+                ..Outcome::default()
+            },
+            selinux.k3s_selinux(),
+        ))
+    })?;
+    if selinux {
+        cx.cfg
+            .extra_config
+            .entry("selinux".into())
+            .or_insert(serde_yaml::Value::Bool(true));
+    }
+    cx.selinux = selinux;
+    Ok(())
+}
+
+/// firewalld or ufw: open what K3s needs, or turn it off, or leave it, as
+/// `k3s.firewall` says (once per instance).
+fn firewall(r: &mut Runner<'_>, cx: &Ctx<'_>) -> Result<()> {
+    if r.skip_done("firewall") {
+        return Ok(());
+    }
+    r.step("firewall", |r| {
+        let f = distro::firewall::run(r.root, r.system, &cx.cfg, true)?;
+        Ok(Outcome {
+            message: f.detail.clone(),
+            findings: vec![f],
+            ..Outcome::default()
+        })
+    })
+}
+
+/// nm-cloud-setup disabled before K3s starts (once per instance).
+fn nm_cloud_setup(r: &mut Runner<'_>, _cx: &Ctx<'_>) -> Result<()> {
+    if r.skip_done("nm-cloud-setup") {
+        return Ok(());
+    }
+    r.step("nm-cloud-setup", |r| {
+        let f = distro::nm_cloud_setup::run(r.root, r.system, true);
+        Ok(Outcome {
+            message: f.detail.clone(),
+            findings: vec![f],
+            ..Outcome::default()
+        })
+    })
+}
+
+/// containerd's snapshotter for this storage: probed once per instance
+/// (unless the configuration names one), written into config.yaml when it
+/// is not overlayfs.
+fn snapshotter(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
+    let cfg = &cx.cfg;
+    let decision = r.step_with("snapshotter", |r| {
+        let explicit = cfg.extra_config.contains_key("snapshotter");
+        let (d, earlier) = match r.state.snapshotter.clone() {
+            Some(d) if !explicit => (d, " (decided earlier for this instance)"),
+            _ => (distro::snapshotter::decide(r.root, r.system, cfg)?, ""),
+        };
+        r.state.snapshotter = Some(d.clone());
+        r.result.snapshotter = Some(d.clone());
+        let message = format!("{}: {}{earlier}", d.snapshotter, d.reason);
+        Ok((Outcome::msg(message), d))
+    })?;
+    if decision.write {
+        cx.cfg.extra_config.insert(
+            "snapshotter".into(),
+            serde_yaml::Value::String(decision.snapshotter),
+        );
+    }
+    Ok(())
+}
+
 /// The K3s binary: already installed, baked, or downloaded; verified.
 fn k3s_binary(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
     let cfg = &cx.cfg;
+    let selinux = cx.selinux;
     let installed = r.step_with("k3s-binary", |r| {
         let installed = binary::install(r.root, r.system, cfg)?;
         let how = match &installed.origin {
@@ -642,7 +736,22 @@ fn k3s_binary(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
         if !installed.not_linked.is_empty() {
             msg.push_str(&format!("; {}", installed.not_linked.join(", ")));
         }
-        Ok((Outcome::msg(msg), installed))
+        // On SELinux the binary gets the policy's label, as install.sh's chcon gives it.
+        let findings = if selinux {
+            distro::selinux::relabel(r.root, r.system, binary::K3S_BIN)
+                .into_iter()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok((
+            Outcome {
+                message: msg,
+                findings,
+                ..Outcome::default()
+            },
+            installed,
+        ))
     })?;
     cx.sha256 = installed.sha256.to_string();
     if installed.origin != binary::Origin::AlreadyInstalled {
@@ -930,6 +1039,32 @@ pub fn check(
             }
         }
         Err(err) => push_err(&mut out, "environment", &err),
+    }
+    match distro::OsRelease::read(root) {
+        Ok(os) => {
+            out.push(Finding::pass("distribution", os.name()));
+            match distro::apparmor::check(root, &os) {
+                Ok(f) => out.push(f),
+                Err(e) => push_err(&mut out, "apparmor", &e),
+            }
+            match distro::selinux::run(root, system, &os, false) {
+                Ok(s) => out.push(s.finding),
+                Err(e) => push_err(&mut out, "selinux", &e),
+            }
+        }
+        Err(e) => push_err(&mut out, "distribution", &e),
+    }
+    match distro::firewall::run(root, system, &cfg, false) {
+        Ok(f) => out.push(f),
+        Err(e) => push_err(&mut out, "firewall", &e),
+    }
+    out.push(distro::nm_cloud_setup::run(root, system, false));
+    match distro::snapshotter::decide(root, system, &cfg) {
+        Ok(d) => out.push(Finding::pass(
+            "snapshotter",
+            format!("{}: {}", d.snapshotter, d.reason),
+        )),
+        Err(e) => push_err(&mut out, "snapshotter", &e),
     }
     let download = match binary::needs_download(root, &cfg) {
         Ok(d) => {

@@ -246,7 +246,10 @@ fn crash_after_start_resumes_without_restarting_or_reinstalling() {
         .filter(|s| s.status == StepStatus::Skipped)
         .map(|s| s.name.as_str())
         .collect();
-    assert_eq!(skipped, vec!["tweaks", "k3s-start"]);
+    assert_eq!(
+        skipped,
+        vec!["tweaks", "firewall", "nm-cloud-setup", "k3s-start"]
+    );
     assert!(!res.steps.iter().any(|s| s.name == "network"));
 
     // Third run: finished, nothing to do.

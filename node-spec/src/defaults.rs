@@ -62,6 +62,35 @@ pub struct K3sDefaults {
     /// leading dashes). Metadata keys are merged over it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, serde_yaml::Value>,
+    /// What the agent does with an active firewalld or ufw.
+    #[serde(default, skip_serializing_if = "FirewallPolicy::is_default")]
+    pub firewall: FirewallPolicy,
+}
+
+/// What the agent does with a host firewall (firewalld or ufw) it finds
+/// active: open the ports and networks K3s needs (the default), turn it
+/// off (what the K3s docs recommend), or leave it alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirewallPolicy {
+    #[default]
+    Open,
+    Disable,
+    Leave,
+}
+
+impl FirewallPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallPolicy::Open => "open",
+            FirewallPolicy::Disable => "disable",
+            FirewallPolicy::Leave => "leave",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == FirewallPolicy::default()
+    }
 }
 
 /// A file baked into the image, with the digest it had at build time.
@@ -173,6 +202,7 @@ mod tests {
                 binary: None,
                 airgap_images: vec![],
                 config,
+                firewall: FirewallPolicy::Disable,
             },
             checks: ChecksDefaults::default(),
         }

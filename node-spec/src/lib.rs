@@ -14,8 +14,8 @@ pub mod retry;
 mod values;
 
 pub use defaults::{
-    AirgapImage, BakedBinary, BakedDefaults, ChecksDefaults, DefaultsError, K3sDefaults,
-    DEFAULTS_PATH, DEFAULTS_SCHEMA,
+    AirgapImage, BakedBinary, BakedDefaults, ChecksDefaults, DefaultsError, FirewallPolicy,
+    K3sDefaults, DEFAULTS_PATH, DEFAULTS_SCHEMA,
 };
 pub use values::{K3sVersion, Role, Sha256Hex, ValueError};
 
@@ -34,3 +34,8 @@ pub const BAKED_K3S_PATH: &str = "/usr/local/lib/firstboot-agent/k3s";
 
 /// Where baked air-gap image archives are placed (the directory K3s imports from).
 pub const AIRGAP_IMAGES_DIR: &str = "/var/lib/rancher/k3s/agent/images";
+
+/// Where a profile's `files:` put the k3s-selinux and container-selinux
+/// RPMs; the agent installs them from here on an SELinux-enforcing node
+/// whose k3s-selinux policy is missing (docs/agent.md, "SELinux").
+pub const SELINUX_RPMS_DIR: &str = "/usr/local/lib/firstboot-agent/selinux-rpms";

@@ -74,6 +74,7 @@ impl Plan {
                 binary: None,
                 airgap_images: Vec::new(),
                 config: k.config.clone(),
+                firewall: k.firewall,
             },
             checks: self.profile.checks.clone(),
         }

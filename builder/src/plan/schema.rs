@@ -70,6 +70,10 @@ pub struct K3sSpec {
     /// Default `config.yaml` keys (K3s flag names without dashes).
     #[serde(default)]
     pub config: BTreeMap<String, serde_yaml::Value>,
+    /// What the agent does with an active firewalld or ufw: `open` the
+    /// ports K3s needs (default), `disable` it, or `leave` it alone.
+    #[serde(default)]
+    pub firewall: node_spec::FirewallPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

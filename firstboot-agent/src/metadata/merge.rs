@@ -90,6 +90,8 @@ pub struct NodeConfig {
     /// (merge() sees the metadata only; `run::load_node_config` adds the
     /// environment).
     pub proxy: ProxySettings,
+    /// What to do with an active firewalld or ufw.
+    pub firewall: node_spec::FirewallPolicy,
     /// Host names that must resolve.
     pub check_names: Vec<String>,
     /// `host:port` endpoints that must accept TCP.
@@ -528,6 +530,7 @@ pub fn merge(
         extra_config: config,
         proxy: ProxySettings::combine(&proxy_meta, &proxy::ProxyEnv::default()),
         proxy_meta,
+        firewall: k.firewall.unwrap_or(defaults.k3s.firewall),
         check_names,
         check_endpoints,
         network_timeout: timeout(

@@ -88,6 +88,8 @@ pub struct K3sMeta {
     pub config: BTreeMap<String, serde_yaml::Value>,
     /// HTTP proxies for K3s (its env file) and the agent's downloads.
     pub proxy: Option<ProxyKeys>,
+    /// `open`, `disable` or `leave` an active firewalld or ufw.
+    pub firewall: Option<node_spec::FirewallPolicy>,
 }
 
 /// `k3s.proxy`: written into the unit's env file as `HTTP_PROXY`,

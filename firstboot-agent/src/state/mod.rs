@@ -98,6 +98,10 @@ pub struct State {
     /// unit). state.json is 0600: a proxy URL may hold a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_environment: Option<BTreeMap<String, String>>,
+    /// The snapshotter decided for this instance (probed once: a K3s that
+    /// has pulled images keeps its snapshotter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshotter: Option<crate::distro::snapshotter::Decision>,
 }
 
 impl Default for State {
@@ -110,6 +114,7 @@ impl Default for State {
             finished: false,
             kept_on_uninstall: None,
             proxy_environment: None,
+            snapshotter: None,
         }
     }
 }
@@ -193,6 +198,10 @@ pub struct RunResult {
     /// env file (names only: the values may hold passwords).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub proxy_from_environment: Vec<String>,
+    /// containerd's snapshotter on this node, and why
+    /// ([`crate::distro::snapshotter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshotter: Option<crate::distro::snapshotter::Decision>,
 }
 
 impl RunResult {

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CommandOutput, FsType, RealSystem, System, SystemError};
+use super::{CommandOutput, FsType, OverlayDirs, RealSystem, System, SystemError};
 
 /// Records actions instead of performing them (see the module docs).
 #[derive(Debug)]
@@ -107,6 +107,29 @@ impl System for DryRunSystem {
 
     fn swapoff_all(&self) -> Result<(), SystemError> {
         self.record("swapoff -a".into());
+        Ok(())
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        self.record(
+            std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        Ok(CommandOutput {
+            success: true,
+            stdout: String::new(),
+            stderr: String::new(),
+        })
+    }
+
+    fn mount_overlay(&self, dirs: &OverlayDirs) -> Result<(), SystemError> {
+        self.record(format!(
+            "mount -t overlay overlay -o {} {}",
+            dirs.options(),
+            dirs.target.display()
+        ));
         Ok(())
     }
 

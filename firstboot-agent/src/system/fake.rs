@@ -2,12 +2,12 @@
 //! remembers every call, and answers from values the test sets up.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CommandOutput, FsType, System, SystemError};
+use super::{CommandOutput, FsType, OverlayDirs, System, SystemError};
 
 /// One recorded action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,9 @@ pub enum Call {
     WriteSysctl(String, String),
     SetHostname(String),
     SwapoffAll,
+    /// A host program and its arguments, program first.
+    Command(Vec<String>),
+    MountOverlay(OverlayDirs),
     Resolve(String),
     TcpConnect(SocketAddr),
     Sleep(Duration),
@@ -39,6 +42,9 @@ pub struct FakeSystem {
     /// (e.g. `"is-active k3s.service"`). Unlisted calls succeed with
     /// `active` on stdout.
     pub systemctl_answers: BTreeMap<String, CommandOutput>,
+    /// Answers for `systemctl` given once each, in order, before
+    /// [`FakeSystem::systemctl_answers`] (a unit enabled until disabled).
+    pub systemctl_queue: RefCell<BTreeMap<String, VecDeque<CommandOutput>>>,
     /// Modules `modprobe` fails for.
     pub missing_modules: BTreeSet<String>,
     /// sysctl keys whose write fails as read-only.
@@ -61,6 +67,15 @@ pub struct FakeSystem {
     pub fail_rshared: bool,
     /// Pids [`System::pid_alive`] calls dead; every other pid is alive.
     pub dead_pids: BTreeSet<u32>,
+    /// Answers for [`System::command`] keyed by the program and its
+    /// arguments joined with spaces (`"firewall-cmd --state"`). Unlisted
+    /// commands succeed with empty output.
+    pub command_answers: BTreeMap<String, CommandOutput>,
+    /// Files written (real paths) when a command whose joined line starts
+    /// with the key runs, to imitate e.g. `dnf install` placing a policy.
+    pub files_on_command: Vec<(String, PathBuf, String)>,
+    /// Why an overlay mount fails; `None` mounts it (nothing is mounted).
+    pub overlay_error: Option<String>,
 }
 
 impl Default for FakeSystem {
@@ -70,6 +85,7 @@ impl Default for FakeSystem {
             base: Instant::now(),
             elapsed: Cell::default(),
             systemctl_answers: BTreeMap::new(),
+            systemctl_queue: RefCell::default(),
             missing_modules: BTreeSet::new(),
             readonly_sysctls: BTreeSet::new(),
             volume_files: BTreeMap::new(),
@@ -82,6 +98,9 @@ impl Default for FakeSystem {
             fail_swapoff: false,
             fail_rshared: false,
             dead_pids: BTreeSet::new(),
+            command_answers: BTreeMap::new(),
+            files_on_command: Vec::new(),
+            overlay_error: None,
         }
     }
 }
@@ -106,6 +125,34 @@ impl FakeSystem {
                 _ => None,
             })
             .collect()
+    }
+
+    /// The [`System::command`] lines (program and arguments), in order.
+    pub fn command_calls(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::Command(a) => Some(a.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answer `line` (program and arguments) with `stdout` and `success`.
+    pub fn answer(&mut self, line: &str, success: bool, stdout: &str) {
+        self.command_answers.insert(
+            line.to_owned(),
+            CommandOutput {
+                success,
+                stdout: stdout.to_owned(),
+                stderr: if success {
+                    String::new()
+                } else {
+                    format!("{line} failed")
+                },
+            },
+        );
     }
 
     /// Virtual time spent in [`System::sleep`].
@@ -144,9 +191,18 @@ impl System for FakeSystem {
                 })?;
             }
         }
+        let key = args.join(" ");
+        if let Some(o) = self
+            .systemctl_queue
+            .borrow_mut()
+            .get_mut(&key)
+            .and_then(VecDeque::pop_front)
+        {
+            return Ok(o);
+        }
         Ok(self
             .systemctl_answers
-            .get(&args.join(" "))
+            .get(&key)
             .cloned()
             .unwrap_or(CommandOutput {
                 success: true,
@@ -229,6 +285,45 @@ impl System for FakeSystem {
             return Err(Self::failure("swapoff -a", "Operation not permitted"));
         }
         Ok(())
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        let mut call = vec![program.to_owned()];
+        call.extend(args.iter().map(|a| (*a).to_owned()));
+        let line = call.join(" ");
+        self.record(Call::Command(call));
+        for (prefix, path, content) in &self.files_on_command {
+            if line.starts_with(prefix.as_str()) {
+                let io = |cause| SystemError::Io {
+                    action: format!("fake {line}"),
+                    cause,
+                };
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                }
+                std::fs::write(path, content).map_err(io)?;
+            }
+        }
+        Ok(self
+            .command_answers
+            .get(&line)
+            .cloned()
+            .unwrap_or(CommandOutput {
+                success: true,
+                stdout: String::new(),
+                stderr: String::new(),
+            }))
+    }
+
+    fn mount_overlay(&self, dirs: &OverlayDirs) -> Result<(), SystemError> {
+        self.record(Call::MountOverlay(dirs.clone()));
+        match &self.overlay_error {
+            Some(e) => Err(Self::failure(
+                &format!("mount -t overlay overlay -o {}", dirs.options()),
+                e,
+            )),
+            None => Ok(()),
+        }
     }
 
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError> {

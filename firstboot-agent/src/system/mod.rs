@@ -1,6 +1,7 @@
 //! Everything the agent does to the live system goes through [`System`]:
-//! systemctl, modprobe, mount, sysctl writes, sethostname, swapoff, DNS and TCP
-//! probes, process liveness and the clock. [`RealSystem`] performs them;
+//! systemctl, modprobe, mount, sysctl writes, sethostname, swapoff, the
+//! distribution's tools (firewall-cmd, ufw, dnf), DNS and TCP probes,
+//! process liveness and the clock. [`RealSystem`] performs them;
 //! [`DryRunSystem`] records the actions as "would run: …" and performs only
 //! the probes; [`FakeSystem`] records everything for tests and answers from
 //! canned values.
@@ -88,6 +89,27 @@ impl FsType {
     }
 }
 
+/// The directories of an overlay mount (real paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayDirs {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub target: PathBuf,
+}
+
+impl OverlayDirs {
+    /// The mount options, as `mount -t overlay -o` takes them.
+    pub fn options(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        )
+    }
+}
+
 /// Actions on the live system. Paths given here are real paths on the
 /// running system (already joined with `--root` by the caller).
 pub trait System {
@@ -108,6 +130,13 @@ pub trait System {
     fn set_hostname(&self, name: &str) -> Result<(), SystemError>;
     /// `swapoff -a`.
     fn swapoff_all(&self) -> Result<(), SystemError>;
+    /// Run a host program that acts on or asks the distribution's tools
+    /// (`firewall-cmd`, `ufw`, `dnf`, `rpm`). Like [`System::systemctl`], a
+    /// non-zero exit is returned in the output, not as an error.
+    fn command(&self, program: &str, args: &[&str]) -> Result<CommandOutput, SystemError>;
+    /// Mount an overlay of `lower` (with `upper` and `work`) at `target`:
+    /// the probe containerd's overlayfs snapshotter makes before it is used.
+    fn mount_overlay(&self, dirs: &OverlayDirs) -> Result<(), SystemError>;
     /// Resolve a host name with the system resolver.
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError>;
     /// Open (and close) a TCP connection.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::{CommandOutput, FsType, System, SystemError};
+use super::{CommandOutput, FsType, OverlayDirs, System, SystemError};
 
 /// The running machine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -142,6 +142,28 @@ impl System for RealSystem {
 
     fn swapoff_all(&self) -> Result<(), SystemError> {
         run_checked("swapoff", &["-a"]).map(drop)
+    }
+
+    fn command(&self, program: &str, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        run(program, args)
+    }
+
+    fn mount_overlay(&self, dirs: &OverlayDirs) -> Result<(), SystemError> {
+        let options = dirs.options();
+        mount(
+            Some("overlay"),
+            &dirs.target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| SystemError::Io {
+            action: format!(
+                "mount -t overlay overlay -o {options} {}",
+                dirs.target.display()
+            ),
+            cause: e.into(),
+        })
     }
 
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError> {

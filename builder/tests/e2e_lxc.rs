@@ -33,7 +33,7 @@ mod common;
 mod e2e;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,32 +47,6 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// Build one shipped profile into `out`; returns the template's path.
-fn build_template(profile: &str, out: &Path) -> PathBuf {
-    let t = Instant::now();
-    let cache = cache_dir();
-    let profile_path = repo_root().join(format!("profiles/{profile}.yaml"));
-    let o = imgbuild(
-        &[
-            "build",
-            profile_path.to_str().unwrap(),
-            "--output",
-            "lxc",
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(o.status.success(), "imgbuild build {profile}: {}", text(&o));
-    let name = format!("debian-12-k3s-{profile}_1.34.3-k3s1-1_amd64.tar.zst");
-    let template = out.join(&name);
-    assert!(template.is_file(), "{name} not built: {}", text(&o));
-    eprintln!("built {name} in {:.1} s", t.elapsed().as_secs_f64());
-    template
 }
 
 /// The template carries no cluster secret: no seed, no K3s config or env
@@ -624,9 +598,9 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
 
     // 2. Templates (the Debian rootfs comes from the shared cache).
     let out = lab.dir.join("out");
-    let server_t = build_template("server", &out);
-    let worker_t = build_template("worker", &out);
-    let ha_t = build_template("ha-server", &out);
+    let server_t = build_template("server", None, &out);
+    let worker_t = build_template("worker", None, &out);
+    let ha_t = build_template("ha-server", None, &out);
     for t in [&server_t, &worker_t, &ha_t] {
         assert_template_holds_no_token(t, &token);
     }

@@ -37,8 +37,8 @@ pub enum Command {
 pub struct RootArg {
     /// Directory every path is relative to. Only `/` is this machine: with
     /// any other directory, actions on the machine (systemctl, modprobe,
-    /// sysctl, mount, sethostname, swapoff) are recorded as "would run", not
-    /// performed.
+    /// sysctl, mount, sethostname, swapoff, firewall-cmd, ufw, dnf) are
+    /// recorded as "would run", not performed.
     #[arg(long, default_value = "/", value_name = "DIR")]
     pub root: PathBuf,
 }

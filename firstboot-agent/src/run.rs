@@ -422,7 +422,7 @@ impl<'a> Runner<'a> {
         r.result.dry_run = r.dry_run();
         if r.dry_run() {
             tracing::info!(
-                "dry run: --root {} is not /, so actions on this machine (systemctl, modprobe, sysctl, mount, sethostname, swapoff) are recorded, not performed",
+                "dry run: --root {} is not /, so actions on this machine (systemctl, modprobe, sysctl, mount, sethostname, swapoff, firewall-cmd, ufw, dnf) are recorded, not performed",
                 root.dir().display()
             );
         }

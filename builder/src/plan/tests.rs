@@ -206,6 +206,19 @@ fn baked_defaults_hold_no_token() {
     let yaml = plan.baked_defaults().to_yaml();
     assert!(!yaml.contains("token"), "{yaml}");
     assert!(yaml.contains("write-kubeconfig-mode: '0644'"), "{yaml}");
+    // `k3s.firewall` reaches the agent; the default (open) is not written.
+    assert!(!yaml.contains("firewall"), "{yaml}");
+    let mut plan = plan;
+    plan.profile.k3s.firewall = node_spec::FirewallPolicy::Disable;
+    let yaml = plan.baked_defaults().to_yaml();
+    assert!(yaml.contains("\n  firewall: disable\n"), "{yaml}");
+    assert_eq!(
+        node_spec::BakedDefaults::from_yaml(&yaml)
+            .unwrap()
+            .k3s
+            .firewall,
+        node_spec::FirewallPolicy::Disable
+    );
 }
 
 #[test]
@@ -529,7 +542,7 @@ fn no_rust_type_names_in_type_errors() {
     let e = err(&cases[0]);
     assert_eq!(
         e,
-        "profiles/p.yaml:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, config"
+        "profiles/p.yaml:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, config, firewall"
     );
     let e = err(&cases[1]);
     assert_eq!(

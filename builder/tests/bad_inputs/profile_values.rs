@@ -323,7 +323,7 @@ fn type_errors_speak_yaml_not_rust() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains(&format!("{}:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, config\n", k3s_list.display())),
+        err.contains(&format!("{}:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, config, firewall\n", k3s_list.display())),
         "{err}"
     );
     assert!(

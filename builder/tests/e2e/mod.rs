@@ -31,6 +31,41 @@ pub const K3S_VERSION: &str = "v1.34.3+k3s1";
 /// PATH inside the containers (lxc-attach runs with a cleared environment).
 const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Build one shipped profile as an LXC template into `out`, with the
+/// shared cache and (when given) `recipe` instead of the profile's own;
+/// returns the template's path.
+pub fn build_template(profile: &str, recipe: Option<&Path>, out: &Path) -> PathBuf {
+    let t = Instant::now();
+    let cache = common::cache_dir();
+    let profile_path = common::repo_root().join(format!("profiles/{profile}.yaml"));
+    let mut args = vec![profile_path.to_str().unwrap()];
+    if let Some(r) = recipe {
+        args.extend(["--recipe", r.to_str().unwrap()]);
+    }
+    let o = common::imgbuild(
+        &[
+            &["build"][..],
+            &args,
+            &[
+                "--output",
+                "lxc",
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(o.status.success(), "imgbuild build {profile}: {}", text(&o));
+    let name = format!("debian-12-k3s-{profile}_1.34.3-k3s1-1_amd64.tar.zst");
+    let template = out.join(&name);
+    assert!(template.is_file(), "{name} not built: {}", text(&o));
+    eprintln!("built {name} in {:.1} s", t.elapsed().as_secs_f64());
+    template
+}
+
 /// Run a command that must succeed; returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&common::run_checked(cmd).stdout).into_owned()

@@ -20,7 +20,7 @@ pub fn check(root: &Root, os: &OsRelease) -> Result<Finding, FileError> {
     let enabled = root
         .read_optional(ENABLED)?
         .is_some_and(|v| v.starts_with('Y'));
-    let used = enabled && root.path(SECURITYFS).exists();
+    let used = enabled && root.real_path(SECURITYFS).exists();
     if !used {
         return Ok(Finding::pass(
             "apparmor",

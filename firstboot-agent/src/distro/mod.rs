@@ -30,13 +30,19 @@ pub const SERVICE_PATH: [&str; 6] = [
     "/bin",
 ];
 
+/// Whether `abs` is an executable file on the node (links followed inside
+/// the root, as `/sbin -> /usr/sbin` on a merged /usr).
+pub fn is_program(root: &Root, abs: &str) -> bool {
+    std::fs::metadata(root.real_path(abs))
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Where `name` is on the service `PATH` of the node, as the node names it.
 pub fn find_program(root: &Root, name: &str) -> Option<String> {
-    SERVICE_PATH.iter().find_map(|dir| {
-        let p = format!("{dir}/{name}");
-        let meta = std::fs::metadata(root.path(&p)).ok()?;
-        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(p)
-    })
+    SERVICE_PATH
+        .iter()
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|p| is_program(root, p))
 }
 
 /// The distribution family, for the package advice in messages.

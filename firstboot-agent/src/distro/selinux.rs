@@ -55,7 +55,7 @@ impl Outcome {
 pub fn config_enforcing(text: &str) -> bool {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("SELINUX="))
-        .last()
+        .next_back()
         .is_some_and(|v| v.trim().trim_matches('"') == "enforcing")
 }
 
@@ -71,7 +71,7 @@ pub fn mode(root: &Root) -> Result<Mode, FileError> {
 
 /// The RPMs baked into [`SELINUX_RPMS_DIR`], as node paths, sorted.
 pub fn baked_rpms(root: &Root) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(root.path(SELINUX_RPMS_DIR)) else {
+    let Ok(entries) = std::fs::read_dir(root.real_path(SELINUX_RPMS_DIR)) else {
         return Vec::new();
     };
     let mut rpms: Vec<String> = entries

@@ -40,7 +40,7 @@ pub fn containerd_root(cfg: &NodeConfig) -> String {
 /// Nothing is left behind, so `check` can probe as well.
 pub fn probe_dir(root: &Root, dir: &str) -> String {
     let mut at = std::path::Path::new(dir);
-    while !root.path(at).is_dir() {
+    while !root.real_path(at).is_dir() {
         match at.parent() {
             Some(p) => at = p,
             None => break,
@@ -121,7 +121,7 @@ pub fn decide(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<Deci
         }
         Err(why) => why,
     };
-    let fuse = root.path("/dev/fuse").exists();
+    let fuse = root.real_path("/dev/fuse").exists();
     let program = find_program(root, "fuse-overlayfs");
     let (name, fallback) = match (fuse, program) {
         (true, Some(p)) => ("fuse-overlayfs", format!("/dev/fuse and {p} are there")),

@@ -437,14 +437,7 @@ fn unreachable_none(url: &str) -> Result<(Sha256Hex, String), DownloadError> {
 
 /// The directories of systemd's default PATH, where install.sh's
 /// `command -v` finds a tool under a unit or a root shell.
-const PATH_DIRS: [&str; 6] = [
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
+const PATH_DIRS: [&str; 6] = crate::distro::SERVICE_PATH;
 
 /// kubectl/crictl/ctr → k3s, as install.sh's `create_symlinks` makes them:
 /// only where `/usr/local/bin/<tool>` does not exist (a link that leads
@@ -460,11 +453,10 @@ pub fn link_tools(root: &Root) -> Result<Vec<String>, FileError> {
         if fs::metadata(root.real_path(&link_abs)).is_ok() {
             continue; // ours from an earlier run, or somebody else's
         }
-        let elsewhere = PATH_DIRS.iter().map(|d| format!("{d}/{tool}")).find(|p| {
-            p != &link_abs
-                && fs::metadata(root.real_path(p))
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        });
+        let elsewhere = PATH_DIRS
+            .iter()
+            .map(|d| format!("{d}/{tool}"))
+            .find(|p| p != &link_abs && crate::distro::is_program(root, p));
         match elsewhere {
             Some(p) => {
                 tracing::info!("not linking {link_abs} to k3s: {p} is on the PATH");

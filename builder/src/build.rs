@@ -79,7 +79,7 @@ pub fn run_build(profile: &Path, overrides: &Overrides, opts: &BuildOptions) -> 
     if plan.outputs.contains(&OutputKind::Qcow2) {
         if let Some(spec) = plan.recipe.source(OutputKind::Qcow2) {
             // Only the kind of base matters here; the path is not read.
-            output::disk::preflight(disk_base(spec, Path::new("")))?;
+            output::disk::preflight(disk_base(spec, Path::new("")), &disk_options(&plan, ""))?;
         }
     }
     sweep_leftovers(opts);
@@ -439,11 +439,7 @@ fn build_qcow2(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) ->
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);
-    let disk_opts = output::disk::DiskOptions {
-        size: plan.disk_size(),
-        compress: plan.profile.qcow2.compress,
-        id_seed: base.sha256.to_string().into_bytes(),
-    };
+    let disk_opts = disk_options(plan, &base.sha256.to_string());
     let spinner = opts.progress.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_message(format!("writing {name}"));
@@ -477,6 +473,18 @@ fn build_qcow2(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) ->
         size: written.size,
         extra_files: Vec::new(),
     })
+}
+
+/// The profile's qcow2 settings; `id_seed` (the base digest) makes an
+/// assembled disk's ids stable.
+fn disk_options(plan: &Plan, id_seed: &str) -> output::disk::DiskOptions {
+    output::disk::DiskOptions {
+        size: plan.disk_size(),
+        compress: plan.profile.qcow2.compress,
+        id_seed: id_seed.as_bytes().to_vec(),
+        selinux: plan.profile.qcow2.selinux,
+        assemble_root: plan.profile.qcow2.assemble_root,
+    }
 }
 
 /// A vendor disk is customized; a rootfs (bootstrap or tarball) is assembled.
@@ -520,6 +528,8 @@ fn qcow2_manifest(
         root_fs: written.root.fs.clone(),
         root_offset: written.root.offset,
         root_size: written.root.size,
+        root_lv: written.root.lv.clone(),
+        selinux: Some(written.selinux.clone()),
         kernel: written.assembled.as_ref().map(|a| a.kernel.clone()),
         boot: written
             .assembled

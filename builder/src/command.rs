@@ -33,6 +33,12 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("mcopy", "mtools"),
     ("grub-mkimage", "grub-common"),
     ("tar", "tar"),
+    ("losetup", "mount"),
+    ("mkfs.xfs", "xfsprogs"),
+    ("xfs_repair", "xfsprogs"),
+    ("lvm", "lvm2"),
+    ("setfiles", "policycoreutils"),
+    ("matchpathcon", "selinux-utils"),
     // Seeds.
     ("xorriso", "xorriso"),
     ("mkfs.vfat", "dosfstools"),

@@ -101,7 +101,8 @@ impl From<OutputArg> for OutputKind {
 /// Ctrl-C sets a flag the pipeline checks; the build then stops (within a
 /// second, at any zstd level), removes its temporary files and exits with an
 /// error. A second Ctrl-C exits at once, after stopping the programs still
-/// running (mmdebstrap, qemu-img …: SIGTERM, SIGKILL a second later) and
+/// running (mmdebstrap, qemu-img …: SIGTERM, SIGKILL a second later),
+/// unmounting and detaching an XFS root's mount and loop device, and
 /// removing the temporary files registered in `output::leftovers` (exit skips
 /// their destructors).
 fn install_interrupt_handler() -> Arc<AtomicBool> {
@@ -110,9 +111,12 @@ fn install_interrupt_handler() -> Arc<AtomicBool> {
     if let Err(e) = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
             let stopped = crate::command::stop_running();
+            // Before the files go: a mount inside the scratch directory.
+            let released = crate::output::disk::mount::release_all();
             let removed = crate::output::leftovers::remove_registered();
             eprintln!(
                 "imgbuild: interrupted again; stopped {stopped} running program(s), \
+                 released {released} mount(s) and loop device(s), \
                  removed {removed} temporary file(s), exiting"
             );
             std::process::exit(130);

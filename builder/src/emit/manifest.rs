@@ -141,8 +141,17 @@ pub struct DiskInfo {
     pub root_partition: u32,
     pub root_label: String,
     pub root_fs: String,
+    /// Byte offset and size of the root filesystem (inside the LV for an
+    /// LVM root).
     pub root_offset: u64,
     pub root_size: u64,
+    /// `VG/LV` of the root when its partition is an LVM2 PV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_lv: Option<String>,
+    /// What was done for SELinux: the image's policy, how many paths were
+    /// labelled, and how (`setfiles`, `xattr`, `autorelabel`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<crate::output::disk::selinux::SelinuxInfo>,
     /// The kernel an assembled disk boots (`/vmlinuz`'s target).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,

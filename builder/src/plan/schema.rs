@@ -259,6 +259,14 @@ pub struct Qcow2Spec {
     /// Write a compressed qcow2 (`qemu-img convert -c`): smaller, slower to build.
     #[serde(default)]
     pub compress: bool,
+    /// When the image carries an SELinux policy: label what the layer
+    /// writes (`label`), or leave `/.autorelabel` for the first boot.
+    #[serde(default)]
+    pub selinux: SelinuxMode,
+    /// Root filesystem of a disk assembled from a rootfs: `ext4`, `xfs`, or
+    /// `lvm` (XFS on LV `imgbuild/root`).
+    #[serde(default)]
+    pub assemble_root: AssembleRoot,
 }
 
 impl Default for Qcow2Spec {
@@ -267,8 +275,32 @@ impl Default for Qcow2Spec {
             revision: default_revision(),
             size: None,
             compress: false,
+            selinux: SelinuxMode::default(),
+            assemble_root: AssembleRoot::default(),
         }
     }
+}
+
+/// `qcow2.selinux`: what to do when the image carries an SELinux policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelinuxMode {
+    /// Label every path the layer writes from the image's file_contexts.
+    #[default]
+    Label,
+    /// Write `/.autorelabel`: the first boot relabels everything and reboots.
+    Autorelabel,
+}
+
+/// `qcow2.assemble-root`: the root filesystem of an assembled disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AssembleRoot {
+    #[default]
+    Ext4,
+    Xfs,
+    /// XFS on LV `root` of VG `imgbuild`.
+    Lvm,
 }
 
 /// An OS recipe: where the base comes from.

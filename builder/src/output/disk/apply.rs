@@ -56,8 +56,14 @@ impl Ext4At {
 
 /// Apply `layer` to the filesystem `fs`; its directory holds the script
 /// and the staged inline files. The caller checks the result with
-/// [`check_fs`].
-pub fn apply_layer(debugfs: &Path, fs: &Ext4At, layer: &Layer, cancel: &AtomicBool) -> Result<()> {
+/// [`check_fs`]. Returns what the base had where the layer writes (the
+/// listing the script was made from).
+pub fn apply_layer(
+    debugfs: &Path,
+    fs: &Ext4At,
+    layer: &Layer,
+    cancel: &AtomicBool,
+) -> Result<Vec<ListedEntry>> {
     let listing = list_for_layer(debugfs, fs, layer, cancel)?;
     let paths: HashSet<&str> = listing.iter().map(|e| e.path.as_str()).collect();
     let exists = |p: &str| p == "/" || paths.contains(p);
@@ -97,7 +103,7 @@ pub fn apply_layer(debugfs: &Path, fs: &Ext4At, layer: &Layer, cancel: &AtomicBo
             errors.join("\n  ")
         );
     }
-    Ok(())
+    Ok(listing)
 }
 
 /// `e2fsck -fn`: fail unless the filesystem is consistent.

@@ -8,6 +8,15 @@
 //! | 15 | EFI system partition (FAT32, GRUB as `EFI/BOOT/BOOTX64.EFI`) | 106 MiB | `UEFI` |
 //! | 1 | root (ext4, `mke2fs -d` from the extracted rootfs) | the rest | `cloudimg-rootfs` |
 //!
+//! `qcow2.assemble-root` may ask for an XFS root instead (`xfs`: label
+//! `cloudimg-xfs`, XFS labels have 12 bytes), or an LVM2 PV whose LV
+//! `imgbuild/root` holds that XFS (`lvm`) — the shapes of Rocky's
+//! GenericCloud root, for testing the XFS path end to end from a Debian
+//! bootstrap. Both are made on a loop device and mounted (root, kernel XFS);
+//! the LVM metadata is written by lvm2 without device-mapper
+//! (`--driverloaded n`) and only for the loop device (`--devices`), so the
+//! host's own VGs are never scanned or touched.
+//!
 //! GRUB images are made on the build host with `grub-mkimage` from the
 //! `grub-pc-bin` and `grub-efi-amd64-bin` module trees, each with an
 //! embedded config that finds the root by label and reads
@@ -26,8 +35,35 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::apply::RAW_NAME;
+use super::gpt::LINUX_LVM;
+use super::mount::{LoopDevice, Mounted};
 use super::tools::Tools;
 use crate::command::{run_command, run_command_stdin};
+
+pub use crate::plan::schema::AssembleRoot;
+
+/// Label of an assembled XFS root.
+pub const XFS_LABEL: &str = "cloudimg-xfs";
+/// VG of an assembled LVM root; its LV is `root`.
+pub const LVM_VG: &str = "imgbuild";
+
+impl AssembleRoot {
+    fn label(self) -> &'static str {
+        match self {
+            AssembleRoot::Ext4 => ROOT_LABEL,
+            AssembleRoot::Xfs | AssembleRoot::Lvm => XFS_LABEL,
+        }
+    }
+
+    /// The kernel's `root=`: by label, or the LV's device-mapper name,
+    /// which Debian's initramfs (lvm2's `local-top` script) activates.
+    fn kernel_root(self) -> String {
+        match self {
+            AssembleRoot::Lvm => format!("/dev/mapper/{LVM_VG}-root"),
+            _ => format!("LABEL={}", self.label()),
+        }
+    }
+}
 
 /// Root filesystem label, as on Ubuntu cloud images.
 pub const ROOT_LABEL: &str = "cloudimg-rootfs";
@@ -75,6 +111,8 @@ const GRUB_COMMON_MODULES: &[&str] = &[
     "true",
 ];
 const GRUB_PC_MODULES: &[&str] = &["biosdisk"];
+/// What GRUB needs to read an XFS root, also inside an LV.
+const GRUB_XFS_MODULES: &[&str] = &["xfs", "lvm"];
 /// `all_video` pulls in whichever EFI video drivers the GRUB version has
 /// (`efi_uga` is gone from newer ones).
 const GRUB_EFI_MODULES: &[&str] = &["efi_gop", "all_video"];
@@ -114,6 +152,7 @@ pub fn assemble_disk(
     rootfs_tar: &Path,
     size: u64,
     seed: &[u8],
+    layout: AssembleRoot,
     work: &Path,
     cancel: &AtomicBool,
 ) -> Result<Assembled> {
@@ -144,28 +183,6 @@ pub fn assemble_disk(
         c.current_dir(work);
         Ok(c)
     };
-    run_command(
-        tool("tar")?
-            .arg("--extract")
-            // A `:` in the cache path must not make GNU tar dial a host.
-            .arg("--force-local")
-            .arg("--file")
-            .arg(rootfs_tar)
-            .args([
-                "--directory",
-                "rootfs",
-                "--numeric-owner",
-                "--preserve-permissions",
-                "--xattrs",
-                "--xattrs-include=*",
-            ]),
-        cancel,
-    )
-    .context("extracting the rootfs")?;
-
-    let kernel = find_kernel(&tree)?;
-    prepare_tree(&tree)?;
-
     // Stable identifiers from the rootfs digest, so the same input gives
     // the same disk ids.
     let id = |what: &str| uuid_from(&[seed, what.as_bytes()].concat());
@@ -173,9 +190,13 @@ pub fn assemble_disk(
     create_sparse(&work.join(RAW_NAME), size)?;
     let root_size = size - ROOT_START - GPT_BACKUP;
     let root_size = root_size / MIB * MIB;
+    let root_type = match layout {
+        AssembleRoot::Lvm => LINUX_LVM,
+        _ => GUID_ROOT_X86_64,
+    };
     let table = format!(
         "label: gpt\nlabel-id: {}\nunit: sectors\nfirst-lba: 2048\n\n\
-         {RAW_NAME}1 : start={}, size={}, type={GUID_ROOT_X86_64}, uuid={}, name=\"cloudimg-rootfs\"\n\
+         {RAW_NAME}1 : start={}, size={}, type={root_type}, uuid={}, name=\"cloudimg-rootfs\"\n\
          {RAW_NAME}14 : start={}, size={}, type={GUID_BIOS_BOOT}, uuid={}\n\
          {RAW_NAME}15 : start={}, size={}, type={GUID_ESP}, uuid={}\n",
         id("disk"),
@@ -206,21 +227,74 @@ pub fn assemble_disk(
     )
     .context("writing the GPT with sfdisk")?;
 
-    // Root filesystem straight into its partition.
-    fs::write(work.join("mke2fs.conf"), MKE2FS_CONF).context("writing mke2fs.conf")?;
-    run_command(
-        tool("mke2fs")?
-            .env("MKE2FS_CONFIG", work.join("mke2fs.conf"))
-            .args(["-q", "-F", "-t", "ext4", "-L", ROOT_LABEL])
-            .arg("-U")
-            .arg(id("rootfs"))
-            .arg("-E")
-            .arg(format!("offset={ROOT_START},hash_seed={}", id("hash-seed")))
-            .args(["-d", "rootfs", RAW_NAME])
-            .arg(format!("{}k", root_size / 1024)),
-        cancel,
-    )
-    .context("making the root filesystem with mke2fs -d")?;
+    let extract = || -> Result<()> {
+        run_command(
+            tool("tar")?
+                .arg("--extract")
+                // A `:` in the cache path must not make GNU tar dial a host.
+                .arg("--force-local")
+                .arg("--file")
+                .arg(rootfs_tar)
+                .args([
+                    "--directory",
+                    "rootfs",
+                    "--numeric-owner",
+                    "--preserve-permissions",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                ]),
+            cancel,
+        )
+        .context("extracting the rootfs")?;
+        Ok(())
+    };
+    let kernel = match layout {
+        AssembleRoot::Ext4 => {
+            extract()?;
+            let kernel = find_kernel(&tree)?;
+            prepare_tree(&tree, layout)?;
+            // Root filesystem straight into its partition.
+            fs::write(work.join("mke2fs.conf"), MKE2FS_CONF).context("writing mke2fs.conf")?;
+            run_command(
+                tool("mke2fs")?
+                    .env("MKE2FS_CONFIG", work.join("mke2fs.conf"))
+                    .args(["-q", "-F", "-t", "ext4", "-L", ROOT_LABEL])
+                    .arg("-U")
+                    .arg(id("rootfs"))
+                    .arg("-E")
+                    .arg(format!("offset={ROOT_START},hash_seed={}", id("hash-seed")))
+                    .args(["-d", "rootfs", RAW_NAME])
+                    .arg(format!("{}k", root_size / 1024)),
+                cancel,
+            )
+            .context("making the root filesystem with mke2fs -d")?;
+            kernel
+        }
+        AssembleRoot::Xfs | AssembleRoot::Lvm => {
+            let raw = work.join(RAW_NAME);
+            let (offset, len) = match layout {
+                AssembleRoot::Lvm => make_lvm(tools, &raw, root_size, cancel)?,
+                _ => (ROOT_START, root_size),
+            };
+            let dev = LoopDevice::attach(tools, &raw, offset, len, cancel)?;
+            // Rocky's options (`--mkfsoptions "-m bigtime=0,inobtcount=0"` in
+            // Rocky-9-GenericCloud-Base.ks): readable by older kernels and GRUB.
+            run_command(
+                tool("mkfs.xfs")?
+                    .args(["-q", "-f", "-L", XFS_LABEL, "-m"])
+                    .arg(format!("bigtime=0,inobtcount=0,uuid={}", id("rootfs")))
+                    .arg(&dev.dev),
+                cancel,
+            )
+            .context("making the XFS root filesystem")?;
+            let mnt = Mounted::xfs(&dev, &tree)?;
+            extract()?;
+            let kernel = find_kernel(&tree)?;
+            prepare_tree(&tree, layout)?;
+            drop(mnt);
+            kernel
+        }
+    };
 
     // ESP.
     let volid = &id("esp")[..8];
@@ -234,16 +308,15 @@ pub fn assemble_disk(
     )
     .context("making the EFI system partition")?;
 
-    fs::write(work.join("grub-early.cfg"), early_config())
+    fs::write(work.join("grub-early.cfg"), early_config(layout))
         .context("writing the GRUB early config")?;
-    grub_mkimage(
-        tools,
-        work,
-        "x86_64-efi",
-        GRUB_EFI_MODULES,
-        "BOOTX64.EFI",
-        cancel,
-    )?;
+    let fs_modules: &[&str] = match layout {
+        AssembleRoot::Ext4 => &[],
+        _ => GRUB_XFS_MODULES,
+    };
+    let efi_modules = [GRUB_EFI_MODULES, fs_modules].concat();
+    let pc_modules = [GRUB_PC_MODULES, fs_modules].concat();
+    grub_mkimage(tools, work, "x86_64-efi", &efi_modules, "BOOTX64.EFI", cancel)?;
     let esp = format!("{RAW_NAME}@@{ESP_START}");
     for dir in ["::/EFI", "::/EFI/BOOT"] {
         run_command(
@@ -265,7 +338,7 @@ pub fn assemble_disk(
     )
     .context("copying GRUB to the ESP")?;
 
-    grub_mkimage(tools, work, "i386-pc", GRUB_PC_MODULES, "core.img", cancel)?;
+    grub_mkimage(tools, work, "i386-pc", &pc_modules, "core.img", cancel)?;
     let boot_img = tools.grub_dir("i386-pc")?.join("boot.img");
     install_bios_boot(&work.join(RAW_NAME), &boot_img, &work.join("core.img"))?;
 
@@ -310,7 +383,7 @@ fn find_kernel(tree: &Path) -> Result<String> {
 
 /// Files a VM disk needs that a container rootfs does not: fstab, the GRUB
 /// menu, DHCP on the first NIC, and `/boot/efi`.
-fn prepare_tree(tree: &Path) -> Result<()> {
+fn prepare_tree(tree: &Path, layout: AssembleRoot) -> Result<()> {
     let write = |rel: &str, text: &str| -> Result<()> {
         let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
         let p = dir_in_tree(tree, dir)?.join(name);
@@ -319,16 +392,21 @@ fn prepare_tree(tree: &Path) -> Result<()> {
         }
         fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
+    let root_line = match layout {
+        AssembleRoot::Ext4 => format!("LABEL={ROOT_LABEL}\t/\text4\tdiscard,errors=remount-ro\t0 1"),
+        // XFS is never fsck'd at boot (fsck.xfs does nothing): pass 0, as
+        // anaconda writes it.
+        _ => format!("{}\t/\txfs\tdefaults\t0 0", layout.kernel_root()),
+    };
     write(
         "etc/fstab",
         &format!(
-            "# Written by imgbuild when the disk was assembled.\n\
-             LABEL={ROOT_LABEL}\t/\text4\tdiscard,errors=remount-ro\t0 1\n\
+            "# Written by imgbuild when the disk was assembled.\n{root_line}\n\
              LABEL={ESP_LABEL}\t/boot/efi\tvfat\tumask=0077,nofail\t0 1\n"
         ),
     )?;
     dir_in_tree(tree, "boot/efi")?;
-    write("boot/grub/grub.cfg", GRUB_CFG)?;
+    write("boot/grub/grub.cfg", &grub_cfg(layout))?;
     write(
         "etc/systemd/network/80-imgbuild-dhcp.network",
         "# Written by imgbuild: DHCP on every Ethernet NIC of a VM.\n\
@@ -430,28 +508,75 @@ fn dir_in_tree(tree: &Path, rel: &str) -> Result<std::path::PathBuf> {
 
 /// Run by GRUB before anything else: find the root by label and load the
 /// menu from it, whichever partition GRUB itself was loaded from.
-fn early_config() -> String {
+fn early_config(layout: AssembleRoot) -> String {
     format!(
-        "search --no-floppy --label --set=root {ROOT_LABEL}\n\
+        "search --no-floppy --label --set=root {}\n\
          set prefix=($root)/boot/grub\n\
-         configfile ($root)/boot/grub/grub.cfg\n"
+         configfile ($root)/boot/grub/grub.cfg\n",
+        layout.label()
     )
 }
 
-const GRUB_CFG: &str = "\
-# Written by imgbuild when the disk was assembled. /vmlinuz and /initrd.img
-# are kept current by the distribution's kernel packages.
-set default=0
-set timeout=1
-serial --unit=0 --speed=115200
-terminal_input console serial
-terminal_output console serial
-menuentry 'Linux (imgbuild)' {
-    search --no-floppy --label --set=root cloudimg-rootfs
-    linux /vmlinuz root=LABEL=cloudimg-rootfs ro console=tty0 console=ttyS0,115200n8
-    initrd /initrd.img
+/// The menu: `/vmlinuz` and `/initrd.img` are kept current by the
+/// distribution's kernel packages.
+fn grub_cfg(layout: AssembleRoot) -> String {
+    format!(
+        "# Written by imgbuild when the disk was assembled. /vmlinuz and /initrd.img\n\
+         # are kept current by the distribution's kernel packages.\n\
+         set default=0\n\
+         set timeout=1\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input console serial\n\
+         terminal_output console serial\n\
+         menuentry 'Linux (imgbuild)' {{\n\
+         \x20   search --no-floppy --label --set=root {label}\n\
+         \x20   linux /vmlinuz root={root} ro console=tty0 console=ttyS0,115200n8\n\
+         \x20   initrd /initrd.img\n\
+         }}\n",
+        label = layout.label(),
+        root = layout.kernel_root(),
+    )
 }
-";
+
+/// Make the root partition an LVM2 PV with VG [`LVM_VG`] and a linear LV
+/// `root` over all of it; returns the LV's byte range in the disk.
+/// lvm2 runs without device-mapper (`--driverloaded n`: the LV is never
+/// activated here) and sees only the partition's loop device (`--devices`),
+/// so no VG of the host is read or changed.
+fn make_lvm(tools: &Tools, raw: &Path, root_size: u64, cancel: &AtomicBool) -> Result<(u64, u64)> {
+    let pv = LoopDevice::attach(tools, raw, ROOT_START, root_size, cancel)?;
+    let config = "devices { obtain_device_list_from_udev = 0 use_devicesfile = 0 } \
+                  activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }";
+    let lvm = |args: &[&str]| -> Result<()> {
+        run_command(
+            Command::new(tools.get("lvm")?)
+                .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+                .args(&args[..1])
+                .args(["--driverloaded", "n", "--config", config, "--devices"])
+                .arg(&pv.dev)
+                .args(&args[1..]),
+            cancel,
+        )
+        .with_context(|| format!("lvm {}", args[0]))?;
+        Ok(())
+    };
+    let dev = pv.dev.to_string_lossy().into_owned();
+    lvm(&["pvcreate", "--yes", &dev])?;
+    lvm(&["vgcreate", LVM_VG, &dev])?;
+    lvm(&["lvcreate", "-an", "-Zn", "-n", "root", "-l", "100%FREE", LVM_VG])?;
+    drop(pv);
+    let head = super::root::read_at(raw, ROOT_START, super::lvm::LABEL_PROBE_LEN)?;
+    let part = super::Partition {
+        index: 1,
+        type_guid: LINUX_LVM.into(),
+        unique_guid: String::new(),
+        first_lba: ROOT_START / SECTOR,
+        last_lba: (ROOT_START + root_size) / SECTOR - 1,
+        name: String::new(),
+    };
+    let lv = super::root::read_lvm(raw, &part, &head)?;
+    Ok((ROOT_START + lv.offset, lv.size))
+}
 
 fn grub_mkimage(
     tools: &Tools,

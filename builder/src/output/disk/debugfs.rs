@@ -313,7 +313,7 @@ pub fn debugfs_script(
     })
 }
 
-fn check_image_path(path: &str) -> Result<(), DiskError> {
+pub(super) fn check_image_path(path: &str) -> Result<(), DiskError> {
     let bad = |reason| {
         Err(DiskError::BadPath {
             path: path.to_string(),

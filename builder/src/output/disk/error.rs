@@ -21,11 +21,7 @@ pub enum DiskError {
     },
     #[error("no Linux root partition found; partitions: {partitions}")]
     NoRootPartition { partitions: String },
-    #[error(
-        "root partition {index} is {fs}; offline customization edits ext2/3/4 only — for a VM \
-         disk use a recipe whose qcow2 source is an ext4 cloud image (ubuntu-24.04, ubuntu-22.04) \
-         or a bootstrap (debian-12); for this distro build the LXC template (--output lxc)"
-    )]
+    #[error("root partition {index} holds {fs} where an ext2/3/4 filesystem was expected")]
     UnsupportedFilesystem { index: u32, fs: &'static str },
     #[error("root partition {index} has no recognizable filesystem (no ext4 superblock)")]
     UnknownFilesystem { index: u32 },

@@ -14,6 +14,8 @@ pub const LINUX_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
 pub const LINUX_ROOT_ARM64: &str = "B921B045-1DF0-4C83-ABF2-DFF7FB1AF4DE";
 /// Linux filesystem data.
 pub const LINUX_FS_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+/// Linux LVM (`parted set N lvm on`, as Rocky's LVM kickstart does).
+pub const LINUX_LVM: &str = "E6D6D379-F507-44C2-A23C-238F2A3DF928";
 
 const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 /// Sanity bound for the entry array (the spec minimum is 16 KiB; nobody
@@ -201,7 +203,12 @@ pub fn find_root(parts: &[Partition]) -> Result<&Partition, DiskError> {
     }
     // `max_by_key` keeps the last of equals; prefer the first.
     let mut best: Option<&Partition> = None;
-    for p in parts.iter().filter(|p| p.type_guid == LINUX_FS_DATA) {
+    // Rocky's disks have a 1000 MiB /boot beside the root, both plain
+    // filesystem data (or the root an LVM PV): the root is the larger.
+    for p in parts
+        .iter()
+        .filter(|p| p.type_guid == LINUX_FS_DATA || p.type_guid == LINUX_LVM)
+    {
         if best.is_none_or(|b| p.size_bytes() > b.size_bytes()) {
             best = Some(p);
         }

@@ -1,27 +1,35 @@
-//! Groundwork for the disk-image (qcow2) target: locate the root partition
-//! of a raw GPT disk image and apply a [`crate::layer::Layer`] to its ext4
-//! filesystem offline with e2fsprogs `debugfs -w` on `image?offset=N` — no
-//! mount, no root, no VM.
+//! The disk-image (qcow2) target: locate the root of a raw GPT disk image
+//! and apply a [`crate::layer::Layer`] to it — an ext4 root offline with
+//! e2fsprogs `debugfs -w` on `image?offset=N` (no mount, no root), an XFS
+//! root (also on an LVM2 LV) on a loop mount at its offset.
 //!
-//! - [`gpt`]: parse the protective MBR, GPT header and partition entries
-//!   (both checksums verified) and pick the root partition.
-//! - [`ext4`]: probe the root partition's filesystem; ext2/3/4 is accepted,
-//!   XFS and LVM2 get a clear "not supported offline" error.
-//! - [`debugfs`]: render the `debugfs` command script for a layer and parse
-//!   `debugfs -R "ls -p DIR"` listings.
-//!
-//! Everything here is pure (bytes in, values out); reading the image,
-//! staging files and running `debugfs` is the caller's job.
+//! - [`qcow2`]: the pipeline, one function per step.
+//! - [`gpt`], [`root`], [`ext4`], [`xfs`], [`lvm`]: find the root partition
+//!   and its filesystem; map an LVM root LV from the PV's metadata.
+//! - [`debugfs`], [`apply`]: the debugfs script for a layer, and running it.
+//! - [`mount`], [`tree`]: loop devices and mounts; the layer on a mounted tree.
+//! - [`selinux`], [`edit`]: labels from the image's policy; the edit step.
+//! - [`assemble`]: a bootable disk from a rootfs tarball.
 
 pub mod apply;
 pub mod assemble;
 pub mod debugfs;
+pub mod edit;
 mod error;
 pub mod ext4;
 pub mod gpt;
+pub mod lvm;
+pub mod mount;
 pub mod qcow2;
+pub mod root;
+mod scratch;
+pub mod selinux;
 pub mod tools;
+pub mod tree;
+pub mod xfs;
 
+#[cfg(test)]
+mod rocky_tests;
 #[cfg(test)]
 mod tests;
 

@@ -1,10 +1,13 @@
 //! The qcow2 output: base disk (a vendor cloud image, or a disk assembled
 //! from a bootstrapped rootfs) → raw working copy → layer applied to the
-//! ext4 root with debugfs → `e2fsck -fn` → qcow2, renamed into place only
-//! when complete.
+//! root (ext4 with debugfs; XFS, also on LVM, on a loop mount) and labelled
+//! for SELinux where the image has a policy → filesystem check → qcow2,
+//! renamed into place only when complete.
+//!
+//! [`write_disk`] lists the steps in order; each is a function of its own
+//! taking the build's [`Cx`].
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,10 +16,14 @@ use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
 use serde::Deserialize;
 
-use super::apply::{apply_layer, check_fs, Ext4At, RAW_NAME};
-use super::assemble::{assemble_disk, Assembled, DEFAULT_DISK_SIZE};
+use super::apply::RAW_NAME;
+use super::assemble::{assemble_disk, Assembled, AssembleRoot, DEFAULT_DISK_SIZE};
+use super::edit::{self, Applied};
+use super::root::{locate_root, FsKind, RootFs};
+use super::scratch::scratch_dir;
+use super::selinux::{SelinuxInfo, SelinuxMode};
 use super::tools::Tools;
-use super::{find_root, parse_gpt, probe_filesystem, GPT_PROBE_LEN, PROBE_LEN, SECTOR};
+use super::GPT_PROBE_LEN;
 use crate::command::run_command;
 use crate::layer::{Layer, Op};
 use crate::output::leftovers;
@@ -39,16 +46,23 @@ pub struct DiskOptions {
     pub compress: bool,
     /// Bytes that make an assembled disk's ids stable (the base digest).
     pub id_seed: Vec<u8>,
+    /// What to do when the image carries an SELinux policy.
+    pub selinux: SelinuxMode,
+    /// The root filesystem of an assembled disk.
+    pub assemble_root: AssembleRoot,
 }
 
-/// The root partition that was edited.
+/// The root that was edited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootInfo {
     pub index: u32,
     pub label: String,
     pub fs: String,
+    /// Byte offset of the filesystem (inside the LV for an LVM root).
     pub offset: u64,
     pub size: u64,
+    /// `VG/LV` when the root partition is an LVM2 PV.
+    pub lv: Option<String>,
 }
 
 /// A finished qcow2, still to be put in place with
@@ -67,6 +81,7 @@ pub struct DiskOutput {
     pub assembled: Option<Assembled>,
     /// `/etc/os-release` read from the edited root.
     pub os_release: Option<String>,
+    pub selinux: SelinuxInfo,
     pub pending: PendingDisk,
 }
 
@@ -108,36 +123,70 @@ fn img_info(tools: &Tools, path: &Path, fetch: &FetchOptions) -> Result<ImgInfo>
         .with_context(|| format!("parsing `qemu-img info` of {}", path.display()))
 }
 
-/// Programs needed for `base`.
-pub fn required_tools(base: DiskBase<'_>) -> &'static [&'static str] {
-    match base {
-        DiskBase::CloudImage(_) => &["qemu-img", "debugfs", "e2fsck", "sfdisk"],
-        DiskBase::Rootfs(_) => &[
-            "qemu-img",
-            "debugfs",
-            "e2fsck",
-            "sfdisk",
-            "mke2fs",
-            "mkfs.fat",
-            "mmd",
-            "mcopy",
-            "grub-mkimage",
-            "tar",
-        ],
+
+/// Programs needed for `base` whatever its root filesystem.
+pub fn required_tools(base: DiskBase<'_>, opts: &DiskOptions) -> Vec<&'static str> {
+    let mut t = vec!["qemu-img", "debugfs", "e2fsck", "sfdisk"];
+    if let DiskBase::Rootfs(_) = base {
+        t.extend(["mke2fs", "mkfs.fat", "mmd", "mcopy", "grub-mkimage", "tar"]);
+        match opts.assemble_root {
+            AssembleRoot::Ext4 => {}
+            AssembleRoot::Xfs => t.extend(["losetup", "mkfs.xfs", "xfs_repair"]),
+            AssembleRoot::Lvm => t.extend(["losetup", "mkfs.xfs", "xfs_repair", "lvm"]),
+        }
     }
+    t
 }
 
 /// Check up front that every program and GRUB module tree `base` needs is
-/// installed, so a build fails before it fetches or writes anything.
-pub fn preflight(base: DiskBase<'_>) -> Result<()> {
+/// installed (and, for an assembled XFS or LVM root, that this host can
+/// mount it), so a build fails before it fetches or writes anything. A
+/// cloud image's root is known only once its partition table is read: an
+/// XFS root is checked with [`super::mount::preflight`] then, before the
+/// layer is written.
+pub fn preflight(base: DiskBase<'_>, opts: &DiskOptions) -> Result<()> {
     let mut tools = Tools::from_env();
-    tools.require(required_tools(base))?;
+    tools.require(&required_tools(base, opts))?;
     if let DiskBase::Rootfs(_) = base {
         super::assemble::require_root()?;
         tools.grub_dir("i386-pc")?;
         tools.grub_dir("x86_64-efi")?;
+        if opts.assemble_root != AssembleRoot::Ext4 {
+            super::mount::preflight(&mut tools)?;
+        }
     }
     Ok(())
+}
+
+/// The build's inputs and places, handed to every step.
+#[derive(Debug)]
+pub struct Cx<'a> {
+    pub base: DiskBase<'a>,
+    pub layer: &'a Layer,
+    pub opts: &'a DiskOptions,
+    pub fetch: &'a FetchOptions,
+    pub tools: Tools,
+    /// Scratch beside the output (the qcow2 is written here).
+    pub work: &'a Path,
+    /// Scratch for the raw copy (memory when there is room, else `work`).
+    pub scratch: &'a Path,
+}
+
+impl Cx<'_> {
+    pub fn raw(&self) -> PathBuf {
+        self.scratch.join(RAW_NAME)
+    }
+
+    pub fn cancel(&self) -> &std::sync::atomic::AtomicBool {
+        &self.fetch.cancel
+    }
+
+    fn describe_base(&self) -> String {
+        match self.base {
+            DiskBase::CloudImage(p) => format!("cloud image {}", p.display()),
+            DiskBase::Rootfs(p) => format!("disk assembled from {}", p.display()),
+        }
+    }
 }
 
 /// Build the qcow2 for `out` from `base` with `layer` applied; it is put
@@ -150,8 +199,7 @@ pub fn write_disk(
     fetch: &FetchOptions,
 ) -> Result<DiskOutput> {
     let mut tools = Tools::from_env();
-    tools.require(required_tools(base))?;
-    let cancel = &*fetch.cancel;
+    tools.require(&required_tools(base, opts))?;
     let dir = crate::parent_dir(out);
     // Scratch beside the output: the final rename stays on one filesystem,
     // and dropping the directory on any error removes every partial file.
@@ -179,119 +227,168 @@ pub fn write_disk(
     };
     let scratch = scratch_dir(need)?;
     let _scratch_registered = scratch.as_ref().map(|t| leftovers::register(t.path()));
-    let scratch_path = scratch.as_ref().map(|t| t.path()).unwrap_or(work.path());
-    let raw = scratch_path.join(RAW_NAME);
+    let cx = Cx {
+        base,
+        layer,
+        opts,
+        fetch,
+        tools,
+        work: work.path(),
+        scratch: scratch.as_ref().map(|t| t.path()).unwrap_or(work.path()),
+    };
 
-    let (base_format, grown_from, assembled) = match base {
-        DiskBase::CloudImage(path) => {
-            let info = base_info.context("qemu-img info of the base")?;
-            if info.format != "qcow2" && info.format != "raw" {
-                bail!(
-                    "{} is a {} image; a cloud-image base must be qcow2 or raw",
-                    path.display(),
-                    info.format
-                );
-            }
-            if let Some(file) = info.external_file() {
-                bail!(
-                    "{} refers to another file ({file}) as its backing or data file; a cloud-image \
-                     base must be self-contained (flatten it with `qemu-img convert -O qcow2`)",
-                    path.display()
-                );
-            }
-            run_command(
-                Command::new(tools.get("qemu-img")?)
-                    .args(["convert", "-f", &info.format, "-O", "raw"])
-                    .arg(path)
-                    .arg(&raw),
-                cancel,
-            )
-            .context("copying the base image to a raw working copy")?;
-            check_partitioned(&raw, path)?;
-            let grown = match opts.size {
-                Some(want) if want > info.virtual_size => {
-                    grow(&tools, &raw, want, fetch)?;
-                    Some(info.virtual_size)
-                }
-                Some(want) if want < info.virtual_size => {
-                    tracing::warn!(
-                        base = info.virtual_size,
-                        want,
-                        "qcow2.size is smaller than the cloud image; disks are never shrunk, keeping the image's size"
-                    );
-                    None
-                }
-                _ => None,
-            };
+    let (base_format, grown_from, assembled) = match (base, base_info) {
+        (DiskBase::CloudImage(_), Some(info)) => {
+            convert_to_raw(&cx, &info)?;
+            let grown = grow(&cx, &info)?;
             (info.format, grown, None)
         }
-        DiskBase::Rootfs(tar) => {
-            let a = assemble_disk(
-                &tools,
-                tar,
-                opts.size.unwrap_or(DEFAULT_DISK_SIZE),
-                &opts.id_seed,
-                scratch_path,
-                cancel,
-            )?;
-            // The extracted tree is no longer needed; free the space now.
-            let _ = fs::remove_dir_all(scratch_path.join("rootfs"));
+        _ => {
+            let a = assemble(&cx)?;
             ("assembled".to_owned(), None, Some(a))
         }
     };
-
-    let head = read_at(&raw, 0, GPT_PROBE_LEN)?;
-    let parts = parse_gpt(&head).with_context(|| describe_base(base))?;
-    let root = find_root(&parts)
-        .with_context(|| describe_base(base))?
-        .clone();
-    let disk_len = fs::metadata(&raw)
-        .with_context(|| format!("reading {}", raw.display()))?
+    let root = locate(&cx)?;
+    let applied = apply_layer(&cx, &root)?;
+    let tmp_out = check_fs_and_write_qcow2(&cx, &root, &applied)?;
+    let virtual_size = fs::metadata(cx.raw())
+        .with_context(|| format!("reading {}", cx.raw().display()))?
         .len();
-    // debugfs writes wherever the filesystem says it extends: the partition
-    // must lie on the disk and the filesystem inside the partition.
-    let root_end = root
-        .last_lba
-        .checked_add(1)
-        .and_then(|n| n.checked_mul(SECTOR as u64));
-    if root.first_lba > root.last_lba || root_end.is_none_or(|end| end > disk_len) {
+    drop(applied.loop_dev);
+    fs::remove_file(cx.raw()).ok();
+    let tools = cx.tools;
+    drop(scratch);
+    let (sha256, size) = finish_qcow2(&tools, fetch, &tmp_out)?;
+
+    Ok(DiskOutput {
+        sha256,
+        size,
+        virtual_size,
+        base_format,
+        grown_from,
+        root: RootInfo {
+            index: root.part.index,
+            label: root.label().to_owned(),
+            fs: root.fs_name(),
+            offset: root.offset,
+            size: root.size,
+            lv: root.lv.as_ref().map(|l| format!("{}/{}", l.vg, l.lv)),
+        },
+        assembled,
+        os_release: applied.os_release,
+        selinux: applied.selinux,
+        pending: PendingDisk {
+            _work: work,
+            _registered: work_registered,
+            tmp: tmp_out,
+            out: out.to_owned(),
+        },
+    })
+}
+
+/// A cloud image, qcow2 or raw and self-contained, to the raw working copy.
+fn convert_to_raw(cx: &Cx<'_>, info: &ImgInfo) -> Result<()> {
+    let DiskBase::CloudImage(path) = cx.base else {
+        bail!("convert_to_raw is for cloud images");
+    };
+    if info.format != "qcow2" && info.format != "raw" {
         bail!(
-            "{}: root partition {} (sectors {}–{}) does not fit the {}-byte disk",
-            describe_base(base),
-            root.index,
-            root.first_lba,
-            root.last_lba,
-            disk_len
+            "{} is a {} image; a cloud-image base must be qcow2 or raw",
+            path.display(),
+            info.format
         );
     }
-    let sb = read_at(&raw, root.offset_bytes(), PROBE_LEN)?;
-    let fs_info = probe_filesystem(&sb, root.index).with_context(|| describe_base(base))?;
-    if fs_info.blocks_count.saturating_mul(fs_info.block_size) > root.size_bytes() {
+    if let Some(file) = info.external_file() {
         bail!(
-            "{}: the root filesystem claims {} bytes but partition {} has {}",
-            describe_base(base),
-            fs_info.blocks_count.saturating_mul(fs_info.block_size),
-            root.index,
-            root.size_bytes()
+            "{} refers to another file ({file}) as its backing or data file; a cloud-image \
+             base must be self-contained (flatten it with `qemu-img convert -O qcow2`)",
+            path.display()
         );
     }
-    if fs_info.needs_recovery {
-        bail!(
-            "{}: the root filesystem's journal needs recovery (the image was not shut down cleanly); \
-             use a clean image, or run `e2fsck -fy` on it first",
-            describe_base(base)
-        );
+    run_command(
+        Command::new(cx.tools.get("qemu-img")?)
+            .args(["convert", "-f", &info.format, "-O", "raw"])
+            .arg(path)
+            .arg(cx.raw()),
+        cx.cancel(),
+    )
+    .context("copying the base image to a raw working copy")?;
+    check_partitioned(&cx.raw(), path)
+}
+
+/// Grow the working copy to `qcow2.size` when that is larger; the size the
+/// base had, if it was grown.
+fn grow(cx: &Cx<'_>, info: &ImgInfo) -> Result<Option<u64>> {
+    Ok(match cx.opts.size {
+        Some(want) if want > info.virtual_size => {
+            grow_disk(&cx.tools, &cx.raw(), want, cx.fetch)?;
+            Some(info.virtual_size)
+        }
+        Some(want) if want < info.virtual_size => {
+            tracing::warn!(
+                base = info.virtual_size,
+                want,
+                "qcow2.size is smaller than the cloud image; disks are never shrunk, keeping the image's size"
+            );
+            None
+        }
+        _ => None,
+    })
+}
+
+/// A rootfs tarball to a bootable raw disk.
+fn assemble(cx: &Cx<'_>) -> Result<Assembled> {
+    let DiskBase::Rootfs(tar) = cx.base else {
+        bail!("assemble is for rootfs bases");
+    };
+    let a = assemble_disk(
+        &cx.tools,
+        tar,
+        cx.opts.size.unwrap_or(DEFAULT_DISK_SIZE),
+        &cx.opts.id_seed,
+        cx.opts.assemble_root,
+        cx.scratch,
+        cx.cancel(),
+    )?;
+    // The extracted tree is no longer needed; free the space now.
+    let _ = fs::remove_dir_all(cx.scratch.join("rootfs"));
+    Ok(a)
+}
+
+/// The root filesystem, checked for what the editor needs.
+fn locate(cx: &Cx<'_>) -> Result<RootFs> {
+    let root = locate_root(&cx.raw(), &cx.describe_base())?;
+    match &root.fs {
+        FsKind::Ext(info) => {
+            if info.needs_recovery {
+                bail!(
+                    "{}: the root filesystem's journal needs recovery (the image was not shut \
+                     down cleanly); use a clean image, or run `e2fsck -fy` on it first",
+                    cx.describe_base()
+                );
+            }
+            if info.encrypted {
+                bail!(
+                    "{}: the root filesystem uses ext4 encryption, which cannot be edited offline",
+                    cx.describe_base()
+                );
+            }
+            let free = info.free_blocks.saturating_mul(info.block_size);
+            check_room(cx, free)?;
+        }
+        FsKind::Xfs(_) => {
+            let mut tools = cx.tools.clone();
+            super::mount::preflight(&mut tools).with_context(|| cx.describe_base())?;
+        }
     }
-    if fs_info.encrypted {
-        bail!(
-            "{}: the root filesystem uses ext4 encryption, which cannot be edited offline",
-            describe_base(base)
-        );
-    }
-    let needed = layer_bytes(layer);
-    let free = fs_info.free_blocks.saturating_mul(fs_info.block_size);
+    Ok(root)
+}
+
+/// The layer (with 1/16 to spare) fits in `free` bytes.
+pub(super) fn check_room(cx: &Cx<'_>, free: u64) -> Result<()> {
+    let needed = layer_bytes(cx.layer);
     if needed.saturating_add(needed / 16) > free {
-        let advice = match base {
+        let advice = match cx.base {
             DiskBase::CloudImage(_) => {
                 "use a cloud image with more free space in its root filesystem, or bake less \
                  (bake.k3s-binary, bake.airgap-images)"
@@ -304,81 +401,82 @@ pub fn write_disk(
             needed.div_ceil(1 << 20)
         );
     }
+    Ok(())
+}
 
-    let root_fs = Ext4At {
-        dir: scratch_path.to_owned(),
-        offset: root.offset_bytes(),
-    };
-    apply_layer(&tools.get("debugfs")?, &root_fs, layer, cancel)?;
-    let os_release = read_os_release(&tools, &root_fs, fetch);
-
-    // `e2fsck -fn` and the qcow2 conversion only read the raw copy: run them
-    // side by side; the disk is published only if both succeed.
-    let tmp_out = work.path().join("out.qcow2");
-    let mut convert = Command::new(tools.get("qemu-img")?);
-    convert.args(["convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]);
-    if opts.compress {
-        convert.arg("-c");
+/// Write the layer (and SELinux labels) into the root.
+fn apply_layer(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
+    match root.fs {
+        FsKind::Ext(_) => edit::apply_ext4(cx, root),
+        FsKind::Xfs(_) => edit::apply_mounted(cx, root),
     }
-    convert.arg(&raw).arg(&tmp_out);
-    let e2fsck = tools.get("e2fsck")?;
+}
+
+/// The filesystem check and the qcow2 conversion only read the raw copy:
+/// run them side by side; the disk is published only if both succeed.
+fn check_fs_and_write_qcow2(cx: &Cx<'_>, root: &RootFs, applied: &Applied) -> Result<PathBuf> {
+    let tmp_out = cx.work.join("out.qcow2");
     let (checked, converted) = std::thread::scope(|s| {
-        let check = s.spawn(|| check_fs(&e2fsck, &root_fs, cancel));
-        let converted = run_command(&mut convert, cancel).context("writing the qcow2");
+        let check = s.spawn(|| check_fs(cx, root, applied));
+        let converted = write_qcow2(cx, &tmp_out);
         let checked = check
             .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the e2fsck thread panicked")));
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the filesystem check thread panicked")));
         (checked, converted)
     });
     checked?;
     converted?;
-    let virtual_size = disk_len;
-    fs::remove_file(&raw).ok();
-    drop(scratch);
+    Ok(tmp_out)
+}
+
+/// `e2fsck -fn` (ext4) or `xfs_repair -n` (XFS, on the still attached
+/// loop device): fail unless the edited filesystem is consistent.
+fn check_fs(cx: &Cx<'_>, root: &RootFs, applied: &Applied) -> Result<()> {
+    match (&root.fs, &applied.loop_dev) {
+        (FsKind::Ext(_), _) => {
+            let at = edit::ext4_at(cx, root);
+            super::apply::check_fs(&cx.tools.get("e2fsck")?, &at, cx.cancel())
+        }
+        (FsKind::Xfs(_), Some(dev)) => edit::check_xfs(cx, dev),
+        (FsKind::Xfs(_), None) => bail!("the XFS root was not left attached for its check"),
+    }
+}
+
+fn write_qcow2(cx: &Cx<'_>, tmp_out: &Path) -> Result<()> {
+    let mut convert = Command::new(cx.tools.get("qemu-img")?);
+    convert.args(["convert", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1"]);
+    if cx.opts.compress {
+        convert.arg("-c");
+    }
+    convert.arg(cx.raw()).arg(tmp_out);
+    run_command(&mut convert, cx.cancel()).context("writing the qcow2")?;
+    Ok(())
+}
+
+/// `qemu-img check`, then hash and sync; the file is made readable by all.
+fn finish_qcow2(tools: &Tools, fetch: &FetchOptions, tmp_out: &Path) -> Result<(Sha256Hex, u64)> {
     run_command(
         Command::new(tools.get("qemu-img")?)
             .args(["check", "-f", "qcow2"])
-            .arg(&tmp_out),
-        cancel,
+            .arg(tmp_out),
+        &fetch.cancel,
     )
     .context("the written qcow2 fails `qemu-img check`")?;
     // Hash (from the page cache) while the kernel writes the file back.
     let (hashed, synced) = std::thread::scope(|s| {
-        let sync = s.spawn(|| fs::File::open(&tmp_out).and_then(|f| f.sync_all()));
-        let hashed = hash_file(&tmp_out, fetch);
+        let sync = s.spawn(|| fs::File::open(tmp_out).and_then(|f| f.sync_all()));
+        let hashed = hash_file(tmp_out, fetch);
         let synced = sync
             .join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")));
         (hashed, synced)
     });
     synced.context("syncing the qcow2")?;
-    let (sha256, size) = hashed?;
+    let hashed = hashed?;
     // Readable by all, like the template, whatever the umask.
-    fs::set_permissions(&tmp_out, fs::Permissions::from_mode(0o644))
+    fs::set_permissions(tmp_out, fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting the mode of {}", tmp_out.display()))?;
-
-    Ok(DiskOutput {
-        sha256,
-        size,
-        virtual_size,
-        base_format,
-        grown_from,
-        root: RootInfo {
-            index: root.index,
-            label: fs_info.label.clone(),
-            fs: fs_info.kind.to_owned(),
-            offset: root.offset_bytes(),
-            size: root.size_bytes(),
-        },
-        assembled,
-        os_release,
-        pending: PendingDisk {
-            _work: work,
-            _registered: work_registered,
-            tmp: tmp_out,
-            out: out.to_owned(),
-        },
-    })
+    Ok(hashed)
 }
 
 /// A finished, checked and synced qcow2 that is not in place yet, so the
@@ -400,92 +498,6 @@ impl PendingDisk {
     }
 }
 
-/// Prefix of scratch directories in memory (`imgbuild-disk-PID-XXXXXX`);
-/// [`sweep_stale_scratch`] finds them by it.
-const SCRATCH_PREFIX: &str = "imgbuild-disk-";
-/// The file naming the process that owns a scratch directory made before
-/// the pid was part of the name.
-const OWNER_FILE: &str = "owner.pid";
-
-/// Memory-backed scratch space (`$IMGBUILD_SCRATCH_DIR`, else `/dev/shm`)
-/// when it has room for `need` bytes with 2 GiB of the machine's available
-/// memory to spare; `None` means "use the work directory beside the output".
-fn scratch_dir(need: u64) -> Result<Option<tempfile::TempDir>> {
-    let forced = std::env::var_os("IMGBUILD_SCRATCH_DIR").map(PathBuf::from);
-    let dir = match &forced {
-        Some(d) => d.clone(),
-        None => {
-            let shm = Path::new("/dev/shm");
-            sweep_stale_scratch(shm);
-            let room = mem_available().zip(free_space(shm));
-            match room {
-                Some((mem, free)) if mem > need.saturating_add(2 << 30) && free > need => {
-                    shm.to_owned()
-                }
-                _ => {
-                    tracing::debug!(need, "scratch on disk, beside the output");
-                    return Ok(None);
-                }
-            }
-        }
-    };
-    let made = tempfile::Builder::new()
-        .prefix(&format!("{SCRATCH_PREFIX}{}-", std::process::id()))
-        .tempdir_in(&dir);
-    match made {
-        Ok(t) => {
-            tracing::debug!(dir = %t.path().display(), "scratch space");
-            Ok(Some(t))
-        }
-        Err(e) if forced.is_some() => {
-            Err(e).with_context(|| format!("creating scratch space in {}", dir.display()))
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "no scratch space in memory; using the output directory");
-            Ok(None)
-        }
-    }
-}
-
-/// Remove scratch directories in `dir` whose owning process is gone (an
-/// imgbuild killed outright cannot clean up, and memory is not freed until
-/// they are removed): by the pid in the name, else by an `owner.pid` file
-/// (older builds), else by age.
-fn sweep_stale_scratch(dir: &Path) {
-    let owner = |name: &str| {
-        let rest = name.strip_prefix(SCRATCH_PREFIX)?;
-        let pid = leftovers::pid_after(rest, "", '-').or_else(|| {
-            fs::read_to_string(dir.join(name).join(OWNER_FILE))
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-        });
-        Some(pid.map_or(leftovers::Owner::Unknown, leftovers::Owner::Pid))
-    };
-    if let Err(e) = leftovers::sweep(dir, owner) {
-        tracing::warn!(dir = %dir.display(), "cannot remove scratch space left by an interrupted build: {e}");
-    }
-}
-
-/// `MemAvailable` from /proc/meminfo, in bytes.
-fn mem_available() -> Option<u64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-fn free_space(dir: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-fn describe_base(base: DiskBase<'_>) -> String {
-    match base {
-        DiskBase::CloudImage(p) => format!("cloud image {}", p.display()),
-        DiskBase::Rootfs(p) => format!("disk assembled from {}", p.display()),
-    }
-}
-
 /// A "disk" that qemu-img calls raw may be anything; say so plainly before
 /// the GPT parser reports missing signatures.
 fn check_partitioned(raw: &Path, original: &Path) -> Result<()> {
@@ -503,7 +515,7 @@ fn check_partitioned(raw: &Path, original: &Path) -> Result<()> {
 /// Grow the raw disk to `size`: extend the file, then move the backup GPT
 /// to the new end. The root filesystem itself is grown at first boot
 /// (cloud-init `growpart`/`resizefs` in vendor images).
-fn grow(tools: &Tools, raw: &Path, size: u64, fetch: &FetchOptions) -> Result<()> {
+fn grow_disk(tools: &Tools, raw: &Path, size: u64, fetch: &FetchOptions) -> Result<()> {
     run_command(
         Command::new(tools.get("qemu-img")?)
             .args(["resize", "-f", "raw"])
@@ -527,15 +539,6 @@ fn grow(tools: &Tools, raw: &Path, size: u64, fetch: &FetchOptions) -> Result<()
     Ok(())
 }
 
-fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
-    let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::with_capacity(len);
-    f.take(len as u64)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(buf)
-}
 
 /// Bytes the layer writes (file contents).
 fn layer_bytes(layer: &Layer) -> u64 {
@@ -547,29 +550,4 @@ fn layer_bytes(layer: &Layer) -> u64 {
             _ => 0,
         })
         .sum()
-}
-
-/// `/etc/os-release` of the edited root (or `/usr/lib/os-release`, where
-/// it usually links to), for the manifest; `None` if unreadable. One
-/// debugfs run dumps both.
-fn read_os_release(tools: &Tools, fs_at: &Ext4At, fetch: &FetchOptions) -> Option<String> {
-    let debugfs = tools.get("debugfs").ok()?;
-    fs::write(
-        fs_at.dir.join("os-release.debugfs"),
-        "dump -p /etc/os-release os-release.etc\ndump -p /usr/lib/os-release os-release.usr\n",
-    )
-    .ok()?;
-    run_command(
-        fs_at
-            .command(&debugfs)
-            .args(["-f", "os-release.debugfs"])
-            .arg(fs_at.spec()),
-        &fetch.cancel,
-    )
-    .ok()?;
-    // A symlink dumps as its target's name, not as os-release text.
-    ["os-release.etc", "os-release.usr"]
-        .iter()
-        .filter_map(|name| fs::read_to_string(fs_at.dir.join(name)).ok())
-        .find(|t| t.contains("ID="))
 }

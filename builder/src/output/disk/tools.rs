@@ -21,6 +21,12 @@ pub const DISK_TOOLS: &[&str] = &[
     "mcopy",
     "grub-mkimage",
     "tar",
+    "losetup",
+    "mkfs.xfs",
+    "xfs_repair",
+    "lvm",
+    "setfiles",
+    "matchpathcon",
 ];
 
 /// Tool paths, resolved from `PATH` plus the sbin directories (e2fsprogs

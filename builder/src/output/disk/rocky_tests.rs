@@ -423,3 +423,76 @@ fn a_policy_without_file_contexts_is_refused_before_the_layer_is_written() {
     );
     assert!(!out.exists());
 }
+
+/// An ext4 root that carries a policy (a RHEL-like ext4 image, or a Debian
+/// one with SELinux on): debugfs writes the layer, and every path it adds
+/// gets its `security.selinux` xattr from the image's file_contexts.
+#[test]
+fn ext4_root_with_a_policy_gets_xattr_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let img = d.join("ext4.raw");
+    fs::File::create(&img).unwrap().set_len(96 * MIB).unwrap();
+    run_stdin(
+        Command::new(tool("sfdisk", "fdisk"))
+            .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+            .arg(&img),
+        &format!("label: gpt\nunit: sectors\nstart=2048, size=2048, type={ESP}\nstart=4096, type={LINUX}\n"),
+    );
+    let tree = d.join("tree");
+    populate(&tree, true);
+    let part = d.join("part.ext4");
+    run(Command::new(tool("mke2fs", "e2fsprogs"))
+        .args(["-q", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&part)
+        .arg("90M"));
+    run(Command::new("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", img.display()))
+        .args(["bs=512", "seek=4096", "conv=notrunc,sparse", "status=none"]));
+    let (layer, opts, _) = worker_layer(d, SelinuxMode::Label);
+    let out = d.join("out.qcow2");
+    let written = write_disk(
+        DiskBase::CloudImage(&img),
+        &layer,
+        &out,
+        &opts,
+        &FetchOptions::default(),
+    )
+    .unwrap();
+    written.pending.commit().unwrap();
+    assert_eq!(written.root.fs, "ext4");
+    assert_eq!(written.selinux.method, "xattr");
+    assert_eq!(written.selinux.policy.as_deref(), Some("targeted"));
+    let back = d.join("back.raw");
+    run(Command::new(tool("qemu-img", "qemu-utils"))
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&out)
+        .arg(&back));
+    let spec = format!("{}?offset={}", back.display(), written.root.offset);
+    for (path, want) in [
+        ("/usr/local/sbin/firstboot-agent", "system_u:object_r:bin_t:s0"),
+        ("/etc/firstboot-agent", "system_u:object_r:etc_t:s0"),
+        (
+            "/etc/systemd/system/multi-user.target.wants/firstboot-agent.service",
+            "system_u:object_r:systemd_unit_t:s0",
+        ),
+        ("/etc/machine-id", "system_u:object_r:etc_t:s0"),
+    ] {
+        let o = run(Command::new(tool("debugfs", "e2fsprogs"))
+            .arg("-R")
+            .arg(format!("ea_get {path} security.selinux"))
+            .arg(&spec));
+        let got = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            got.contains(&format!("\"{want}\\000\"")),
+            "label of {path}: {got} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(written.selinux.labelled >= 4, "{:?}", written.selinux);
+    run(Command::new(tool("e2fsck", "e2fsprogs"))
+        .args(["-f", "-n"])
+        .arg(&spec));
+}

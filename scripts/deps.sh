@@ -10,6 +10,10 @@ need=(mmdebstrap:mmdebstrap zstd:zstd tar:tar getfattr:attr readelf:binutils bc:
 # (files, not commands: checked below).
 need+=(qemu-img:qemu-utils debugfs:e2fsprogs e2fsck:e2fsprogs mke2fs:e2fsprogs sfdisk:fdisk)
 need+=(mkfs.fat:dosfstools mmd:mtools mcopy:mtools grub-mkimage:grub-common)
+# XFS and LVM-on-XFS roots (loop mount, xfs_repair -n, an assembled LVM
+# root) and SELinux labels from the image's own policy.
+need+=(losetup:mount mkfs.xfs:xfsprogs xfs_repair:xfsprogs lvm:lvm2)
+need+=(setfiles:policycoreutils matchpathcon:selinux-utils)
 # A pveam source checks the index's signature with gpgv.
 need+=(gpgv:gpgv)
 if [[ "${1:-build}" == test ]]; then
@@ -36,6 +40,8 @@ done
 if [[ "${1:-build}" == test ]]; then
   [[ -e /usr/share/OVMF/OVMF_CODE_4M.fd ]] || missing+=(ovmf)
   [[ -e /usr/share/seabios/bios-256k.bin ]] || missing+=(seabios)
+  # A small SELinux policy for the labelling tests' fixtures.
+  [[ -e /etc/selinux/default/contexts/files/file_contexts ]] || missing+=(selinux-policy-default)
 fi
 
 if ((${#missing[@]})); then

@@ -55,6 +55,17 @@ impl AssembleRoot {
         }
     }
 
+    /// How GRUB finds the root: by label, or the LV by name. GRUB 2.06's
+    /// `search` in the early config runs before any LVM PV has been
+    /// scanned and does not see the LV; opening `(lvm/VG-LV)` by name scans
+    /// for it (as grub-install's `prefix=(lvm/…)` does).
+    fn grub_root(self) -> String {
+        match self {
+            AssembleRoot::Lvm => format!("set root=(lvm/{LVM_VG}-root)"),
+            _ => format!("search --no-floppy --label --set=root {}", self.label()),
+        }
+    }
+
     /// The kernel's `root=`: by label, or the LV's device-mapper name,
     /// which Debian's initramfs (lvm2's `local-top` script) activates.
     fn kernel_root(self) -> String {
@@ -510,10 +521,10 @@ fn dir_in_tree(tree: &Path, rel: &str) -> Result<std::path::PathBuf> {
 /// menu from it, whichever partition GRUB itself was loaded from.
 fn early_config(layout: AssembleRoot) -> String {
     format!(
-        "search --no-floppy --label --set=root {}\n\
+        "{}\n\
          set prefix=($root)/boot/grub\n\
          configfile ($root)/boot/grub/grub.cfg\n",
-        layout.label()
+        layout.grub_root()
     )
 }
 
@@ -529,11 +540,11 @@ fn grub_cfg(layout: AssembleRoot) -> String {
          terminal_input console serial\n\
          terminal_output console serial\n\
          menuentry 'Linux (imgbuild)' {{\n\
-         \x20   search --no-floppy --label --set=root {label}\n\
+         \x20   {find_root}\n\
          \x20   linux /vmlinuz root={root} ro console=tty0 console=ttyS0,115200n8\n\
          \x20   initrd /initrd.img\n\
          }}\n",
-        label = layout.label(),
+        find_root = layout.grub_root(),
         root = layout.kernel_root(),
     )
 }

@@ -474,19 +474,24 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     let recipe = dir.join("debian-12-xfs-lvm.yaml");
     let base_recipe = fs::read_to_string(repo_root().join("image-recipes/debian-12.yaml")).unwrap();
     let extra = "      - fdisk\n      - lvm2\n      - xfsprogs\n";
-    assert!(base_recipe.ends_with("      - fdisk\n"), "debian-12.yaml changed shape");
+    assert!(
+        base_recipe.ends_with("      - fdisk\n"),
+        "debian-12.yaml changed shape"
+    );
     fs::write(&recipe, base_recipe.replace("      - fdisk\n", extra)).unwrap();
     let server = fs::read_to_string(repo_root().join("profiles/server.yaml")).unwrap();
-    assert!(!server.contains("\nqcow2:"), "profiles/server.yaml has a qcow2 section now");
-    let mut disks = vec![(
-        "ext4",
-        disk.clone(),
-        ext4_root,
-        sha256_file(&disk),
-    )];
+    assert!(
+        !server.contains("\nqcow2:"),
+        "profiles/server.yaml has a qcow2 section now"
+    );
+    let mut disks = vec![("ext4", disk.clone(), ext4_root, sha256_file(&disk))];
     for root in ["xfs", "lvm"] {
         let profile = dir.join(format!("server-{root}.yaml"));
-        fs::write(&profile, format!("{server}qcow2:\n  assemble-root: {root}\n")).unwrap();
+        fs::write(
+            &profile,
+            format!("{server}qcow2:\n  assemble-root: {root}\n"),
+        )
+        .unwrap();
         let out = dir.join(format!("out-{root}"));
         let t = Instant::now();
         let o = imgbuild(
@@ -508,7 +513,11 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         );
         assert!(o.status.success(), "imgbuild build ({root}): {}", text(&o));
         let d = out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2");
-        eprintln!("built {} in {:.1} s", d.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "built {} in {:.1} s",
+            d.display(),
+            t.elapsed().as_secs_f64()
+        );
         let m: Value = serde_json::from_slice(
             &fs::read(out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2.manifest.json"))
                 .unwrap(),
@@ -637,15 +646,10 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
                 .into_iter()
                 .find(|(m, _, _)| *m == mac)
                 .map(|(_, ip, _)| ip)
-                .unwrap_or_else(|| {
-                    panic!("{}: no DHCP lease for {mac}: {:?}", tag, lab.leases())
-                }),
+                .unwrap_or_else(|| panic!("{}: no DHCP lease for {mac}: {:?}", tag, lab.leases())),
         };
         let login = poll(
-            &format!(
-                "{}: SSH log-in as k3sadmin@{ip} with the seed's key",
-                tag
-            ),
+            &format!("{}: SSH log-in as k3sadmin@{ip} with the seed's key", tag),
             Duration::from_secs(120),
             Duration::from_secs(2),
             || {
@@ -708,11 +712,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             ])
             .arg(format!("k3sadmin@{ip}"))
             .arg("true"));
-        assert!(
-            !o.status.success(),
-            "{}: logged in without the key",
-            tag
-        );
+        assert!(!o.status.success(), "{}: logged in without the key", tag);
 
         // A clean ACPI power-off, so the journal is flushed to the disk.
         vm.monitor.write_all(b"system_powerdown\n").unwrap();

@@ -327,7 +327,14 @@ pub fn assemble_disk(
     };
     let efi_modules = [GRUB_EFI_MODULES, fs_modules].concat();
     let pc_modules = [GRUB_PC_MODULES, fs_modules].concat();
-    grub_mkimage(tools, work, "x86_64-efi", &efi_modules, "BOOTX64.EFI", cancel)?;
+    grub_mkimage(
+        tools,
+        work,
+        "x86_64-efi",
+        &efi_modules,
+        "BOOTX64.EFI",
+        cancel,
+    )?;
     let esp = format!("{RAW_NAME}@@{ESP_START}");
     for dir in ["::/EFI", "::/EFI/BOOT"] {
         run_command(
@@ -404,7 +411,9 @@ fn prepare_tree(tree: &Path, layout: AssembleRoot) -> Result<()> {
         fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
     };
     let root_line = match layout {
-        AssembleRoot::Ext4 => format!("LABEL={ROOT_LABEL}\t/\text4\tdiscard,errors=remount-ro\t0 1"),
+        AssembleRoot::Ext4 => {
+            format!("LABEL={ROOT_LABEL}\t/\text4\tdiscard,errors=remount-ro\t0 1")
+        }
         // XFS is never fsck'd at boot (fsck.xfs does nothing): pass 0, as
         // anaconda writes it.
         _ => format!("{}\t/\txfs\tdefaults\t0 0", layout.kernel_root()),
@@ -574,7 +583,9 @@ fn make_lvm(tools: &Tools, raw: &Path, root_size: u64, cancel: &AtomicBool) -> R
     let dev = pv.dev.to_string_lossy().into_owned();
     lvm(&["pvcreate", "--yes", &dev])?;
     lvm(&["vgcreate", LVM_VG, &dev])?;
-    lvm(&["lvcreate", "-an", "-Zn", "-n", "root", "-l", "100%FREE", LVM_VG])?;
+    lvm(&[
+        "lvcreate", "-an", "-Zn", "-n", "root", "-l", "100%FREE", LVM_VG,
+    ])?;
     drop(pv);
     let head = super::root::read_at(raw, ROOT_START, super::lvm::LABEL_PROBE_LEN)?;
     let part = super::Partition {

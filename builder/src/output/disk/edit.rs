@@ -98,9 +98,14 @@ pub fn apply_ext4(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
         let touched = selinux::touched_paths(&layer, &|p| p == "/" || existed.contains(p));
         labelled = label_ext4(cx, &at, p, &touched)?;
     }
-    let os_release = dump_ext4(&debugfs, &at, &["/etc/os-release", "/usr/lib/os-release"], cx)
-        .ok()
-        .and_then(|v| first_os_release(v.into_iter().flatten()));
+    let os_release = dump_ext4(
+        &debugfs,
+        &at,
+        &["/etc/os-release", "/usr/lib/os-release"],
+        cx,
+    )
+    .ok()
+    .and_then(|v| first_os_release(v.into_iter().flatten()));
     Ok(Applied {
         os_release,
         selinux: outcome(policy.as_ref(), cx.opts.selinux, labelled, "xattr"),

@@ -326,16 +326,17 @@ pub fn root_lv(text: &str, pv_uuid: &str) -> Result<LvMap> {
         .iter()
         .filter(|(_, l)| l.has_flag("status", "VISIBLE"))
         .collect();
-    let (lv_name, lv) = match visible.iter().find(|(n, _)| *n == "root") {
-        Some(l) => **l,
-        None if visible.len() == 1 => *visible[0],
-        None => bail!(
+    let (lv_name, lv) =
+        match visible.iter().find(|(n, _)| *n == "root") {
+            Some(l) => **l,
+            None if visible.len() == 1 => *visible[0],
+            None => bail!(
             "VG {vg_name} has no LV named `root` and {} visible LVs ({}); cannot tell which is \
              the root",
             visible.len(),
             visible.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
         ),
-    };
+        };
     let mut segs: Vec<(i64, i64, i64)> = Vec::new();
     for (name, seg) in lv.sections() {
         let kind = seg.str("type").unwrap_or("?");
@@ -345,8 +346,12 @@ pub fn root_lv(text: &str, pv_uuid: &str) -> Result<LvMap> {
         };
         match (kind, seg.num("stripe_count"), stripes) {
             ("striped", Some(1), [Value::Str(pv_ref), Value::Num(pe)]) if pv_ref == pv_name => {
-                let start = seg.num("start_extent").context("segment without start_extent")?;
-                let count = seg.num("extent_count").context("segment without extent_count")?;
+                let start = seg
+                    .num("start_extent")
+                    .context("segment without start_extent")?;
+                let count = seg
+                    .num("extent_count")
+                    .context("segment without extent_count")?;
                 segs.push((start, count, *pe));
             }
             _ => bail!(
@@ -478,8 +483,10 @@ rocky {
         assert!(e.to_string().contains("only a linear LV"), "{e:#}");
         let e = root_lv(ROCKY, "00000000000000000000000000000000").unwrap_err();
         assert!(e.to_string().contains("does not list this PV"), "{e:#}");
-        let two = ROCKY
-            .replace("\t\troot {", "\t\thome {\n status = [\"VISIBLE\"]\n }\n\t\tdata {");
+        let two = ROCKY.replace(
+            "\t\troot {",
+            "\t\thome {\n status = [\"VISIBLE\"]\n }\n\t\tdata {",
+        );
         let e = root_lv(&two, "abcdefghijklmnopqrstuvwxyz012345").unwrap_err();
         assert!(e.to_string().contains("no LV named `root`"), "{e:#}");
         assert!(root_lv("rocky {", "x").is_err());
@@ -498,7 +505,10 @@ rocky {
         head[pvh + 72..pvh + 80].copy_from_slice(&4096u64.to_le_bytes());
         head[pvh + 80..pvh + 88].copy_from_slice(&(1u64 << 20).to_le_bytes());
         let (uuid, mda) = metadata_location(&head).unwrap();
-        assert_eq!((uuid.as_str(), mda), ("abcdefghijklmnopqrstuvwxyz012345", 4096));
+        assert_eq!(
+            (uuid.as_str(), mda),
+            ("abcdefghijklmnopqrstuvwxyz012345", 4096)
+        );
         assert!(metadata_location(&vec![0u8; LABEL_PROBE_LEN]).is_err());
 
         let mut mda = vec![0u8; 512];

@@ -92,8 +92,9 @@ fn release(h: &Held) {
         Held::Loop(dev) => {
             // Clean-up runs after a Ctrl-C too: never cancelled itself.
             let never = AtomicBool::new(false);
-            let losetup = crate::command::find_in_path("losetup", &crate::command::tool_search_path())
-                .unwrap_or_else(|| "losetup".into());
+            let losetup =
+                crate::command::find_in_path("losetup", &crate::command::tool_search_path())
+                    .unwrap_or_else(|| "losetup".into());
             if let Err(e) = run_command(Command::new(losetup).arg("--detach").arg(dev), &never) {
                 tracing::warn!(device = %dev.display(), "cannot detach the loop device: {e}");
             }

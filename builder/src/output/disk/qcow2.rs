@@ -17,7 +17,7 @@ use node_spec::Sha256Hex;
 use serde::Deserialize;
 
 use super::apply::RAW_NAME;
-use super::assemble::{assemble_disk, Assembled, AssembleRoot, DEFAULT_DISK_SIZE};
+use super::assemble::{assemble_disk, AssembleRoot, Assembled, DEFAULT_DISK_SIZE};
 use super::edit::{self, Applied};
 use super::root::{locate_root, FsKind, RootFs};
 use super::scratch::scratch_dir;
@@ -122,7 +122,6 @@ fn img_info(tools: &Tools, path: &Path, fetch: &FetchOptions) -> Result<ImgInfo>
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("parsing `qemu-img info` of {}", path.display()))
 }
-
 
 /// Programs needed for `base` whatever its root filesystem.
 pub fn required_tools(base: DiskBase<'_>, opts: &DiskOptions) -> Vec<&'static str> {
@@ -538,7 +537,6 @@ fn grow_disk(tools: &Tools, raw: &Path, size: u64, fetch: &FetchOptions) -> Resu
     .context("moving the backup GPT to the end of the grown disk")?;
     Ok(())
 }
-
 
 /// Bytes the layer writes (file contents).
 fn layer_bytes(layer: &Layer) -> u64 {

@@ -90,7 +90,14 @@ fn lvm(args: &[&str], dev: &str) -> String {
     let out = run(Command::new(tool("lvm", "lvm2"))
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .arg(args[0])
-        .args(["--driverloaded", "n", "--config", LVM_CONFIG, "--devices", dev])
+        .args([
+            "--driverloaded",
+            "n",
+            "--config",
+            LVM_CONFIG,
+            "--devices",
+            dev,
+        ])
         .args(&args[1..]));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -121,7 +128,11 @@ fn populate(root: &Path, policy: bool) {
         );
         let dst = root.join("etc/selinux/targeted/contexts/files");
         fs::create_dir_all(&dst).unwrap();
-        for name in ["file_contexts", "file_contexts.homedirs", "file_contexts.subs_dist"] {
+        for name in [
+            "file_contexts",
+            "file_contexts.homedirs",
+            "file_contexts.subs_dist",
+        ] {
             let src = Path::new(POLICY_SRC).join(name);
             assert!(
                 src.is_file() || name != "file_contexts",
@@ -181,7 +192,9 @@ fn rocky_disk(dir: &Path, lvm_root: bool, policy: bool) -> PathBuf {
         lvm(&["pvcreate", "--yes", &pv.0], &pv.0);
         lvm(&["vgcreate", "rocky", &pv.0], &pv.0);
         lvm(
-            &["lvcreate", "-an", "-Zn", "-n", "root", "-l", "100%FREE", "rocky"],
+            &[
+                "lvcreate", "-an", "-Zn", "-n", "root", "-l", "100%FREE", "rocky",
+            ],
             &pv.0,
         );
         // Where lvm2 itself says the LV lies, to check the build's own
@@ -201,11 +214,27 @@ fn rocky_disk(dir: &Path, lvm_root: bool, policy: bool) -> PathBuf {
             &pv.0,
         );
         let pe_start = lvm(
-            &["pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start"],
+            &[
+                "pvs",
+                "--noheadings",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                "pe_start",
+            ],
             &pv.0,
         );
         let f: Vec<&str> = seg.split_whitespace().collect();
-        let first_pe: u64 = f[0].split(':').nth(1).unwrap().split('-').next().unwrap().parse().unwrap();
+        let first_pe: u64 = f[0]
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .split('-')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let extent: u64 = f[1].parse().unwrap();
         let lv_size: u64 = f[2].parse().unwrap();
         let pe_start: u64 = pe_start.trim().parse().unwrap();
@@ -260,9 +289,11 @@ fn getfattr(path: &Path) -> Option<String> {
         .arg(path)
         .output()
         .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end_matches('\0').to_owned())
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .trim_end_matches('\0')
+            .to_owned()
+    })
 }
 
 /// Build the worker's qcow2 from `img`, then check the edited root read back
@@ -287,11 +318,12 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
     );
     assert_eq!(written.root.index, 5);
     assert_eq!(written.root.fs, "xfs");
-    assert_eq!(
-        written.root.lv.as_deref(),
-        lvm_root.then_some("rocky/root")
-    );
-    assert!(written.os_release.as_deref().unwrap().contains("ID=\"rocky\""));
+    assert_eq!(written.root.lv.as_deref(), lvm_root.then_some("rocky/root"));
+    assert!(written
+        .os_release
+        .as_deref()
+        .unwrap()
+        .contains("ID=\"rocky\""));
 
     // Read back from the artifact, not from the working copy.
     let back = dir.join("back.raw");
@@ -300,14 +332,22 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
         .arg(&out)
         .arg(&back));
     let dev = Loop::new(&back, written.root.offset, written.root.size);
-    run(Command::new(tool("xfs_repair", "xfsprogs")).arg("-n").arg(&dev.0));
+    run(Command::new(tool("xfs_repair", "xfsprogs"))
+        .arg("-n")
+        .arg(&dev.0));
     let m = Mnt::new(&dev, &dir.join("check"), true);
     let r = &m.0;
-    assert_eq!(fs::read(r.join("usr/local/sbin/firstboot-agent")).unwrap(), agent);
+    assert_eq!(
+        fs::read(r.join("usr/local/sbin/firstboot-agent")).unwrap(),
+        agent
+    );
     let defaults = fs::read_to_string(r.join("etc/firstboot-agent/defaults.yaml")).unwrap();
     assert!(defaults.contains("role"), "{defaults}");
     let unit = fs::read_to_string(r.join("etc/systemd/system/firstboot-agent.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/sbin/firstboot-agent"), "{unit}");
+    assert!(
+        unit.contains("ExecStart=/usr/local/sbin/firstboot-agent"),
+        "{unit}"
+    );
     let wants = r.join("etc/systemd/system/multi-user.target.wants/firstboot-agent.service");
     assert_eq!(
         fs::read_link(&wants).unwrap(),
@@ -322,9 +362,15 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
     assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o755, 0));
 
     let labels = [
-        ("usr/local/sbin/firstboot-agent", "system_u:object_r:bin_t:s0"),
+        (
+            "usr/local/sbin/firstboot-agent",
+            "system_u:object_r:bin_t:s0",
+        ),
         ("etc/firstboot-agent", "system_u:object_r:etc_t:s0"),
-        ("etc/firstboot-agent/defaults.yaml", "system_u:object_r:etc_t:s0"),
+        (
+            "etc/firstboot-agent/defaults.yaml",
+            "system_u:object_r:etc_t:s0",
+        ),
         (
             "etc/systemd/system/firstboot-agent.service",
             "system_u:object_r:systemd_unit_t:s0",
@@ -342,7 +388,11 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
             }
             assert_eq!(written.selinux.method, "setfiles");
             assert_eq!(written.selinux.policy.as_deref(), Some("targeted"));
-            assert!(written.selinux.labelled >= labels.len(), "{:?}", written.selinux);
+            assert!(
+                written.selinux.labelled >= labels.len(),
+                "{:?}",
+                written.selinux
+            );
             assert!(!r.join(".autorelabel").exists());
         }
         (true, SelinuxMode::Autorelabel) => {
@@ -472,7 +522,10 @@ fn ext4_root_with_a_policy_gets_xattr_labels() {
         .arg(&back));
     let spec = format!("{}?offset={}", back.display(), written.root.offset);
     for (path, want) in [
-        ("/usr/local/sbin/firstboot-agent", "system_u:object_r:bin_t:s0"),
+        (
+            "/usr/local/sbin/firstboot-agent",
+            "system_u:object_r:bin_t:s0",
+        ),
         ("/etc/firstboot-agent", "system_u:object_r:etc_t:s0"),
         (
             "/etc/systemd/system/multi-user.target.wants/firstboot-agent.service",

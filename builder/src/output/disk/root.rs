@@ -141,7 +141,11 @@ pub(super) fn read_lvm(raw: &Path, part: &Partition, head: &[u8]) -> Result<LvMa
     let header = read_at(raw, base.saturating_add(mda), 512)?;
     let mut text = Vec::new();
     for (off, len) in lvm::text_ranges(&header)? {
-        text.extend(read_at(raw, base.saturating_add(mda).saturating_add(off), len as usize)?);
+        text.extend(read_at(
+            raw,
+            base.saturating_add(mda).saturating_add(off),
+            len as usize,
+        )?);
     }
     let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
     lvm::root_lv(&String::from_utf8_lossy(&text[..end]), &uuid)

@@ -86,4 +86,3 @@ fn free_space(dir: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
-

@@ -261,14 +261,18 @@ mod tests {
                 },
             ],
         };
-        let existed = |p: &str| ["/etc", "/etc/systemd", "/etc/systemd/system", "/var"].contains(&p);
+        let existed =
+            |p: &str| ["/etc", "/etc/systemd", "/etc/systemd/system", "/var"].contains(&p);
         let t: Vec<(String, Kind)> = touched_paths(&layer, &existed).into_iter().collect();
         assert_eq!(
             t,
             vec![
                 ("/etc/firstboot-agent".into(), Kind::Dir),
                 ("/etc/firstboot-agent/defaults.yaml".into(), Kind::File),
-                ("/etc/systemd/system/multi-user.target.wants".into(), Kind::Dir),
+                (
+                    "/etc/systemd/system/multi-user.target.wants".into(),
+                    Kind::Dir
+                ),
                 (
                     "/etc/systemd/system/multi-user.target.wants/a.service".into(),
                     Kind::Link
@@ -280,11 +284,15 @@ mod tests {
 
     #[test]
     fn matchpathcon_output() {
-        let out = "/etc/hostname\tsystem_u:object_r:net_conf_t:s0\n/proc/x\t<<none>>\n/a b\tu:r:t:s0\n";
+        let out =
+            "/etc/hostname\tsystem_u:object_r:net_conf_t:s0\n/proc/x\t<<none>>\n/a b\tu:r:t:s0\n";
         assert_eq!(
             parse_matchpathcon(out),
             vec![
-                ("/etc/hostname".into(), "system_u:object_r:net_conf_t:s0".into()),
+                (
+                    "/etc/hostname".into(),
+                    "system_u:object_r:net_conf_t:s0".into()
+                ),
                 ("/a b".into(), "u:r:t:s0".into()),
             ]
         );

@@ -265,7 +265,10 @@ mod tests {
         assert_eq!((m.mode() & 0o7777, m.mtime()), (0o444, 1_700_000_000));
         let m = fs::metadata(r.join("opt/k3s/bin/tool")).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o755);
-        assert_eq!(fs::metadata(r.join("opt/k3s")).unwrap().mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::metadata(r.join("opt/k3s")).unwrap().mode() & 0o7777,
+            0o755
+        );
         assert_eq!(
             fs::read_link(r.join("usr/local/bin/k3s")).unwrap(),
             Path::new("/opt/k3s/bin/tool")

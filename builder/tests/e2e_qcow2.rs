@@ -380,6 +380,36 @@ fn proxmox_seed(
     seed
 }
 
+/// `imgbuild build PROFILE [--recipe RECIPE] --output qcow2` into `out`;
+/// the server disk it wrote.
+fn build_server(profile: &Path, recipe: Option<&Path>, agent: &Path, out: &Path) -> PathBuf {
+    let mut args = vec!["build", profile.to_str().unwrap()];
+    if let Some(r) = recipe {
+        args.extend(["--recipe", r.to_str().unwrap()]);
+    }
+    let cache = cache_dir();
+    args.extend([
+        "--output",
+        "qcow2",
+        "--agent",
+        agent.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let o = imgbuild(&args, &[]);
+    assert!(
+        o.status.success(),
+        "imgbuild build {}: {}",
+        profile.display(),
+        text(&o)
+    );
+    let disk = out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2");
+    assert!(disk.is_file(), "{} not built: {}", disk.display(), text(&o));
+    disk
+}
+
 #[test]
 fn server_qcow2_boots_under_seabios_and_ovmf() {
     require_root("the qcow2 boot test assembles a disk from a rootfs (file owners)");
@@ -413,24 +443,12 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     // 1. Build the qcow2.
     let out = dir.join("out");
     let t = Instant::now();
-    let o = imgbuild(
-        &[
-            "build",
-            repo_root().join("profiles/server.yaml").to_str().unwrap(),
-            "--output",
-            "qcow2",
-            "--agent",
-            agent.to_str().unwrap(),
-            "--cache-dir",
-            cache_dir().to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
+    let disk = build_server(
+        &repo_root().join("profiles/server.yaml"),
+        None,
+        &agent,
+        &out,
     );
-    assert!(o.status.success(), "imgbuild build: {}", text(&o));
-    let disk = out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2");
-    assert!(disk.is_file(), "{} not built: {}", disk.display(), text(&o));
     eprintln!(
         "built {} in {:.1} s",
         disk.display(),
@@ -494,25 +512,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         .unwrap();
         let out = dir.join(format!("out-{root}"));
         let t = Instant::now();
-        let o = imgbuild(
-            &[
-                "build",
-                profile.to_str().unwrap(),
-                "--recipe",
-                recipe.to_str().unwrap(),
-                "--output",
-                "qcow2",
-                "--agent",
-                agent.to_str().unwrap(),
-                "--cache-dir",
-                cache_dir().to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(o.status.success(), "imgbuild build ({root}): {}", text(&o));
-        let d = out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2");
+        let d = build_server(&profile, Some(&recipe), &agent, &out);
         eprintln!(
             "built {} in {:.1} s",
             d.display(),

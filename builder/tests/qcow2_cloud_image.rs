@@ -138,6 +138,20 @@ impl Case {
     /// Build the worker profile (plus `profile_extra`) from `base` as the
     /// recipe's cloud image, with `path` on PATH for imgbuild's tools.
     fn build(&self, base: &Path, profile_extra: &str, path: Option<&str>) -> Output {
+        self.build_cmd(base, profile_extra, path, &[])
+            .output()
+            .expect("running imgbuild")
+    }
+
+    /// The command [`Case::build`] runs, started through `launcher` (e.g.
+    /// `setpriv …`) when that is not empty.
+    fn build_cmd(
+        &self,
+        base: &Path,
+        profile_extra: &str,
+        path: Option<&str>,
+        launcher: &[&str],
+    ) -> Command {
         let recipe = self.path("recipe.yaml");
         fs::write(
             &recipe,
@@ -161,23 +175,34 @@ impl Case {
         if let Some(p) = path {
             envs.push(("PATH", p));
         }
-        imgbuild(
-            &[
-                "build",
-                profile.to_str().unwrap(),
-                "--recipe",
-                recipe.to_str().unwrap(),
-                "--output",
-                "qcow2",
-                "--agent",
-                agent.to_str().unwrap(),
-                "--cache-dir",
-                self.path("cache").to_str().unwrap(),
-                "--out",
-                self.path("out").to_str().unwrap(),
-            ],
-            &envs,
-        )
+        let bin = env!("CARGO_BIN_EXE_imgbuild");
+        let mut c = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        c.env("IMGBUILD_AGENT", &agent);
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        c.args([
+            "build",
+            profile.to_str().unwrap(),
+            "--recipe",
+            recipe.to_str().unwrap(),
+            "--output",
+            "qcow2",
+            "--agent",
+            agent.to_str().unwrap(),
+            "--cache-dir",
+            self.path("cache").to_str().unwrap(),
+            "--out",
+            self.path("out").to_str().unwrap(),
+        ]);
+        c
     }
 
     /// The build failed with `needle` in its error and left no file that
@@ -358,6 +383,82 @@ fn a_broken_xfs_root_is_refused_and_nothing_stays_attached() {
     assert!(
         !loops.contains(SCRATCH),
         "the failed build left a loop device attached: {loops}"
+    );
+}
+
+/// Without root an XFS root cannot be mounted: the build says so before it
+/// writes the working copy. A `qemu-img` shim on PATH logs every run: only
+/// `info` and the few-KiB `dd` peeks happen, never `convert`.
+#[test]
+fn xfs_root_without_root_is_refused_before_the_working_copy() {
+    require_root("the test makes a loop-free XFS fixture and drops to nobody with setpriv");
+    let c = Case::new();
+    let base = c.path("xfs.raw");
+    gpt_disk(
+        &base,
+        420,
+        "gpt",
+        &format!("start=2048, size=8192, type={ESP_TYPE}\nstart=10240, type={ROOT_TYPE}\n"),
+    );
+    let part = c.path("part.xfs");
+    fs::File::create(&part).unwrap().set_len(400 << 20).unwrap();
+    run_checked(Command::new(sbin("mkfs.xfs")).args(["-q", "-f"]).arg(&part));
+    run_checked(
+        Command::new("dd")
+            .arg(format!("if={}", part.display()))
+            .arg(format!("of={}", base.display()))
+            .args(["bs=512", "seek=10240", "conv=notrunc,sparse", "status=none"]),
+    );
+    fs::remove_file(&part).unwrap();
+    let shim = c.path("shim");
+    fs::create_dir(&shim).unwrap();
+    let log = c.path("qemu-img.log");
+    let real = sbin("qemu-img");
+    fs::write(
+        shim.join("qemu-img"),
+        format!(
+            "#!/bin/sh\necho \"$1\" >>'{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    fs::write(&log, "").unwrap();
+    // Everything the build reads or writes, open to nobody.
+    run_checked(
+        Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(c.dir.path()),
+    );
+    run_checked(
+        Command::new("chmod")
+            .args(["a+x"])
+            .arg(shim.join("qemu-img")),
+    );
+    let path = format!(
+        "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        shim.display()
+    );
+    let o = c
+        .build_cmd(
+            &base,
+            "",
+            Some(&path),
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ],
+        )
+        .output()
+        .expect("running imgbuild as nobody");
+    c.assert_refused(&o, "this host lacks: root (mounting through a loop device)");
+    let runs = fs::read_to_string(&log).unwrap();
+    assert!(runs.lines().any(|l| l == "dd"), "no peek: {runs}");
+    assert!(
+        !runs.lines().any(|l| l == "convert"),
+        "the working copy was written before the refusal: {runs}"
     );
 }
 

@@ -596,7 +596,7 @@ fn make_lvm(tools: &Tools, raw: &Path, root_size: u64, cancel: &AtomicBool) -> R
         last_lba: (ROOT_START + root_size) / SECTOR - 1,
         name: String::new(),
     };
-    let lv = super::root::read_lvm(raw, &part, &head)?;
+    let lv = super::root::read_lvm(&|o, l| super::root::read_at(raw, o, l), &part, &head)?;
     Ok((ROOT_START + lv.offset, lv.size))
 }
 

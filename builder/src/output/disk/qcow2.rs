@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::apply::RAW_NAME;
 use super::assemble::{assemble_disk, AssembleRoot, Assembled, DEFAULT_DISK_SIZE};
 use super::edit::{self, Applied};
-use super::root::{locate_root, FsKind, RootFs};
+use super::root::{locate_root, locate_root_in, FsKind, RootFs};
 use super::scratch::scratch_dir;
 use super::selinux::{SelinuxInfo, SelinuxMode};
 use super::tools::Tools;
@@ -238,6 +238,7 @@ pub fn write_disk(
 
     let (base_format, grown_from, assembled) = match (base, base_info) {
         (DiskBase::CloudImage(_), Some(info)) => {
+            preflight_root(&cx, &info)?;
             convert_to_raw(&cx, &info)?;
             let grown = grow(&cx, &info)?;
             (info.format, grown, None)
@@ -283,6 +284,53 @@ pub fn write_disk(
             out: out.to_owned(),
         },
     })
+}
+
+/// On a host that cannot mount XFS, read the base's partition table and
+/// root superblock in place (`qemu-img dd`, a few KiB) and say what is
+/// missing before the working copy is written. Only a refusal is final: a
+/// base that cannot be read this way gets its precise error from the full
+/// check on the working copy ([`locate`]).
+fn preflight_root(cx: &Cx<'_>, info: &ImgInfo) -> Result<()> {
+    let DiskBase::CloudImage(path) = cx.base else {
+        return Ok(());
+    };
+    let mut tools = cx.tools.clone();
+    let Err(missing) = super::mount::preflight(&mut tools) else {
+        return Ok(());
+    };
+    if info.external_file().is_some() || (info.format != "qcow2" && info.format != "raw") {
+        return Ok(());
+    }
+    let peek = cx.scratch.join("peek.raw");
+    let read = |offset: u64, len: usize| -> Result<Vec<u8>> {
+        let (first, end) = (offset / 512, (offset + len as u64).div_ceil(512));
+        let _ = fs::remove_file(&peek);
+        run_command(
+            Command::new(cx.tools.get("qemu-img")?)
+                .args(["dd", "-f", &info.format, "-O", "raw", "bs=512"])
+                .arg(format!("skip={first}"))
+                .arg(format!("count={}", end.min(info.virtual_size / 512)))
+                .arg(format!("if={}", path.display()))
+                .arg(format!("of={}", peek.display())),
+            cx.cancel(),
+        )?;
+        let bytes = fs::read(&peek).with_context(|| format!("reading {}", peek.display()))?;
+        let skip = (offset - first * 512) as usize;
+        Ok(bytes
+            .get(skip..)
+            .unwrap_or_default()
+            .iter()
+            .take(len)
+            .copied()
+            .collect())
+    };
+    let probed = locate_root_in(&read, info.virtual_size, &cx.describe_base());
+    let _ = fs::remove_file(&peek);
+    match probed {
+        Ok(root) if matches!(root.fs, FsKind::Xfs(_)) => Err(missing.context(cx.describe_base())),
+        _ => Ok(()),
+    }
 }
 
 /// A cloud image, qcow2 or raw and self-contained, to the raw working copy.

@@ -417,28 +417,27 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
     );
 }
 
+/// A fresh Rocky-shaped disk, customised and checked.
+fn case(lvm_root: bool, mode: SelinuxMode, policy: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = rocky_disk(dir.path(), lvm_root, policy);
+    customise_and_check(dir.path(), &img, lvm_root, mode, policy);
+}
+
 #[test]
 fn rocky_genericcloud_xfs_root_is_customised_and_labelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = rocky_disk(dir.path(), false, true);
-    customise_and_check(dir.path(), &img, false, SelinuxMode::Label, true);
+    case(false, SelinuxMode::Label, true);
 }
 
 #[test]
 fn rocky_genericcloud_lvm_root_is_customised_and_labelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = rocky_disk(dir.path(), true, true);
-    customise_and_check(dir.path(), &img, true, SelinuxMode::Label, true);
+    case(true, SelinuxMode::Label, true);
 }
 
 #[test]
 fn xfs_root_without_policy_and_autorelabel_fallback() {
-    let dir = tempfile::tempdir().unwrap();
-    let img = rocky_disk(dir.path(), false, false);
-    customise_and_check(dir.path(), &img, false, SelinuxMode::Label, false);
-    let dir = tempfile::tempdir().unwrap();
-    let img = rocky_disk(dir.path(), true, true);
-    customise_and_check(dir.path(), &img, true, SelinuxMode::Autorelabel, true);
+    case(false, SelinuxMode::Label, false);
+    case(true, SelinuxMode::Autorelabel, true);
 }
 
 #[test]

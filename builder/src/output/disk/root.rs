@@ -62,14 +62,23 @@ pub fn read_at(path: &Path, offset: u64, len: usize) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Locate and identify the root of `raw`; `what` names the base in errors.
+/// Reads `len` bytes at an offset of a disk (fewer at its end).
+pub type DiskReader<'a> = dyn Fn(u64, usize) -> Result<Vec<u8>> + 'a;
+
+/// Locate and identify the root of the raw image `raw`; `what` names the
+/// base in errors.
 pub fn locate_root(raw: &Path, what: &str) -> Result<RootFs> {
-    let head = read_at(raw, 0, GPT_PROBE_LEN)?;
-    let parts = parse_gpt(&head).with_context(|| what.to_owned())?;
-    let part = find_root(&parts).with_context(|| what.to_owned())?.clone();
     let disk_len = fs::metadata(raw)
         .with_context(|| format!("reading {}", raw.display()))?
         .len();
+    locate_root_in(&|off, len| read_at(raw, off, len), disk_len, what)
+}
+
+/// [`locate_root`] on a disk of `disk_len` bytes read through `read`.
+pub fn locate_root_in(read: &DiskReader<'_>, disk_len: u64, what: &str) -> Result<RootFs> {
+    let head = read(0, GPT_PROBE_LEN)?;
+    let parts = parse_gpt(&head).with_context(|| what.to_owned())?;
+    let part = find_root(&parts).with_context(|| what.to_owned())?.clone();
     // The editors write wherever the filesystem says it extends: the
     // partition must lie on the disk and the filesystem inside it.
     let end = part
@@ -86,12 +95,12 @@ pub fn locate_root(raw: &Path, what: &str) -> Result<RootFs> {
     }
     let mut offset = part.offset_bytes();
     let mut size = part.size_bytes();
-    let mut sb = read_at(raw, offset, PROBE_LEN)?;
+    let mut sb = read(offset, PROBE_LEN)?;
     let mut lv = None;
     if sb.len() >= lvm::LABEL_PROBE_LEN
         && (0..4).any(|s| sb.get(s * 512..s * 512 + 8) == Some(b"LABELONE".as_slice()))
     {
-        let map = read_lvm(raw, &part, &sb)
+        let map = read_lvm(read, &part, &sb)
             .with_context(|| format!("{what}: reading the LVM2 PV on partition {}", part.index))?;
         if map.offset.checked_add(map.size).is_none_or(|e| e > size) {
             bail!(
@@ -105,7 +114,7 @@ pub fn locate_root(raw: &Path, what: &str) -> Result<RootFs> {
         }
         offset += map.offset;
         size = map.size;
-        sb = read_at(raw, offset, PROBE_LEN)?;
+        sb = read(offset, PROBE_LEN)?;
         lv = Some(map);
     }
     let fs = match probe_xfs(&sb) {
@@ -135,14 +144,13 @@ pub fn locate_root(raw: &Path, what: &str) -> Result<RootFs> {
 }
 
 /// The root LV of the PV that starts partition `part`.
-pub(super) fn read_lvm(raw: &Path, part: &Partition, head: &[u8]) -> Result<LvMap> {
+pub(super) fn read_lvm(read: &DiskReader<'_>, part: &Partition, head: &[u8]) -> Result<LvMap> {
     let (uuid, mda) = lvm::metadata_location(head)?;
     let base = part.offset_bytes();
-    let header = read_at(raw, base.saturating_add(mda), 512)?;
+    let header = read(base.saturating_add(mda), 512)?;
     let mut text = Vec::new();
     for (off, len) in lvm::text_ranges(&header)? {
-        text.extend(read_at(
-            raw,
+        text.extend(read(
             base.saturating_add(mda).saturating_add(off),
             len as usize,
         )?);

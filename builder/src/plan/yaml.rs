@@ -289,6 +289,8 @@ pub(super) fn shapes() -> Vec<Shape> {
         probe::<schema::OutputKind>(),
         probe::<schema::Distro>(),
         probe::<schema::BootstrapTool>(),
+        probe::<schema::SelinuxMode>(),
+        probe::<schema::AssembleRoot>(),
         probe::<node_spec::Role>(),
     ]
     .into_iter()

@@ -254,7 +254,7 @@ fn rocky_disk(dir: &Path, lvm_root: bool, policy: bool) -> PathBuf {
     img
 }
 
-fn worker_layer(dir: &Path, mode: SelinuxMode) -> (Layer, DiskOptions, Vec<u8>) {
+fn worker_layer(dir: &Path, mode: SelinuxMode) -> (Layer, DiskOptions) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut plan = crate::plan::load(
         &root.join("profiles/worker.yaml"),
@@ -280,7 +280,44 @@ fn worker_layer(dir: &Path, mode: SelinuxMode) -> (Layer, DiskOptions, Vec<u8>) 
         selinux: mode,
         ..DiskOptions::default()
     };
-    (layer, opts, agent)
+    (layer, opts)
+}
+
+/// What the tests look at of a [`DiskOutput`] once it is put in place.
+#[derive(Debug)]
+struct Built {
+    root: qcow2::RootInfo,
+    selinux: super::selinux::SelinuxInfo,
+    os_release: Option<String>,
+}
+
+/// `write_disk` of the worker profile's layer from the cloud image `img`
+/// to `out`, put in place.
+fn build_worker(dir: &Path, img: &Path, out: &Path, mode: SelinuxMode) -> anyhow::Result<Built> {
+    let (layer, opts) = worker_layer(dir, mode);
+    let w = write_disk(
+        DiskBase::CloudImage(img),
+        &layer,
+        out,
+        &opts,
+        &FetchOptions::default(),
+    )?;
+    let built = Built {
+        root: w.root,
+        selinux: w.selinux,
+        os_release: w.os_release,
+    };
+    w.pending.commit()?;
+    Ok(built)
+}
+
+/// The qcow2 `out` as a raw image at `raw`.
+fn to_raw(out: &Path, raw: &Path) -> PathBuf {
+    run(Command::new(tool("qemu-img", "qemu-utils"))
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(out)
+        .arg(raw));
+    raw.to_owned()
 }
 
 fn getfattr(path: &Path) -> Option<String> {
@@ -299,17 +336,9 @@ fn getfattr(path: &Path) -> Option<String> {
 /// Build the worker's qcow2 from `img`, then check the edited root read back
 /// from the qcow2: `xfs_repair -n`, the layer's files, labels.
 fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode, policy: bool) {
-    let (layer, opts, agent) = worker_layer(dir, mode);
     let out = dir.join("out.qcow2");
-    let written = write_disk(
-        DiskBase::CloudImage(img),
-        &layer,
-        &out,
-        &opts,
-        &FetchOptions::default(),
-    )
-    .unwrap();
-    written.pending.commit().unwrap();
+    let written = build_worker(dir, img, &out, mode).unwrap();
+    let agent = fs::read(dir.join("agent")).unwrap();
     let expected = fs::read_to_string(dir.join("expected-root")).unwrap();
     assert_eq!(
         format!("{} {}", written.root.offset, written.root.size),
@@ -326,11 +355,7 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
         .contains("ID=\"rocky\""));
 
     // Read back from the artifact, not from the working copy.
-    let back = dir.join("back.raw");
-    run(Command::new(tool("qemu-img", "qemu-utils"))
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(&out)
-        .arg(&back));
+    let back = to_raw(&out, &dir.join("back.raw"));
     let dev = Loop::new(&back, written.root.offset, written.root.size);
     run(Command::new(tool("xfs_repair", "xfsprogs"))
         .arg("-n")
@@ -454,16 +479,8 @@ fn a_policy_without_file_contexts_is_refused_before_the_layer_is_written() {
         let m = Mnt::new(&dev, &dir.path().join("strip"), false);
         fs::remove_file(m.0.join("etc/selinux/targeted/contexts/files/file_contexts")).unwrap();
     }
-    let (layer, opts, _) = worker_layer(dir.path(), SelinuxMode::Label);
     let out = dir.path().join("out.qcow2");
-    let e = write_disk(
-        DiskBase::CloudImage(&img),
-        &layer,
-        &out,
-        &opts,
-        &FetchOptions::default(),
-    )
-    .unwrap_err();
+    let e = build_worker(dir.path(), &img, &out, SelinuxMode::Label).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("no /etc/selinux/targeted/contexts/files/file_contexts")
@@ -500,25 +517,12 @@ fn ext4_root_with_a_policy_gets_xattr_labels() {
         .arg(format!("if={}", part.display()))
         .arg(format!("of={}", img.display()))
         .args(["bs=512", "seek=4096", "conv=notrunc,sparse", "status=none"]));
-    let (layer, opts, _) = worker_layer(d, SelinuxMode::Label);
     let out = d.join("out.qcow2");
-    let written = write_disk(
-        DiskBase::CloudImage(&img),
-        &layer,
-        &out,
-        &opts,
-        &FetchOptions::default(),
-    )
-    .unwrap();
-    written.pending.commit().unwrap();
+    let written = build_worker(d, &img, &out, SelinuxMode::Label).unwrap();
     assert_eq!(written.root.fs, "ext4");
     assert_eq!(written.selinux.method, "xattr");
     assert_eq!(written.selinux.policy.as_deref(), Some("targeted"));
-    let back = d.join("back.raw");
-    run(Command::new(tool("qemu-img", "qemu-utils"))
-        .args(["convert", "-f", "qcow2", "-O", "raw"])
-        .arg(&out)
-        .arg(&back));
+    let back = to_raw(&out, &d.join("back.raw"));
     let spec = format!("{}?offset={}", back.display(), written.root.offset);
     for (path, want) in [
         (

@@ -220,11 +220,13 @@ impl Offline {
             mounted: None,
         };
         if root.fs == "xfs" {
+            // No size limit: the guest's growpart and xfs_growfs have grown
+            // a partition root past the size the manifest recorded (the
+            // root is the disk's last partition, the LV its PV's).
             let dev = run_ok(
                 Command::new("losetup")
                     .args(["--find", "--show", "--read-only"])
                     .arg(format!("--offset={}", root.offset))
-                    .arg(format!("--sizelimit={}", root.size))
                     .arg(&o.raw),
             )
             .trim()

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use super::apply::RAW_NAME;
 use super::assemble::{assemble_disk, AssembleRoot, Assembled, DEFAULT_DISK_SIZE};
 use super::edit::{self, Applied};
+use super::mount::LoopDevice;
 use super::root::{locate_root, locate_root_in, FsKind, RootFs};
 use super::scratch::scratch_dir;
 use super::selinux::{SelinuxInfo, SelinuxMode};
@@ -249,12 +250,11 @@ pub fn write_disk(
         }
     };
     let root = locate(&cx)?;
-    let applied = apply_layer(&cx, &root)?;
-    let tmp_out = check_fs_and_write_qcow2(&cx, &root, &applied)?;
+    let mut applied = apply_layer(&cx, &root)?;
+    let tmp_out = check_fs_and_write_qcow2(&cx, &root, applied.loop_dev.take())?;
     let virtual_size = fs::metadata(cx.raw())
         .with_context(|| format!("reading {}", cx.raw().display()))?
         .len();
-    drop(applied.loop_dev);
     fs::remove_file(cx.raw()).ok();
     let tools = cx.tools;
     drop(scratch);
@@ -460,11 +460,16 @@ fn apply_layer(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
 }
 
 /// The filesystem check and the qcow2 conversion only read the raw copy:
-/// run them side by side; the disk is published only if both succeed.
-fn check_fs_and_write_qcow2(cx: &Cx<'_>, root: &RootFs, applied: &Applied) -> Result<PathBuf> {
+/// run them side by side; the disk is published only if both succeed. An
+/// XFS root's loop device is detached as soon as its check is done.
+fn check_fs_and_write_qcow2(
+    cx: &Cx<'_>,
+    root: &RootFs,
+    loop_dev: Option<LoopDevice>,
+) -> Result<PathBuf> {
     let tmp_out = cx.work.join("out.qcow2");
     let (checked, converted) = std::thread::scope(|s| {
-        let check = s.spawn(|| check_fs(cx, root, applied));
+        let check = s.spawn(|| check_fs(cx, root, loop_dev));
         let converted = write_qcow2(cx, &tmp_out);
         let checked = check
             .join()
@@ -478,8 +483,8 @@ fn check_fs_and_write_qcow2(cx: &Cx<'_>, root: &RootFs, applied: &Applied) -> Re
 
 /// `e2fsck -fn` (ext4) or `xfs_repair -n` (XFS, on the still attached
 /// loop device): fail unless the edited filesystem is consistent.
-fn check_fs(cx: &Cx<'_>, root: &RootFs, applied: &Applied) -> Result<()> {
-    match (&root.fs, &applied.loop_dev) {
+fn check_fs(cx: &Cx<'_>, root: &RootFs, loop_dev: Option<LoopDevice>) -> Result<()> {
+    match (&root.fs, &loop_dev) {
         (FsKind::Ext(_), _) => {
             let at = edit::ext4_at(cx, root);
             super::apply::check_fs(&cx.tools.get("e2fsck")?, &at, cx.cancel())

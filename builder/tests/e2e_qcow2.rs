@@ -493,12 +493,23 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
     // mount, and the guest's initramfs must find the root.
     let recipe = dir.join("debian-12-xfs-lvm.yaml");
     let base_recipe = fs::read_to_string(repo_root().join("image-recipes/debian-12.yaml")).unwrap();
-    let extra = "      - fdisk\n      - lvm2\n      - xfsprogs\n";
+    // The qcow2 bootstrap's package list ends the file: append to it.
     assert!(
-        base_recipe.ends_with("      - fdisk\n"),
-        "debian-12.yaml changed shape"
+        base_recipe
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("      - ")),
+        "debian-12.yaml no longer ends with the qcow2 bootstrap's packages"
     );
-    fs::write(&recipe, base_recipe.replace("      - fdisk\n", extra)).unwrap();
+    fs::write(
+        &recipe,
+        format!(
+            "{}\n      - lvm2\n      - xfsprogs\n",
+            base_recipe.trim_end()
+        ),
+    )
+    .unwrap();
     let server = fs::read_to_string(repo_root().join("profiles/server.yaml")).unwrap();
     assert!(
         !server.contains("\nqcow2:"),

@@ -430,6 +430,15 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
         if let Some(m) = meta {
             r.record(&m.name, m.status, m.duration_ms, m.message, 1);
         }
+    } else if r.state.finished
+        && (r.state.k3s.as_ref()).is_some_and(|k| k.version != cfg.version.as_str())
+    {
+        // A newer pin in the metadata: the steps run again, and the
+        // k3s-binary step upgrades (crate::upgrade::install_for_run).
+        tracing::info!(
+            "the metadata pins K3s {}; this finished node runs another release, so it is upgraded",
+            cfg.version
+        );
     } else if r.state.finished {
         let msg = format!("already finished for instance {}", cfg.instance_id);
         println!("firstboot-agent: {msg}; nothing to do");
@@ -550,19 +559,19 @@ pub fn run(root: &Root, system: &dyn System, opts: &RunOptions) -> Result<RunRes
     let mut changed: Vec<String> = Vec::new();
     let mut sha256 = String::new();
     r.step("k3s-binary", |r| {
-        let installed = binary::install(r.root, r.system, &cfg)?;
+        let (installed, upgraded) =
+            crate::upgrade::install_for_run(r.root, r.system, &cfg, &mut r.state)?;
         sha256 = installed.sha256.to_string();
-        let how = match &installed.origin {
-            binary::Origin::AlreadyInstalled => "already installed".to_owned(),
-            binary::Origin::Baked => "installed from the image".to_owned(),
-            binary::Origin::Downloaded(url) => format!("downloaded from {url}"),
-        };
+        let how = installed.origin.describe();
         if installed.origin != binary::Origin::AlreadyInstalled {
             changed.push(binary::K3S_BIN.to_owned());
         }
         let mut msg = format!("K3s {} {how} (sha256 {})", cfg.version, installed.sha256);
         if !installed.not_linked.is_empty() {
             msg.push_str(&format!("; {}", installed.not_linked.join(", ")));
+        }
+        if let Some(u) = upgraded {
+            msg.push_str(&format!("; {u}"));
         }
         Ok(Outcome::msg(msg))
     })?;

@@ -118,6 +118,18 @@ pub(super) fn fetch_index(
     cache: &Cache,
     opts: &FetchOptions,
 ) -> Result<std::path::PathBuf, SourceError> {
+    fetch_unpinned(url, "the index", cache, opts)
+}
+
+/// [`fetch_index`] for any small file published without a digest of its
+/// own; `what` names it in the offline miss ("the index", "the checksum
+/// file").
+fn fetch_unpinned(
+    url: &str,
+    what: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<std::path::PathBuf, SourceError> {
     check_scheme(url)?;
     if opts.offline {
         let cached = match cache.lookup_url(url)? {
@@ -126,7 +138,7 @@ pub(super) fn fetch_index(
         };
         return cached.ok_or_else(|| SourceError::NotCached {
             what: format!(
-                "the index {url} (an online build keeps a copy in {})",
+                "{what} {url} (an online build keeps a copy in {})",
                 cache.root().display()
             ),
         });
@@ -228,6 +240,41 @@ fn agent() -> ureq::Agent {
         .timeout_read(READ_TIMEOUT)
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+/// The digest a release's checksum file lists for `name`: the file is
+/// fetched once (online afresh, kept in the cache; `--offline` the copy the
+/// last online build kept) and parsed like any vendor checksum file.
+pub(super) fn checksum_entry(
+    sums_url: &str,
+    name: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<Sha256Hex, SourceError> {
+    let path = fetch_unpinned(sums_url, "the checksum file", cache, opts)?;
+    let bad = |reason: String| SourceError::BadChecksumFile {
+        checksum_url: sums_url.into(),
+        reason,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| SourceError::io("reading", &path, e))?;
+    if bytes.len() > CHECKSUM_FILE_MAX {
+        return Err(bad(format!(
+            "larger than {CHECKSUM_FILE_MAX} bytes; is this really a checksum file?"
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+    let entries = parse_checksums(&text);
+    // Only an entry for `name` counts: a release's file lists many files,
+    // and a lone bare digest could be for any of them.
+    entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, d)| d.clone())
+        .ok_or_else(|| SourceError::ChecksumEntryMissing {
+            checksum_url: sums_url.into(),
+            name: name.into(),
+            available: entries.iter().map(|(n, _)| n.clone()).collect(),
+        })
 }
 
 /// Fetch the checksum file and pick the entry for `artifact_url`'s file name.

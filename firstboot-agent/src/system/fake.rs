@@ -24,6 +24,8 @@ pub enum Call {
     WriteSysctl(String, String),
     SetHostname(String),
     SwapoffAll,
+    /// The installed K3s run with these arguments.
+    K3s(Vec<String>),
     Resolve(String),
     TcpConnect(SocketAddr),
     Sleep(Duration),
@@ -61,6 +63,13 @@ pub struct FakeSystem {
     pub fail_rshared: bool,
     /// Pids [`System::pid_alive`] calls dead; every other pid is alive.
     pub dead_pids: BTreeSet<u32>,
+    /// Answers for the installed `k3s` keyed by the joined arguments
+    /// (e.g. `"kubectl drain n1 …"`). Unlisted calls succeed with no output;
+    /// `--version` is answered from [`FakeSystem::k3s_versions`] first.
+    pub k3s_answers: BTreeMap<String, CommandOutput>,
+    /// `k3s --version` answers by the binary's sha256, as the binary at the
+    /// path would print them (`k3s version v1.34.3+k3s1 (abcdef12)`).
+    pub k3s_versions: BTreeMap<String, String>,
 }
 
 impl Default for FakeSystem {
@@ -82,6 +91,8 @@ impl Default for FakeSystem {
             fail_swapoff: false,
             fail_rshared: false,
             dead_pids: BTreeSet::new(),
+            k3s_answers: BTreeMap::new(),
+            k3s_versions: BTreeMap::new(),
         }
     }
 }
@@ -103,6 +114,18 @@ impl FakeSystem {
             .iter()
             .filter_map(|c| match c {
                 Call::Systemctl(a) => Some(a.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The argument lists the installed `k3s` was run with, in order.
+    pub fn k3s_calls(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::K3s(a) => Some(a.join(" ")),
                 _ => None,
             })
             .collect()
@@ -152,6 +175,33 @@ impl System for FakeSystem {
                 success: true,
                 stdout: "active\n".into(),
                 stderr: String::new(),
+            }))
+    }
+
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        self.record(Call::K3s(args.iter().map(|s| (*s).to_owned()).collect()));
+        if args == ["--version"] {
+            let bytes = std::fs::read(binary).map_err(|cause| SystemError::Io {
+                action: format!("running {}", binary.display()),
+                cause,
+            })?;
+            let sha =
+                node_spec::Sha256Hex::from_digest(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if let Some(v) = self.k3s_versions.get(sha.as_str()) {
+                return Ok(CommandOutput {
+                    success: true,
+                    stdout: format!("k3s version {v} (fake)\ngo version go1.24.4\n"),
+                    stderr: String::new(),
+                });
+            }
+        }
+        Ok(self
+            .k3s_answers
+            .get(&args.join(" "))
+            .cloned()
+            .unwrap_or(CommandOutput {
+                success: true,
+                ..CommandOutput::default()
             }))
     }
 

@@ -108,6 +108,10 @@ pub trait System {
     fn set_hostname(&self, name: &str) -> Result<(), SystemError>;
     /// `swapoff -a`.
     fn swapoff_all(&self) -> Result<(), SystemError>;
+    /// Run the installed K3s binary (`binary` is its real path) with `args`:
+    /// `--version`, or `kubectl drain|uncordon NODE` on a server. A non-zero
+    /// exit is returned in the output, as for [`System::systemctl`].
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError>;
     /// Resolve a host name with the system resolver.
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError>;
     /// Open (and close) a TCP connection.

@@ -247,7 +247,7 @@ fn kubectl(root: &Root, system: &dyn System, args: &[&str]) -> Result<(), Upgrad
 /// Restart K3s for a new release and wait until it is ready again (not in
 /// a dry run, where nothing was restarted).
 fn restart_and_wait(root: &Root, system: &dyn System, cfg: &NodeConfig) -> Result<()> {
-    k3s::restart(system, cfg.role)?;
+    k3s::restart_blocking(system, cfg.role)?;
     if system.acts_on_host() {
         k3s::wait_ready(root, system, cfg.role, cfg.ready_timeout)?;
     }

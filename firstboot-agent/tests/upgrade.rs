@@ -112,7 +112,7 @@ fn a_new_version_is_verified_installed_recorded_and_restarted_then_rolled_back()
     assert_eq!(bin(dir.path(), K3S_PREVIOUS).unwrap(), FAKE_K3S);
     let calls = sys.systemctl_calls();
     assert!(
-        calls.contains(&"restart --no-block k3s.service".to_owned()),
+        calls.contains(&"restart k3s.service".to_owned()),
         "{calls:?}"
     );
     let state = State::load(&root).unwrap();

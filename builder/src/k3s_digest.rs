@@ -129,7 +129,7 @@ pub fn resolve(
             source: DigestSource::Unpinned,
             warnings: vec![format!(
                 "no sha256 pinned for K3s {version}: {}; nodes will trust the mirror's sha256sum-amd64.txt at boot, \
-                 as k3s.trust-mirror-checksums: true allows (pin k3s.sha256, or build where {url} can be fetched)",
+                 as k3s.trust-mirror-checksums: true allows (pin k3s.sha256, or build where the mirror can be reached)",
                 source::Chain(&e)
             )],
         }),

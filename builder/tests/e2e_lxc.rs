@@ -640,15 +640,18 @@ fn assert_upgrade_and_rollback(worker: &Node, lab: &Lab, mirror: &str) {
     assert!(text(&bad).contains("checksum mismatch"), "{}", text(&bad));
     assert!(!worker.path("/usr/local/bin/k3s.previous").exists());
 
+    let upgrade_to_next = || {
+        worker.attach_ok(&[
+            "firstboot-agent",
+            "upgrade",
+            "--version",
+            K3S_NEXT_VERSION,
+            "--sha256",
+            &sha,
+        ])
+    };
     let at = unix_now();
-    let out = worker.attach_ok(&[
-        "firstboot-agent",
-        "upgrade",
-        "--version",
-        K3S_NEXT_VERSION,
-        "--sha256",
-        &sha,
-    ]);
+    let out = upgrade_to_next();
     assert!(
         out.contains(&format!(
             "K3s {K3S_VERSION} → {K3S_NEXT_VERSION}: downloaded from {mirror}/"
@@ -665,14 +668,7 @@ fn assert_upgrade_and_rollback(worker: &Node, lab: &Lab, mirror: &str) {
     );
     assert!(worker.path("/usr/local/bin/k3s.previous").exists());
     // Asked again: nothing to do, K3s left running as it is.
-    let again = worker.attach_ok(&[
-        "firstboot-agent",
-        "upgrade",
-        "--version",
-        K3S_NEXT_VERSION,
-        "--sha256",
-        &sha,
-    ]);
+    let again = upgrade_to_next();
     assert!(
         again.contains("installed already; nothing to do"),
         "{again}"

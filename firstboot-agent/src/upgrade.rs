@@ -145,7 +145,8 @@ fn source_of(origin: &binary::Origin) -> String {
     }
 }
 
-/// Record that `installed` replaced the binary of `rec`.
+/// Record that `installed` replaced the binary of release `from`; the
+/// outcome says `message`.
 fn record_change(
     state: &mut State,
     from: &str,
@@ -153,7 +154,8 @@ fn record_change(
     installed: &Installed,
     by: &str,
     restarted: bool,
-) {
+    message: String,
+) -> UpgradeOutcome {
     if let Some(k) = state.k3s.as_mut() {
         if installed.kept_previous {
             state.k3s_previous = Some(PreviousBinary {
@@ -173,6 +175,13 @@ fn record_change(
         restarted,
         at: now(),
     });
+    UpgradeOutcome {
+        from: from.to_owned(),
+        to: to.to_string(),
+        changed: true,
+        restarted,
+        message,
+    }
 }
 
 /// The k3s-binary step of `firstboot-agent run`: on a node where the agent
@@ -208,21 +217,17 @@ pub fn install_for_run(
     )?;
     // The caller restarts the unit (the binary changed) when it runs.
     let started = state.is_done("k3s-start");
-    record_change(
+    let note = format!("upgraded from {from} (the metadata pins {})", cfg.version);
+    let done = record_change(
         state,
         &rec.version,
         &cfg.version,
         &installed,
         "metadata k3s.version",
         started,
+        note,
     );
-    Ok((
-        installed,
-        Some(format!(
-            "upgraded from {from} (the metadata pins {})",
-            cfg.version
-        )),
-    ))
+    Ok((installed, Some(done.message)))
 }
 
 /// Run `k3s kubectl ARGS` on this server.
@@ -313,26 +318,21 @@ pub fn upgrade(root: &Root, system: &dyn System, opts: &UpgradeOptions) -> Resul
                 if restart {
                     restart_and_wait(root, system, &cfg)?;
                 }
-                record_change(
+                let message = format!(
+                    "K3s {current} → {target}: {} (sha256 {}){}",
+                    installed.origin.describe(),
+                    installed.sha256,
+                    restart_note(restart, started, &cfg),
+                );
+                Ok(record_change(
                     &mut state,
                     current.as_str(),
                     &target,
                     &installed,
                     "firstboot-agent upgrade",
                     restart,
-                );
-                Ok(UpgradeOutcome {
-                    from: current.to_string(),
-                    to: target.to_string(),
-                    changed: true,
-                    restarted: restart,
-                    message: format!(
-                        "K3s {current} → {target}: {} (sha256 {}){}",
-                        installed.origin.describe(),
-                        installed.sha256,
-                        restart_note(restart, started, &cfg),
-                    ),
-                })
+                    message,
+                ))
             })?
         }
     };
@@ -442,24 +442,19 @@ fn rollback(
             not_linked: Vec::new(),
             kept_previous: true,
         };
-        record_change(
+        let message = format!(
+            "K3s {current} → {target}: rolled back to {K3S_PREVIOUS} (sha256 {actual}); {current} is kept there now{}",
+            restart_note(restart, started, cfg),
+        );
+        Ok(record_change(
             state,
             current.as_str(),
             &target,
             &installed,
             "firstboot-agent upgrade --rollback",
             restart,
-        );
-        Ok(UpgradeOutcome {
-            from: current.to_string(),
-            to: target.to_string(),
-            changed: true,
-            restarted: restart,
-            message: format!(
-                "K3s {current} → {target}: rolled back to {K3S_PREVIOUS} (sha256 {actual}); {current} is kept there now{}",
-                restart_note(restart, started, cfg),
-            ),
-        })
+            message,
+        ))
     })
 }
 

@@ -20,8 +20,13 @@ fn config(mirror: &str, pinned: Option<&str>) -> NodeConfig {
     let pin = pinned
         .map(|p| format!("  sha256: {p}\n"))
         .unwrap_or_else(|| "  trust-mirror-checksums: true\n".into());
+    config_with(mirror, &pin)
+}
+
+/// The node's configuration from image defaults with `extra` in `k3s:`.
+fn config_with(mirror: &str, extra: &str) -> NodeConfig {
     let defaults = node_spec::BakedDefaults::from_yaml(&format!(
-        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {mirror}\n{pin}"
+        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {mirror}\n{extra}"
     ))
     .unwrap();
     let md = Metadata {
@@ -155,21 +160,7 @@ fn without_a_pin_the_mirrors_list_is_trusted_only_when_the_image_allows_it() {
     let (base, hits) = serve(release_routes(FAKE_K3S, &sha));
     let dir = tempfile::tempdir().unwrap();
     let root = Root::new(dir.path());
-    let defaults = node_spec::BakedDefaults::from_yaml(&format!(
-        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {base}/rel\n"
-    ))
-    .unwrap();
-    let md = Metadata {
-        source: "test".into(),
-        user_data_path: "ud".into(),
-        meta: MetaData {
-            instance_id: "i".into(),
-            local_hostname: None,
-        },
-        user: UserData::default(),
-        vendor: None,
-    };
-    let cfg = merge(&defaults, &md, "ud").unwrap();
+    let cfg = config_with(&format!("{base}/rel"), "");
     let e = binary::install(&root, &FakeSystem::new(), &cfg)
         .unwrap_err()
         .to_string();

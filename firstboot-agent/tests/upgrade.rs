@@ -59,6 +59,18 @@ fn provisioned(dir: &Path, defaults_extra: &str, user_k3s: &str) -> FakeSystem {
     sys
 }
 
+/// [`provisioned`] with a seed that names `mirror`, in a temp dir.
+fn node_with_mirror(mirror: &str) -> (tempfile::TempDir, Root, FakeSystem) {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = provisioned(
+        dir.path(),
+        "",
+        &format!("  token: t\n  mirror: {mirror}/rel\n"),
+    );
+    let root = Root::new(dir.path());
+    (dir, root, sys)
+}
+
 fn opts(version: &str, sha: Option<&[u8]>) -> UpgradeOptions {
     UpgradeOptions {
         version: Some(version.parse().unwrap()),
@@ -93,13 +105,7 @@ fn the_same_version_is_left_alone_and_not_restarted() {
 #[test]
 fn a_new_version_is_verified_installed_recorded_and_restarted_then_rolled_back() {
     let mirror = releases(&[(NEXT, NEXT_K3S, sha256_hex(NEXT_K3S))]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir, root, sys) = node_with_mirror(&mirror);
     let out = upgrade(&root, &sys, &opts(NEXT, Some(NEXT_K3S))).unwrap();
     assert!(out.changed && out.restarted, "{out:?}");
     assert!(
@@ -169,13 +175,7 @@ fn a_patch_upgrade_rolls_back_without_force() {
     const PATCH: &str = "v1.34.4+k3s1";
     const PATCH_K3S: &[u8] = b"#!/bin/sh\necho fake k3s v1.34.4\n";
     let mirror = releases(&[(PATCH, PATCH_K3S, sha256_hex(PATCH_K3S))]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir, root, sys) = node_with_mirror(&mirror);
     upgrade(&root, &sys, &opts(PATCH, Some(PATCH_K3S))).unwrap();
     let back = upgrade(
         &root,
@@ -208,13 +208,7 @@ fn a_patch_upgrade_rolls_back_without_force() {
 #[test]
 fn a_downgrade_across_minors_is_refused_unless_forced() {
     let mirror = releases(&[(OLDER, OLDER_K3S, sha256_hex(OLDER_K3S))]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir, root, sys) = node_with_mirror(&mirror);
     let e = upgrade(&root, &sys, &opts(OLDER, Some(OLDER_K3S)))
         .unwrap_err()
         .to_string();
@@ -243,13 +237,7 @@ fn a_downgrade_across_minors_is_refused_unless_forced() {
 #[test]
 fn a_wrong_sha256_is_refused_and_the_old_binary_kept() {
     let mirror = releases(&[(NEXT, NEXT_K3S, sha256_hex(NEXT_K3S))]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir, root, sys) = node_with_mirror(&mirror);
     let before = State::load(&root).unwrap();
     let wrong = b"some other build";
     let e = upgrade(&root, &sys, &opts(NEXT, Some(wrong)))
@@ -317,13 +305,7 @@ fn a_local_binary_is_verified_like_a_download() {
 #[test]
 fn a_server_drains_before_and_uncordons_after_and_an_agent_refuses() {
     let mirror = releases(&[(NEXT, NEXT_K3S, sha256_hex(NEXT_K3S))]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (_dir, root, sys) = node_with_mirror(&mirror);
     let drained = UpgradeOptions {
         drain: Some("srv-1".into()),
         ..opts(NEXT, Some(NEXT_K3S))
@@ -346,13 +328,7 @@ fn a_server_drains_before_and_uncordons_after_and_an_agent_refuses() {
     assert!(d < r && r < u, "{calls}");
 
     // A failed install leaves the node cordoned and says so.
-    let dir2 = tempfile::tempdir().unwrap();
-    let root2 = Root::new(dir2.path());
-    let sys2 = provisioned(
-        dir2.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (_dir2, root2, sys2) = node_with_mirror(&mirror);
     let bad = UpgradeOptions {
         drain: Some("srv-1".into()),
         ..opts(NEXT, Some(b"wrong"))
@@ -362,12 +338,7 @@ fn a_server_drains_before_and_uncordons_after_and_an_agent_refuses() {
     assert_eq!(sys2.k3s_calls().len(), 1, "{:?}", sys2.k3s_calls());
 
     // A failed drain changes nothing.
-    let dir3 = tempfile::tempdir().unwrap();
-    let mut sys3 = provisioned(
-        dir3.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir3, root3, mut sys3) = node_with_mirror(&mirror);
     sys3.k3s_answers.insert(
         "kubectl drain srv-1 --ignore-daemonsets --delete-emptydir-data --timeout=300s".into(),
         CommandOutput {
@@ -377,9 +348,7 @@ fn a_server_drains_before_and_uncordons_after_and_an_agent_refuses() {
                 .into(),
         },
     );
-    let e = upgrade(&Root::new(dir3.path()), &sys3, &drained)
-        .unwrap_err()
-        .to_string();
+    let e = upgrade(&root3, &sys3, &drained).unwrap_err().to_string();
     assert!(e.contains("disruption budget"), "{e}");
     assert_eq!(bin(dir3.path(), K3S_BIN).unwrap(), FAKE_K3S);
 
@@ -424,13 +393,7 @@ fn a_newer_pin_in_the_metadata_upgrades_on_the_next_run() {
         (NEXT, NEXT_K3S, sha256_hex(NEXT_K3S)),
         (OLDER, OLDER_K3S, sha256_hex(OLDER_K3S)),
     ]);
-    let dir = tempfile::tempdir().unwrap();
-    let root = Root::new(dir.path());
-    let sys = provisioned(
-        dir.path(),
-        "",
-        &format!("  token: t\n  mirror: {mirror}/rel\n"),
-    );
+    let (dir, root, sys) = node_with_mirror(&mirror);
     // The operator writes the new pin into the seed and runs the agent.
     seed(
         dir.path(),

@@ -42,6 +42,12 @@ fn worker_profile(dir: &Path, mirror: &str, extra: &str, trust: bool) -> PathBuf
     p
 }
 
+/// The small generated Debian base and its recipe.
+fn tiny_recipe(dir: &Path) -> PathBuf {
+    let base = make_base(dir);
+    write_recipe(dir, &base, None)
+}
+
 fn manifest(out: &Path) -> serde_json::Value {
     let name = "debian-12-k3s-worker_1.34.3-k3s1-1_amd64.tar.zst.manifest.json";
     serde_json::from_str(&std::fs::read_to_string(out.join(name)).unwrap()).unwrap()
@@ -86,8 +92,7 @@ fn node_installs(root: &Path) -> Result<String, String> {
 fn the_checksum_file_is_read_once_its_digest_baked_shown_and_enforced() {
     let dir = tempfile::tempdir().unwrap();
     let (m, prepared) = standin_mirror(dir.path(), Faults::default());
-    let base = make_base(dir.path());
-    let recipe = write_recipe(dir.path(), &base, None);
+    let recipe = tiny_recipe(dir.path());
     let profile = worker_profile(dir.path(), &m.base_url(), "", false);
     let out = dir.path().join("out");
     let o = build_profile(dir.path(), &profile, &recipe, &out);
@@ -152,8 +157,7 @@ fn a_wrong_digest_in_the_checksum_file_makes_the_node_refuse_the_binary() {
         format!("{wrong}  k3s\n"),
     )
     .unwrap();
-    let base = make_base(dir.path());
-    let recipe = write_recipe(dir.path(), &base, None);
+    let recipe = tiny_recipe(dir.path());
     let profile = worker_profile(dir.path(), &m.base_url(), "", false);
     let out = dir.path().join("out");
     let o = build_profile(dir.path(), &profile, &recipe, &out);
@@ -176,8 +180,7 @@ fn a_wrong_digest_in_the_checksum_file_makes_the_node_refuse_the_binary() {
 fn a_profile_pin_is_cross_checked_and_a_disagreement_fails_the_build() {
     let dir = tempfile::tempdir().unwrap();
     let (m, prepared) = standin_mirror(dir.path(), Faults::default());
-    let base = make_base(dir.path());
-    let recipe = write_recipe(dir.path(), &base, None);
+    let recipe = tiny_recipe(dir.path());
     let pin = "1".repeat(64);
     let profile = worker_profile(
         dir.path(),
@@ -221,8 +224,7 @@ fn an_unreachable_checksum_file_fails_the_build_unless_the_profile_trusts_the_mi
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let base = make_base(dir.path());
-    let recipe = write_recipe(dir.path(), &base, None);
+    let recipe = tiny_recipe(dir.path());
     let out = dir.path().join("out");
     let strict = worker_profile(dir.path(), &closed, "", false);
     let o = build_profile(dir.path(), &strict, &recipe, &out);

@@ -347,5 +347,49 @@ mod tests {
             Command::Status(StatusArgs { json: true, .. })
         ));
         assert!(Cli::try_parse_from(["firstboot-agent", "install"]).is_err());
+        let sha = "a".repeat(64);
+        let c = Cli::try_parse_from([
+            "firstboot-agent",
+            "upgrade",
+            "--version",
+            "v1.35.0+k3s1",
+            "--sha256",
+            &sha,
+            "--drain",
+            "n1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Upgrade(UpgradeArgs {
+                version: Some(_),
+                sha256: Some(_),
+                drain: Some(_),
+                rollback: false,
+                ..
+            })
+        ));
+        for bad in [
+            &["firstboot-agent", "upgrade"][..],
+            &["firstboot-agent", "upgrade", "--version", "1.35"][..],
+            &[
+                "firstboot-agent",
+                "upgrade",
+                "--rollback",
+                "--version",
+                "v1.35.0+k3s1",
+            ][..],
+            &[
+                "firstboot-agent",
+                "upgrade",
+                "--version",
+                "v1.35.0+k3s1",
+                "--sha256",
+                "abc",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["firstboot-agent", "upgrade", "--rollback"]).is_ok());
     }
 }

@@ -826,6 +826,14 @@ pub fn check(
         Err(err) => push_err(&mut out, "environment", &err),
     }
     let download = match binary::needs_download(root, &cfg) {
+        Ok(true) if cfg.pinned_sha256.is_none() && !cfg.trust_mirror_checksums => {
+            out.push(Finding::fail(
+                "k3s binary",
+                format!("no sha256 is pinned for K3s {}, and the image does not let the agent trust the mirror's checksum file", cfg.version),
+                "give the release's amd64 k3s digest as k3s.sha256 in the user-data",
+            ));
+            true
+        }
         Ok(d) => {
             out.push(Finding::pass(
                 "k3s binary",

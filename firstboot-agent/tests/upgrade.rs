@@ -448,3 +448,48 @@ fn a_newer_pin_in_the_metadata_upgrades_on_the_next_run() {
     assert_eq!(bin(dir.path(), K3S_BIN).unwrap(), NEXT_K3S);
     assert_eq!(State::load(&root).unwrap().k3s.unwrap().version, NEXT);
 }
+
+#[test]
+fn check_fails_a_release_without_a_pin_the_image_would_not_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    node_root(dir.path(), "");
+    seed(
+        dir.path(),
+        "i-1",
+        &format!("#cloud-config\nk3s:\n  token: t\n  version: {NEXT}\n"),
+    );
+    let root = Root::new(dir.path());
+    let findings = firstboot_agent::run::check(
+        &root,
+        &fake_for(dir.path()),
+        std::time::Duration::from_secs(5),
+        &Default::default(),
+    );
+    let f = findings
+        .iter()
+        .find(|f| f.what == "k3s binary")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert_eq!(f.level, firstboot_agent::checks::Level::Fail, "{f:?}");
+    assert!(
+        f.to_string()
+            .contains("no sha256 is pinned for K3s v1.35.0+k3s1"),
+        "{f}"
+    );
+    // With the digest in the user-data it passes.
+    seed(
+        dir.path(),
+        "i-1",
+        &format!(
+            "#cloud-config\nk3s:\n  token: t\n  version: {NEXT}\n  sha256: {}\n",
+            sha256_hex(NEXT_K3S)
+        ),
+    );
+    let findings = firstboot_agent::run::check(
+        &root,
+        &fake_for(dir.path()),
+        std::time::Duration::from_secs(5),
+        &Default::default(),
+    );
+    let f = findings.iter().find(|f| f.what == "k3s binary").unwrap();
+    assert_eq!(f.level, firstboot_agent::checks::Level::Pass, "{f:?}");
+}

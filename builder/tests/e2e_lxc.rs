@@ -668,12 +668,17 @@ fn assert_upgrade_and_rollback(worker: &Node, lab: &Lab, mirror: &str) {
     );
     assert!(worker.path("/usr/local/bin/k3s.previous").exists());
     // Asked again: nothing to do, K3s left running as it is.
+    let pid = worker.read_json(rec).unwrap()["pid"].clone();
     let again = upgrade_to_next();
     assert!(
         again.contains("installed already; nothing to do"),
         "{again}"
     );
-    let started = worker.read_json(rec).unwrap()["started_at_unix"].clone();
+    assert_eq!(
+        worker.read_json(rec).unwrap()["pid"],
+        pid,
+        "K3s was restarted"
+    );
 
     let at = unix_now();
     let back = worker.attach_ok(&["firstboot-agent", "upgrade", "--rollback"]);
@@ -684,7 +689,11 @@ fn assert_upgrade_and_rollback(worker: &Node, lab: &Lab, mirror: &str) {
         "{back}"
     );
     running(K3S_VERSION, at);
-    assert_ne!(worker.read_json(rec).unwrap()["started_at_unix"], started);
+    assert_ne!(
+        worker.read_json(rec).unwrap()["pid"],
+        pid,
+        "K3s was not restarted"
+    );
     let status = worker.attach_ok(&["firstboot-agent", "status"]);
     assert!(
         status.contains(&format!(

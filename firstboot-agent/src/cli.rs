@@ -49,7 +49,8 @@ image's pin for the image's own release, else (only where the profile sets
 k3s.trust-mirror-checksums: true) the mirror's sha256sum-amd64.txt. It
 replaces /usr/local/bin/k3s atomically; the old binary is kept as
 /usr/local/bin/k3s.previous. K3s is restarted (and awaited) only when the
-release differs from the installed one. A downgrade across minor versions is
+binary changed: another release, or the same release whose installed binary
+is not the pinned one. A downgrade across minor versions is
 refused unless --force. On a server, --drain NODE drains NODE before and
 uncordons it after, through `k3s kubectl`.
 
@@ -113,7 +114,8 @@ pub struct UpgradeArgs {
     /// sha256sum-amd64.txt, checked out of band).
     #[arg(long, value_name = "HEX", conflicts_with = "rollback")]
     pub sha256: Option<node_spec::Sha256Hex>,
-    /// Install this file on the node instead of downloading from the mirror.
+    /// Install this file on the node instead of downloading from the mirror
+    /// (verified the same way).
     #[arg(long, value_name = "PATH", conflicts_with = "rollback")]
     pub binary: Option<PathBuf>,
     /// Go back to /usr/local/bin/k3s.previous, the binary the last upgrade
@@ -138,7 +140,8 @@ impl UpgradeArgs {
             &crate::upgrade::UpgradeOptions {
                 version: self.version,
                 sha256: self.sha256,
-                binary: self.binary,
+                // A path as the operator typed it, relative to where they are.
+                binary: self.binary.map(|p| std::path::absolute(&p).unwrap_or(p)),
                 rollback: self.rollback,
                 force: self.force,
                 drain: self.drain,

@@ -173,6 +173,16 @@ pub fn fetch_inputs(plan: &Plan, opts: &BuildOptions, fetch: &FetchOptions) -> R
         }
         inputs.k3s_binary = Some(blob(f));
     }
+    let digest = crate::k3s_digest::resolve(
+        plan,
+        inputs.k3s_binary.as_ref().map(|b| &b.sha256),
+        &opts.cache,
+        fetch,
+    )?;
+    for w in &digest.warnings {
+        tracing::warn!("{w}");
+    }
+    inputs.k3s_digest = Some(digest);
     for (i, a) in plan.profile.bake.airgap_images.iter().enumerate() {
         let f = source::fetch_artifact(a, dir, &opts.cache, fetch)
             .with_context(|| format!("fetching air-gap image archive bake.airgap-images[{i}]"))?;
@@ -310,7 +320,7 @@ fn build_lxc(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) -> R
     // goes too, so nothing that looks finished is left without its manifest
     // (not even after a second Ctrl-C, which exits at once).
     let _until_described = output::leftovers::register(&out_path);
-    let result = emit_lxc_sidecars(plan, &base, &layer, &out_path, &written, &contract, timings);
+    let result = emit_lxc_sidecars(cx, &base, &layer, &out_path, &written, &contract, timings);
     match result {
         Ok(b) => Ok(b),
         Err(e) => {
@@ -356,7 +366,7 @@ fn check_template_contract(
 }
 
 fn emit_lxc_sidecars(
-    plan: &Plan,
+    cx: &BuildContext<'_>,
     base: &Fetched,
     layer: &Layer,
     out_path: &Path,
@@ -364,6 +374,7 @@ fn emit_lxc_sidecars(
     contract: &output::ContractOutcome,
     timings: &mut Timings,
 ) -> Result<Built> {
+    let plan = cx.plan;
     let name = plan.template_name();
     let mut extra = Vec::new();
     let mut host_config = Vec::new();
@@ -384,7 +395,7 @@ fn emit_lxc_sidecars(
     host_config.push(file);
 
     let mut manifest = common_manifest(
-        plan,
+        cx,
         base,
         layer,
         OutputKind::Lxc,
@@ -456,7 +467,7 @@ fn build_qcow2(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) ->
     let written = written?;
     // The manifest is staged first, so neither an existing disk nor a new
     // one is ever left without the manifest that describes it.
-    let manifest = qcow2_manifest(plan, &base, &layer, &written, timings)?;
+    let manifest = qcow2_manifest(cx, &base, &layer, &written, timings)?;
     let manifest_path = emit::manifest_path_for(&out_path);
     let staged = emit::stage_write(&manifest_path, manifest.to_json().as_bytes())?;
     let _until_described = output::leftovers::register(&out_path);
@@ -499,14 +510,15 @@ fn disk_base<'a>(spec: &plan::schema::SourceSpec, path: &'a Path) -> output::dis
 }
 
 fn qcow2_manifest(
-    plan: &Plan,
+    cx: &BuildContext<'_>,
     base: &Fetched,
     layer: &Layer,
     written: &output::disk::DiskOutput,
     timings: &Timings,
 ) -> Result<Manifest> {
+    let plan = cx.plan;
     let mut manifest = common_manifest(
-        plan,
+        cx,
         base,
         layer,
         OutputKind::Qcow2,
@@ -554,7 +566,7 @@ fn removed_patterns(layer: &Layer) -> Vec<String> {
 
 /// The manifest fields every artifact kind fills the same way.
 fn common_manifest(
-    plan: &Plan,
+    cx: &BuildContext<'_>,
     base: &Fetched,
     layer: &Layer,
     kind: OutputKind,
@@ -562,6 +574,7 @@ fn common_manifest(
     os_release: Option<&str>,
     timings: &Timings,
 ) -> Result<Manifest> {
+    let BuildContext { plan, inputs, .. } = *cx;
     Ok(Manifest {
         schema: emit::MANIFEST_SCHEMA,
         imgbuild_version: env!("CARGO_PKG_VERSION").into(),
@@ -578,7 +591,7 @@ fn common_manifest(
             size: base.size,
             catalog: base.catalog.clone(),
         },
-        k3s: k3s_info(plan, layer),
+        k3s: k3s_info(plan, layer, inputs),
         source_date_epoch: plan.source_date_epoch,
         files_added: added_files(layer),
         removed_patterns: removed_patterns(layer),
@@ -586,7 +599,12 @@ fn common_manifest(
         tar: None,
         disk: None,
         pct: None,
-        warnings: plan.warnings.iter().map(ToString::to_string).collect(),
+        warnings: plan
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .chain(inputs.k3s_digest.iter().flat_map(|d| d.warnings.clone()))
+            .collect(),
         host_config: Vec::new(),
         timings_ms: timings.0.clone(),
     })
@@ -601,8 +619,9 @@ fn input_file(name: &str, path: &Path) -> Result<emit::InputFile> {
     })
 }
 
-fn k3s_info(plan: &Plan, layer: &Layer) -> emit::K3sInfo {
+fn k3s_info(plan: &Plan, layer: &Layer, inputs: &LayerInputs) -> emit::K3sInfo {
     let d = plan.baked_defaults();
+    let digest = inputs.k3s_digest.as_ref();
     let host_sha = |path: &str| {
         layer.ops.iter().find_map(|op| match op {
             Op::WriteFile {
@@ -618,7 +637,12 @@ fn k3s_info(plan: &Plan, layer: &Layer) -> emit::K3sInfo {
         role: d.k3s.role.to_string(),
         ha: d.k3s.ha,
         mirror: d.k3s.mirror.clone(),
-        pinned_sha256: d.k3s.sha256.as_ref().map(|s| s.to_string()),
+        pinned_sha256: match digest {
+            Some(g) => g.sha256.as_ref().map(|s| s.to_string()),
+            None => d.k3s.sha256.as_ref().map(|s| s.to_string()),
+        },
+        sha256_source: digest.map(|g| g.source.to_string()),
+        trust_mirror_checksums: d.k3s.trust_mirror_checksums,
         baked_binary_sha256: host_sha(node_spec::BAKED_K3S_PATH),
         airgap_images: layer
             .ops

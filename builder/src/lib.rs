@@ -8,6 +8,7 @@ pub mod build;
 pub mod cli;
 pub mod command;
 pub mod emit;
+pub mod k3s_digest;
 pub mod layer;
 pub mod output;
 pub mod plan;

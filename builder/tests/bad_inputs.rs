@@ -5,6 +5,8 @@
 
 mod common;
 // Classes of bad input with a file each (tests/bad_inputs/*.rs).
+#[path = "bad_inputs/k3s_digest.rs"]
+mod k3s_digest;
 #[path = "bad_inputs/profile_values.rs"]
 mod profile_values;
 #[path = "bad_inputs/tar_policy.rs"]

@@ -567,6 +567,122 @@ iptables -A INPUT -s 192.0.2.1/32 -j ACCEPT",
     );
 }
 
+/// `firstboot-agent upgrade --version NEXT --sha256 …` inside the worker:
+/// downloaded from the mirror, verified, K3s restarted on the new release
+/// and joined again, the old binary kept; `--rollback` brings the old
+/// release back. The digest is read from the mirror's files on the host,
+/// as an operator reads it from the release page.
+fn assert_upgrade_and_rollback(worker: &Node, lab: &Lab, mirror: &str) {
+    let rec = "/var/lib/rancher/k3s/standin/effective-config.json";
+    let sums = std::fs::read_to_string(
+        lab.dir
+            .join("mirror")
+            .join(K3S_NEXT_VERSION)
+            .join("sha256sum-amd64.txt"),
+    )
+    .unwrap();
+    let sha = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("  k3s"))
+        .unwrap_or_else(|| panic!("no k3s line in {sums}"))
+        .to_owned();
+    let running = |version: &str, after: u64| {
+        poll(
+            &format!("[{}] K3s {version} running", worker.name),
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || {
+                let e = worker.read_json(rec)?;
+                (e["status"] == "running"
+                    && e["version"] == version
+                    && e["started_at_unix"].as_u64().unwrap_or(0) >= after
+                    && e["join"]["ok"] == true)
+                    .then_some(())
+            },
+        )
+    };
+    // A wrong digest changes nothing.
+    let bad = worker.attach(&[
+        "firstboot-agent",
+        "upgrade",
+        "--version",
+        K3S_NEXT_VERSION,
+        "--sha256",
+        &"0".repeat(64),
+    ]);
+    assert!(!bad.status.success(), "{}", text(&bad));
+    assert!(text(&bad).contains("checksum mismatch"), "{}", text(&bad));
+    assert!(!worker.path("/usr/local/bin/k3s.previous").exists());
+
+    let upgrade_to_next = || {
+        worker.attach_ok(&[
+            "firstboot-agent",
+            "upgrade",
+            "--version",
+            K3S_NEXT_VERSION,
+            "--sha256",
+            &sha,
+        ])
+    };
+    let at = unix_now();
+    let out = upgrade_to_next();
+    assert!(
+        out.contains(&format!(
+            "K3s {K3S_VERSION} → {K3S_NEXT_VERSION}: downloaded from {mirror}/"
+        )) && out.contains("k3s-agent.service restarted and ready"),
+        "{out}"
+    );
+    running(K3S_NEXT_VERSION, at);
+    assert!(
+        worker
+            .attach_out(&["k3s", "--version"])
+            .starts_with(&format!("k3s version {K3S_NEXT_VERSION}")),
+        "{}",
+        worker.attach_out(&["k3s", "--version"])
+    );
+    assert!(worker.path("/usr/local/bin/k3s.previous").exists());
+    // Asked again: nothing to do, K3s left running as it is.
+    let pid = worker.read_json(rec).unwrap()["pid"].clone();
+    let again = upgrade_to_next();
+    assert!(
+        again.contains("installed already; nothing to do"),
+        "{again}"
+    );
+    assert_eq!(
+        worker.read_json(rec).unwrap()["pid"],
+        pid,
+        "K3s was restarted"
+    );
+
+    let at = unix_now();
+    let back = worker.attach_ok(&["firstboot-agent", "upgrade", "--rollback"]);
+    assert!(
+        back.contains(&format!(
+            "K3s {K3S_NEXT_VERSION} → {K3S_VERSION}: rolled back"
+        )),
+        "{back}"
+    );
+    running(K3S_VERSION, at);
+    assert_ne!(
+        worker.read_json(rec).unwrap()["pid"],
+        pid,
+        "K3s was not restarted"
+    );
+    let status = worker.attach_ok(&["firstboot-agent", "status"]);
+    assert!(
+        status.contains(&format!(
+            "upgraded:  {K3S_VERSION} → {K3S_NEXT_VERSION} by firstboot-agent upgrade, restarted"
+        )) && status.contains(&format!(
+            "previous:  {K3S_NEXT_VERSION} kept as /usr/local/bin/k3s.previous"
+        )),
+        "{status}"
+    );
+    eprintln!(
+        "[{}] upgraded to {K3S_NEXT_VERSION} and rolled back to {K3S_VERSION}",
+        worker.name
+    );
+}
+
 #[test]
 fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     // 1. Tools and binaries: fail with the command that provides them.
@@ -1236,6 +1352,10 @@ fn nodes_created_as_proxmox_creates_them_boot_get_their_network_and_join() {
     // defaults and seed are, and `firstboot-agent run` provisions the node
     // again: it joins once more.
     assert_uninstall_and_provision_again(&worker, &server, &mirror);
+
+    // 12. A pinned upgrade of the second worker, as an operator runs it on
+    // the node, then a rollback.
+    assert_upgrade_and_rollback(&worker2, &lab, &mirror);
 
     eprintln!(
         "\nend-to-end LXC test passed in {:.0} s (server {server_secs:.1} s, HA server {ha_secs:.1} s, \

@@ -1,4 +1,4 @@
-//! Command line: `run`, `check`, `status`.
+//! Command line: `run`, `check`, `status`, `upgrade`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,7 +31,31 @@ pub enum Command {
     Check(CheckArgs),
     /// Print what the agent recorded.
     Status(StatusArgs),
+    /// Move the installed K3s to another pinned release (or back with
+    /// --rollback), verified by sha256; restarts K3s only when the
+    /// release changes.
+    #[command(long_about = UPGRADE_ABOUT)]
+    Upgrade(UpgradeArgs),
 }
+
+const UPGRADE_ABOUT: &str = "\
+Move the installed K3s to another pinned release, or back to the one the
+last upgrade replaced (--rollback).
+
+The binary comes from the mirror the node was provisioned with (k3s.mirror,
+GitHub release layout) or from a file on the node (--binary), and is
+installed only when its sha256 is the expected one: --sha256, else the
+image's pin for the image's own release, else (only where the profile sets
+k3s.trust-mirror-checksums: true) the mirror's sha256sum-amd64.txt. It
+replaces /usr/local/bin/k3s atomically; the old binary is kept as
+/usr/local/bin/k3s.previous. K3s is restarted (and awaited) only when the
+binary changed: another release, or the same release whose installed binary
+is not the pinned one. A downgrade across minor versions is
+refused unless --force. On a server, --drain NODE drains NODE before and
+uncordons it after, through `k3s kubectl`.
+
+Cluster order, as K3s's upgrade playbook does it: servers one at a time,
+each ready before the next, then the agents (see docs/agent.md).";
 
 #[derive(Debug, Args)]
 pub struct RootArg {
@@ -74,6 +98,61 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub root: RootArg,
+    /// The K3s release to install, e.g. v1.35.0+k3s1.
+    #[arg(
+        long,
+        value_name = "VERSION",
+        required_unless_present = "rollback",
+        conflicts_with = "rollback"
+    )]
+    pub version: Option<node_spec::K3sVersion>,
+    /// sha256 of that release's amd64 `k3s` binary (the `k3s` line of its
+    /// sha256sum-amd64.txt, checked out of band).
+    #[arg(long, value_name = "HEX", conflicts_with = "rollback")]
+    pub sha256: Option<node_spec::Sha256Hex>,
+    /// Install this file on the node instead of downloading from the mirror
+    /// (verified the same way).
+    #[arg(long, value_name = "PATH", conflicts_with = "rollback")]
+    pub binary: Option<PathBuf>,
+    /// Go back to /usr/local/bin/k3s.previous, the binary the last upgrade
+    /// replaced (the current one is kept there in turn).
+    #[arg(long)]
+    pub rollback: bool,
+    /// Allow a downgrade across minor versions.
+    #[arg(long)]
+    pub force: bool,
+    /// On a server: drain NODE (`k3s kubectl drain --ignore-daemonsets
+    /// --delete-emptydir-data`) before, and uncordon it after.
+    #[arg(long, value_name = "NODE")]
+    pub drain: Option<String>,
+}
+
+impl UpgradeArgs {
+    pub fn run(self, system: &dyn System) -> Result<ExitCode> {
+        let root = Root::new(&self.root.root);
+        let out = crate::upgrade::upgrade(
+            &root,
+            system,
+            &crate::upgrade::UpgradeOptions {
+                version: self.version,
+                sha256: self.sha256,
+                // A path as the operator typed it, relative to where they are.
+                binary: self.binary.map(|p| std::path::absolute(&p).unwrap_or(p)),
+                rollback: self.rollback,
+                force: self.force,
+                drain: self.drain,
+                env: ProxyEnv::from_process(),
+            },
+        )?;
+        println!("firstboot-agent: {}", out.message);
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
 impl Cli {
     /// Run the chosen command on the system [`system::select`] picks for
     /// its `--root`: the real one for `/`, a recording dry run otherwise.
@@ -81,6 +160,7 @@ impl Cli {
         let root = match self.command {
             Command::Run(ref a) => &a.root.root,
             Command::Check(ref a) => &a.root.root,
+            Command::Upgrade(ref a) => &a.root.root,
             Command::Status(a) => return a.run(),
         };
         let selected = system::select(root)?;
@@ -91,6 +171,7 @@ impl Cli {
         match self.command {
             Command::Run(a) => a.run(system),
             Command::Check(a) => a.run(system),
+            Command::Upgrade(a) => a.run(system),
             Command::Status(a) => a.run(),
         }
     }
@@ -173,6 +254,22 @@ pub fn render_status(state: &State, result: Option<&RunResult>) -> String {
         )),
         None => out.push_str("k3s:       not installed by the agent\n"),
     }
+    if let Some(p) = &state.k3s_previous {
+        out.push_str(&format!(
+            "previous:  {} kept as {} (`firstboot-agent upgrade --rollback`)\n",
+            p.version,
+            crate::k3s::binary::K3S_PREVIOUS
+        ));
+    }
+    for u in &state.upgrades {
+        out.push_str(&format!(
+            "upgraded:  {} → {} by {}{}\n",
+            u.from,
+            u.to,
+            u.by,
+            if u.restarted { ", restarted" } else { "" }
+        ));
+    }
     if let Some(r) = result.filter(|r| !r.dry_run && state.k3s.is_some()) {
         if let Some(u) = r.k3s_scripts.last() {
             out.push_str(&format!("uninstall: {u}\n"));
@@ -253,5 +350,49 @@ mod tests {
             Command::Status(StatusArgs { json: true, .. })
         ));
         assert!(Cli::try_parse_from(["firstboot-agent", "install"]).is_err());
+        let sha = "a".repeat(64);
+        let c = Cli::try_parse_from([
+            "firstboot-agent",
+            "upgrade",
+            "--version",
+            "v1.35.0+k3s1",
+            "--sha256",
+            &sha,
+            "--drain",
+            "n1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Upgrade(UpgradeArgs {
+                version: Some(_),
+                sha256: Some(_),
+                drain: Some(_),
+                rollback: false,
+                ..
+            })
+        ));
+        for bad in [
+            &["firstboot-agent", "upgrade"][..],
+            &["firstboot-agent", "upgrade", "--version", "1.35"][..],
+            &[
+                "firstboot-agent",
+                "upgrade",
+                "--rollback",
+                "--version",
+                "v1.35.0+k3s1",
+            ][..],
+            &[
+                "firstboot-agent",
+                "upgrade",
+                "--version",
+                "v1.35.0+k3s1",
+                "--sha256",
+                "abc",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["firstboot-agent", "upgrade", "--rollback"]).is_ok());
     }
 }

@@ -23,3 +23,4 @@ pub mod ssh;
 pub mod state;
 pub mod system;
 pub mod tweaks;
+pub mod upgrade;

@@ -503,6 +503,15 @@ fn first_boot_or_finished(r: &mut Runner<'_>, cfg: &NodeConfig) -> Result<Option
         if let Some(m) = meta {
             r.record(&m.name, m.status, m.duration_ms, m.message, 1);
         }
+    } else if r.state.finished
+        && (r.state.k3s.as_ref()).is_some_and(|k| k.version != cfg.version.as_str())
+    {
+        // A newer pin in the metadata: the steps run again, and the
+        // k3s-binary step upgrades (crate::upgrade::install_for_run).
+        tracing::info!(
+            "the metadata pins K3s {}; this finished node runs another release, so it is upgraded",
+            cfg.version
+        );
     } else if r.state.finished {
         let msg = format!("already finished for instance {}", cfg.instance_id);
         println!("firstboot-agent: {msg}; nothing to do");
@@ -726,15 +735,15 @@ fn k3s_binary(r: &mut Runner<'_>, cx: &mut Ctx<'_>) -> Result<()> {
     let cfg = &cx.cfg;
     let selinux = cx.selinux;
     let installed = r.step_with("k3s-binary", |r| {
-        let installed = binary::install(r.root, r.system, cfg)?;
-        let how = match &installed.origin {
-            binary::Origin::AlreadyInstalled => "already installed".to_owned(),
-            binary::Origin::Baked => "installed from the image".to_owned(),
-            binary::Origin::Downloaded(url) => format!("downloaded from {url}"),
-        };
+        let (installed, upgraded) =
+            crate::upgrade::install_for_run(r.root, r.system, cfg, &mut r.state)?;
+        let how = installed.origin.describe();
         let mut msg = format!("K3s {} {how} (sha256 {})", cfg.version, installed.sha256);
         if !installed.not_linked.is_empty() {
             msg.push_str(&format!("; {}", installed.not_linked.join(", ")));
+        }
+        if let Some(u) = upgraded {
+            msg.push_str(&format!("; {u}"));
         }
         // On SELinux the binary gets the policy's label, as install.sh's chcon gives it.
         let findings = if selinux {
@@ -1067,6 +1076,14 @@ pub fn check(
         Err(e) => push_err(&mut out, "snapshotter", &e),
     }
     let download = match binary::needs_download(root, &cfg) {
+        Ok(true) if cfg.pinned_sha256.is_none() && !cfg.trust_mirror_checksums => {
+            out.push(Finding::fail(
+                "k3s binary",
+                format!("no sha256 is pinned for K3s {}, and the image does not let the agent trust the mirror's checksum file", cfg.version),
+                "give the release's amd64 k3s digest as k3s.sha256 in the user-data",
+            ));
+            true
+        }
         Ok(d) => {
             out.push(Finding::pass(
                 "k3s binary",

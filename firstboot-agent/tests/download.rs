@@ -15,11 +15,18 @@ use firstboot_agent::rootfs::Root;
 use firstboot_agent::system::{Call, FakeSystem};
 
 fn config(mirror: &str, pinned: Option<&str>) -> NodeConfig {
+    // Without a pin these tests are about the mirror's checksum list, which
+    // the agent reads only where the image allows it.
     let pin = pinned
         .map(|p| format!("  sha256: {p}\n"))
-        .unwrap_or_default();
+        .unwrap_or_else(|| "  trust-mirror-checksums: true\n".into());
+    config_with(mirror, &pin)
+}
+
+/// The node's configuration from image defaults with `extra` in `k3s:`.
+fn config_with(mirror: &str, extra: &str) -> NodeConfig {
     let defaults = node_spec::BakedDefaults::from_yaml(&format!(
-        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {mirror}\n{pin}"
+        "schema: 1\nprofile: t\nk3s:\n  version: {VERSION}\n  role: server\n  mirror: {mirror}\n{extra}"
     ))
     .unwrap();
     let md = Metadata {
@@ -114,8 +121,9 @@ fn checksum_mismatch_prints_both_digests_and_installs_nothing() {
 }
 
 #[test]
-fn pinned_digest_must_agree_with_the_list() {
+fn a_pinned_digest_is_enforced_and_the_mirrors_list_is_not_asked() {
     let sha = sha256_hex(FAKE_K3S);
+    // The mirror lists what it serves; the image pins another build.
     let (base, hits) = serve(release_routes(FAKE_K3S, &sha));
     let dir = tempfile::tempdir().unwrap();
     let root = Root::new(dir.path());
@@ -128,9 +136,41 @@ fn pinned_digest_must_agree_with_the_list() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains(&pinned) && e.contains(&sha) && e.contains("disagrees"),
+        e.contains(&format!(
+            "expected sha256 {pinned} (pinned in the image defaults), got {sha}"
+        )) && e.contains("nothing was installed"),
         "{e}"
     );
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/sha256sum-amd64.txt"), 0);
+    assert!(installed_files(dir.path()).is_empty());
+    // The right pin installs without the list either.
+    let got = binary::install(
+        &root,
+        &FakeSystem::new(),
+        &config(&format!("{base}/rel"), Some(&sha)),
+    )
+    .unwrap();
+    assert_eq!(got.sha256.as_str(), sha);
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/sha256sum-amd64.txt"), 0);
+}
+
+#[test]
+fn without_a_pin_the_mirrors_list_is_trusted_only_when_the_image_allows_it() {
+    let sha = sha256_hex(FAKE_K3S);
+    let (base, hits) = serve(release_routes(FAKE_K3S, &sha));
+    let dir = tempfile::tempdir().unwrap();
+    let root = Root::new(dir.path());
+    let cfg = config_with(&format!("{base}/rel"), "");
+    let e = binary::install(&root, &FakeSystem::new(), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no sha256 is pinned for K3s v1.34.3+k3s1")
+            && e.contains("k3s.trust-mirror-checksums is false")
+            && e.contains("nothing was installed"),
+        "{e}"
+    );
+    assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/sha256sum-amd64.txt"), 0);
     assert_eq!(hits.get("/rel/v1.34.3%2Bk3s1/k3s"), 0);
     assert!(installed_files(dir.path()).is_empty());
 }

@@ -248,6 +248,8 @@ fn the_uninstall_script_leaves_what_provisioning_again_needs() {
     write(r, node_spec::AGENT_BINARY_PATH, "agent");
     write(r, "/etc/systemd/system/firstboot-agent.service", "[Unit]\n");
     write(r, "/usr/local/bin/helm", "helm");
+    // What an upgrade keeps for --rollback.
+    write(r, "/usr/local/bin/k3s.previous", "old k3s");
     write(r, "/opt/kubectl", "#!/bin/sh\n");
     std::fs::set_permissions(
         r.join("opt/kubectl"),
@@ -403,6 +405,7 @@ fn the_uninstall_script_leaves_what_provisioning_again_needs() {
     // state and the scripts themselves.
     for gone in [
         "/usr/local/bin/k3s",
+        "/usr/local/bin/k3s.previous",
         "/usr/local/bin/crictl",
         "/usr/local/bin/ctr",
         "/etc/systemd/system/k3s-agent.service",

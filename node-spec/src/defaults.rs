@@ -45,10 +45,18 @@ pub struct K3sDefaults {
     /// Add `node-role.kubernetes.io/control-plane:NoSchedule` on servers.
     #[serde(default)]
     pub control_plane_taint: bool,
-    /// sha256 of the release's `k3s` (amd64) binary, when the profile pins it.
-    /// When absent the agent trusts the release's `sha256sum-amd64.txt`.
+    /// sha256 of the release's `k3s` (amd64) binary, resolved at build time
+    /// (the profile's `k3s.sha256`, the baked binary, or the release's
+    /// `sha256sum-amd64.txt` fetched by the builder). The agent installs
+    /// only a binary with this digest, baked or downloaded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<Sha256Hex>,
+    /// Whether the agent may trust a `sha256sum-amd64.txt` it fetches from
+    /// the mirror at boot, for a version without a pinned digest (the build
+    /// could not resolve one, or the metadata asks for another version
+    /// without `k3s.sha256`). Only the profile sets it; default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_mirror_checksums: bool,
     /// Release mirror in GitHub release layout.
     #[serde(default = "default_mirror")]
     pub mirror: String,
@@ -198,6 +206,7 @@ mod tests {
                 ha: false,
                 control_plane_taint: false,
                 sha256: None,
+                trust_mirror_checksums: false,
                 mirror: DEFAULT_K3S_MIRROR.into(),
                 binary: None,
                 airgap_images: vec![],

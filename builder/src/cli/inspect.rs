@@ -206,6 +206,14 @@ fn print_text(
             m.k3s.mirror
         ),
     }
+    match (&m.k3s.pinned_sha256, &m.k3s.sha256_source) {
+        (Some(s), Some(from)) => println!("k3s sha256 {s} (from {from}); nodes install only this binary"),
+        (Some(s), None) => println!("k3s sha256 {s}; nodes install only this binary"),
+        (None, _) if m.k3s.trust_mirror_checksums => println!(
+            "k3s sha256 not pinned; nodes trust the mirror's sha256sum-amd64.txt (k3s.trust-mirror-checksums)"
+        ),
+        (None, _) => println!("k3s sha256 not pinned"),
+    }
     println!("epoch      SOURCE_DATE_EPOCH={}", m.source_date_epoch);
     let timings: Vec<String> = m
         .timings_ms

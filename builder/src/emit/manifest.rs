@@ -213,8 +213,18 @@ pub struct K3sInfo {
     pub role: String,
     pub ha: bool,
     pub mirror: String,
+    /// The sha256 of the release's amd64 `k3s` binary baked into the
+    /// defaults, which nodes enforce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_sha256: Option<String>,
+    /// Where that digest came from: `profile`, `baked-binary`,
+    /// `checksum-file <url>`, or `none` (not resolved; see `warnings`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256_source: Option<String>,
+    /// The profile lets nodes trust the mirror's checksum file at boot for
+    /// a version without a pinned digest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_mirror_checksums: bool,
     /// sha256 of the baked K3s binary, when one was baked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baked_binary_sha256: Option<String>,

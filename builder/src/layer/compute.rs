@@ -106,6 +106,9 @@ pub struct LayerInputs {
     pub airgap_images: Vec<(String, HostBlob)>,
     /// For each `files[i]` with a `source`, its blob (same index as the profile's list).
     pub file_sources: Vec<Option<HostBlob>>,
+    /// The K3s digest the build resolved ([`crate::k3s_digest`]); when
+    /// `None` the profile's `k3s.sha256` is baked as it is.
+    pub k3s_digest: Option<crate::k3s_digest::K3sDigest>,
 }
 
 /// The layer for `plan`'s `target` output, in application order: removals
@@ -222,6 +225,9 @@ ConditionVirtualization=!container
     });
 
     let mut defaults = plan.baked_defaults();
+    if let Some(d) = &inputs.k3s_digest {
+        defaults.k3s.sha256 = d.sha256.clone();
+    }
 
     if let Some(agent) = &inputs.agent {
         ops.push(Op::WriteFile {
@@ -468,6 +474,7 @@ mod tests {
             k3s_binary: Some(blob("k3s")),
             airgap_images: vec![("k3s-airgap-images-amd64.tar.zst".into(), blob("air"))],
             file_sources: vec![],
+            k3s_digest: None,
         };
         let layer = compute_layer(&plan("server.yaml"), &inputs, OutputKind::Lxc);
         let d = node_spec::BakedDefaults::from_yaml(&inline(&layer, DEFAULTS_PATH)).unwrap();

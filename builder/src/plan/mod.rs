@@ -56,6 +56,9 @@ impl Plan {
 
     /// The defaults file the agent reads at first boot. Holds no secrets:
     /// validation rejects tokens in the profile.
+    ///
+    /// `k3s.sha256` here is the profile's pin only; the build replaces it
+    /// with the digest it resolved ([`crate::k3s_digest`]).
     pub fn baked_defaults(&self) -> BakedDefaults {
         let k = &self.profile.k3s;
         BakedDefaults {
@@ -67,6 +70,7 @@ impl Plan {
                 ha: k.ha,
                 control_plane_taint: k.control_plane_taint,
                 sha256: k.sha256.clone(),
+                trust_mirror_checksums: k.trust_mirror_checksums,
                 mirror: k
                     .mirror
                     .clone()

@@ -61,12 +61,20 @@ pub struct K3sSpec {
     pub ha: bool,
     #[serde(default)]
     pub control_plane_taint: bool,
-    /// sha256 of the release's amd64 `k3s` binary.
+    /// sha256 of the release's amd64 `k3s` binary. When absent the build
+    /// resolves it (from the baked binary, else the release's
+    /// `sha256sum-amd64.txt` on the mirror) and bakes it.
     #[serde(default)]
     pub sha256: Option<Sha256Hex>,
     /// Release mirror in GitHub release layout.
     #[serde(default)]
     pub mirror: Option<String>,
+    /// Let a node trust the mirror's `sha256sum-amd64.txt` at boot for a
+    /// version without a pinned digest; and let a build whose checksum file
+    /// cannot be fetched go on without a pin (with a manifest warning)
+    /// instead of failing. Default false.
+    #[serde(default)]
+    pub trust_mirror_checksums: bool,
     /// Default `config.yaml` keys (K3s flag names without dashes).
     #[serde(default)]
     pub config: BTreeMap<String, serde_yaml::Value>,

@@ -542,7 +542,7 @@ fn no_rust_type_names_in_type_errors() {
     let e = err(&cases[0]);
     assert_eq!(
         e,
-        "profiles/p.yaml:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, config, firewall"
+        "profiles/p.yaml:4:3: k3s: invalid type: sequence, expected a mapping with keys version, role, ha, control-plane-taint, sha256, mirror, trust-mirror-checksums, config, firewall"
     );
     let e = err(&cases[1]);
     assert_eq!(

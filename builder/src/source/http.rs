@@ -120,11 +120,7 @@ pub(super) fn fetch_index(
 ) -> Result<std::path::PathBuf, SourceError> {
     check_scheme(url)?;
     if opts.offline {
-        let cached = match cache.lookup_url(url)? {
-            Some(rec) => cache.lookup_blob(&rec.sha256)?.map(|(path, _)| path),
-            None => None,
-        };
-        return cached.ok_or_else(|| SourceError::NotCached {
+        return cached_copy(url, cache)?.ok_or_else(|| SourceError::NotCached {
             what: format!(
                 "the index {url} (an online build keeps a copy in {})",
                 cache.root().display()
@@ -230,6 +226,60 @@ fn agent() -> ureq::Agent {
         .build()
 }
 
+/// The copy of `url` an earlier online fetch recorded, if still cached.
+fn cached_copy(url: &str, cache: &Cache) -> Result<Option<std::path::PathBuf>, SourceError> {
+    Ok(match cache.lookup_url(url)? {
+        Some(rec) => cache.lookup_blob(&rec.sha256)?.map(|(path, _)| path),
+        None => None,
+    })
+}
+
+/// The digest a release's checksum file lists for `name`: the file is
+/// fetched once (online afresh, and a copy kept in the cache only when it
+/// arrived; `--offline` that copy) and parsed like any vendor checksum file.
+pub(super) fn checksum_entry(
+    sums_url: &str,
+    name: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<Sha256Hex, SourceError> {
+    check_scheme(sums_url)?;
+    let text = if opts.offline {
+        let path = cached_copy(sums_url, cache)?.ok_or_else(|| SourceError::NotCached {
+            what: format!(
+                "the checksum file {sums_url} (an online build keeps a copy in {})",
+                cache.root().display()
+            ),
+        })?;
+        let bytes = std::fs::read(&path).map_err(|e| SourceError::io("reading", &path, e))?;
+        String::from_utf8(bytes).map_err(|_| SourceError::BadChecksumFile {
+            checksum_url: sums_url.into(),
+            reason: "not UTF-8 text".into(),
+        })?
+    } else {
+        let text = checksum_text(&agent(), sums_url, opts)?;
+        let mut tmp = cache.temp_file("download-")?;
+        tmp.write_all(text.as_bytes())
+            .map_err(|e| SourceError::io("writing", tmp.path(), e))?;
+        let digest = Sha256Hex::from_digest(&Sha256::digest(text.as_bytes()));
+        cache.commit_temp(tmp, &digest)?;
+        record(cache, sums_url, &digest, text.len() as u64, None)?;
+        text
+    };
+    let entries = parse_checksums(&text);
+    // Only an entry for `name` counts: a release's file lists many files,
+    // and a lone bare digest could be for any of them.
+    entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, d)| d.clone())
+        .ok_or_else(|| SourceError::ChecksumEntryMissing {
+            checksum_url: sums_url.into(),
+            name: name.into(),
+            available: entries.iter().map(|(n, _)| n.clone()).collect(),
+        })
+}
+
 /// Fetch the checksum file and pick the entry for `artifact_url`'s file name.
 fn resolve_checksum(
     agent: &ureq::Agent,
@@ -237,7 +287,24 @@ fn resolve_checksum(
     artifact_url: &str,
     opts: &FetchOptions,
 ) -> Result<Sha256Hex, SourceError> {
-    let text = with_retries(sums_url, opts, |_| {
+    let text = checksum_text(agent, sums_url, opts)?;
+    let name = url_file_name(artifact_url);
+    let entries = parse_checksums(&text);
+    select_checksum(&entries, &name).map_err(|available| SourceError::ChecksumEntryMissing {
+        checksum_url: sums_url.into(),
+        name,
+        available,
+    })
+}
+
+/// A checksum file's text, read into memory (nothing is written for it
+/// here), with retries.
+fn checksum_text(
+    agent: &ureq::Agent,
+    sums_url: &str,
+    opts: &FetchOptions,
+) -> Result<String, SourceError> {
+    with_retries(sums_url, opts, |_| {
         let resp = request(agent, sums_url, None)?;
         let mut body = Vec::new();
         resp.into_reader()
@@ -258,13 +325,6 @@ fn resolve_checksum(
                 reason: "not UTF-8 text".into(),
             })
         })
-    })?;
-    let name = url_file_name(artifact_url);
-    let entries = parse_checksums(&text);
-    select_checksum(&entries, &name).map_err(|available| SourceError::ChecksumEntryMissing {
-        checksum_url: sums_url.into(),
-        name,
-        available,
     })
 }
 

@@ -131,6 +131,17 @@ pub fn fetch_base(
     }
 }
 
+/// The sha256 a release's checksum file (`sums_url`) lists for the file
+/// `name`, the file fetched once into the cache (see `http::checksum_entry`).
+pub fn checksum_entry(
+    sums_url: &str,
+    name: &str,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<Sha256Hex, SourceError> {
+    http::checksum_entry(sums_url, name, cache, opts)
+}
+
 /// Fetch one artifact.
 ///
 /// - `path` (relative to `base_dir`, the directory of the YAML naming it):

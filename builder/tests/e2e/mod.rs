@@ -28,6 +28,9 @@ use crate::common::{self, require_tool, run, text};
 /// The K3s version the shipped profiles pin.
 pub const K3S_VERSION: &str = "v1.34.3+k3s1";
 
+/// A second release the mirror serves, for `firstboot-agent upgrade`.
+pub const K3S_NEXT_VERSION: &str = "v1.34.4+k3s1";
+
 /// PATH inside the containers (lxc-attach runs with a cleared environment).
 const GUEST_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -643,6 +646,8 @@ impl Lab {
                 &format!("{}:0", self.host_ip()),
                 "--version",
                 K3S_VERSION,
+                "--version",
+                K3S_NEXT_VERSION,
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -18,6 +18,8 @@ use crate::rootfs::{symlink_atomic, sync_dir, FileError, Root};
 use crate::system::System;
 
 pub const K3S_BIN: &str = "/usr/local/bin/k3s";
+/// The binary an upgrade replaced, for `firstboot-agent upgrade --rollback`.
+pub const K3S_PREVIOUS: &str = "/usr/local/bin/k3s.previous";
 /// Tools K3s serves from the same binary, linked next to it.
 pub const TOOL_LINKS: [&str; 3] = ["kubectl", "crictl", "ctr"];
 const ATTEMPTS: u32 = 4;
@@ -54,12 +56,8 @@ pub enum DownloadError {
     },
     #[error("{url} has no entry for `k3s`")]
     NoSumEntry { url: String },
-    #[error("the pinned sha256 {pinned} disagrees with {url} ({listed}); the image pins a different build than the mirror serves")]
-    PinMismatch {
-        url: String,
-        pinned: Sha256Hex,
-        listed: Sha256Hex,
-    },
+    #[error("no sha256 is pinned for K3s {version}, and the image does not let the agent trust the mirror's checksum file (k3s.trust-mirror-checksums is false); nothing was installed. Give the digest of the release's amd64 `k3s` binary (the `k3s` line of its sha256sum-amd64.txt, checked out of band): `k3s.sha256` in the user-data, or `firstboot-agent upgrade --sha256`")]
+    Unpinned { version: String },
     #[error(transparent)]
     File(#[from] FileError),
 }
@@ -81,6 +79,20 @@ pub enum Origin {
     AlreadyInstalled,
     Baked,
     Downloaded(String),
+    /// A file on the node (`firstboot-agent upgrade --binary`).
+    Local(String),
+}
+
+impl Origin {
+    /// How the binary got there, for step messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::AlreadyInstalled => "already installed".to_owned(),
+            Origin::Baked => "installed from the image".to_owned(),
+            Origin::Downloaded(url) => format!("downloaded from {url}"),
+            Origin::Local(path) => format!("installed from {path}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +101,17 @@ pub struct Installed {
     pub sha256: Sha256Hex,
     /// `kubectl`/`crictl`/`ctr` not linked to k3s, and why.
     pub not_linked: Vec<String>,
+    /// The binary it replaced was kept as [`K3S_PREVIOUS`].
+    pub kept_previous: bool,
+}
+
+/// How [`install_with`] gets and places the binary.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Install this file (a real path) instead of the baked or mirror copy.
+    pub local: Option<std::path::PathBuf>,
+    /// Keep the binary being replaced as [`K3S_PREVIOUS`].
+    pub keep_previous: bool,
 }
 
 /// sha256 of a file; `Ok(None)` when it does not exist.
@@ -293,7 +316,8 @@ fn stream_install(
     dest: &Path,
     expected: &Sha256Hex,
     expected_from: &str,
-) -> Result<Sha256Hex, DownloadError> {
+    previous: Option<&Path>,
+) -> Result<(Sha256Hex, bool), DownloadError> {
     let dir = dest
         .parent()
         .ok_or_else(|| FileError::new("installing", dest, io::ErrorKind::InvalidInput.into()))?;
@@ -339,10 +363,37 @@ fn stream_install(
         .map_err(|e| FileError::new("writing", tmp.path(), e))?;
     fs::set_permissions(tmp.path(), Permissions::from_mode(0o755))
         .map_err(|e| FileError::new("setting the mode of", tmp.path(), e))?;
+    // Only a verified binary replaces the old one, and only then is the
+    // old one kept (a refused download leaves both as they were).
+    let kept = match previous {
+        Some(prev) => keep_previous(dest, prev)?,
+        None => false,
+    };
     tmp.persist(dest)
         .map_err(|e| FileError::new("renaming into place", dest, e.error))?;
     sync_dir(dir)?;
-    Ok(actual)
+    Ok((actual, kept))
+}
+
+/// `dest` as `previous`: a hard link made under a temp name and renamed
+/// over `previous`, so `previous` is always a whole binary. `false` when
+/// there is no `dest`.
+pub fn keep_previous(dest: &Path, previous: &Path) -> Result<bool, FileError> {
+    if fs::symlink_metadata(dest).is_err() {
+        return Ok(false);
+    }
+    let dir = previous
+        .parent()
+        .ok_or_else(|| FileError::new("keeping", previous, io::ErrorKind::InvalidInput.into()))?;
+    let link = tempfile::Builder::new()
+        .prefix(&crate::leftovers::temp_prefix(
+            crate::leftovers::DOWNLOAD_TEMP,
+        ))
+        .make_in(dir, |p| fs::hard_link(dest, p))
+        .map_err(|e| FileError::new("keeping a link to", dest, e))?;
+    link.persist(previous)
+        .map_err(|e| FileError::new("renaming into place", previous, e.error))?;
+    Ok(true)
 }
 
 /// Put the pinned K3s at /usr/local/bin/k3s (see the module docs).
@@ -351,72 +402,96 @@ pub fn install(
     system: &dyn System,
     cfg: &NodeConfig,
 ) -> Result<Installed, DownloadError> {
+    install_with(root, system, cfg, &InstallOptions::default())
+}
+
+/// The digest the binary of `cfg.version` must have, and where that
+/// digest came from: the pin (image defaults, metadata or `--sha256`);
+/// else, only where the image allows it, the mirror's checksum file.
+pub fn expected_digest(
+    system: &dyn System,
+    cfg: &NodeConfig,
+) -> Result<(Sha256Hex, String), DownloadError> {
+    if let Some(p) = &cfg.pinned_sha256 {
+        return Ok((p.clone(), cfg.pin_source.clone()));
+    }
+    if !cfg.trust_mirror_checksums {
+        return Err(DownloadError::Unpinned {
+            version: cfg.version.to_string(),
+        });
+    }
+    let sums_url = release_url(cfg, "sha256sum-amd64.txt");
+    let text = with_retries(system, "fetching the checksum list", || {
+        fetch_text(&sums_url, cfg.version.as_str(), &cfg.proxy)
+    })?;
+    let listed = parse_sums(&text, "k3s").ok_or_else(|| DownloadError::NoSumEntry {
+        url: sums_url.clone(),
+    })?;
+    Ok((listed, sums_url))
+}
+
+/// [`install`] with a local source and/or the replaced binary kept.
+pub fn install_with(
+    root: &Root,
+    system: &dyn System,
+    cfg: &NodeConfig,
+    opts: &InstallOptions,
+) -> Result<Installed, DownloadError> {
     let dest = root.path(K3S_BIN);
+    let previous_path = root.path(K3S_PREVIOUS);
+    let previous = opts.keep_previous.then_some(previous_path.as_path());
     let version = cfg.version.as_str();
-    let installed = if let Some((baked, digest)) = valid_baked(root, cfg)? {
+    let unchanged = |sha256| Installed {
+        origin: Origin::AlreadyInstalled,
+        sha256,
+        not_linked: Vec::new(),
+        kept_previous: false,
+    };
+    let baked = match opts.local {
+        Some(_) => None,
+        None => valid_baked(root, cfg)?,
+    };
+    let installed = if let Some((baked, digest)) = baked {
         if file_sha256(&dest)?.as_ref() == Some(&digest) {
-            Installed {
-                origin: Origin::AlreadyInstalled,
-                sha256: digest,
-                not_linked: Vec::new(),
-            }
+            unchanged(digest)
         } else {
             let f = File::open(&baked).map_err(|e| FileError::new("reading", &baked, e))?;
             let from = format!("baked {}", baked.display());
-            let sha256 = stream_install(f, &from, &dest, &digest, "baked defaults")?;
+            let (sha256, kept_previous) =
+                stream_install(f, &from, &dest, &digest, "baked defaults", previous)?;
             Installed {
                 origin: Origin::Baked,
                 sha256,
                 not_linked: Vec::new(),
+                kept_previous,
             }
         }
     } else {
-        let sums_url = release_url(cfg, "sha256sum-amd64.txt");
-        let listed = match with_retries(system, "fetching the checksum list", || {
-            fetch_text(&sums_url, version, &cfg.proxy)
-        }) {
-            Ok(text) => {
-                Some(
-                    parse_sums(&text, "k3s").ok_or_else(|| DownloadError::NoSumEntry {
-                        url: sums_url.clone(),
-                    })?,
-                )
-            }
-            // With a pinned digest the checksum list is only a cross-check.
-            Err(e) if cfg.pinned_sha256.is_some() => {
-                tracing::warn!("could not cross-check against {sums_url}: {e}");
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        let (expected, expected_from) = match (&cfg.pinned_sha256, listed) {
-            (Some(p), Some(l)) if p != &l => {
-                return Err(DownloadError::PinMismatch {
-                    url: sums_url,
-                    pinned: p.clone(),
-                    listed: l,
-                })
-            }
-            (Some(p), _) => (p.clone(), "pinned in the image defaults".to_owned()),
-            (None, Some(l)) => (l, sums_url.clone()),
-            (None, None) => unreachable_none(&sums_url)?,
-        };
+        let (expected, expected_from) = expected_digest(system, cfg)?;
         if file_sha256(&dest)?.as_ref() == Some(&expected) {
+            unchanged(expected)
+        } else if let Some(local) = &opts.local {
+            let f = File::open(local).map_err(|e| FileError::new("reading", local, e))?;
+            let shown = local.display().to_string();
+            let (sha256, kept_previous) =
+                stream_install(f, &shown, &dest, &expected, &expected_from, previous)?;
             Installed {
-                origin: Origin::AlreadyInstalled,
-                sha256: expected,
+                origin: Origin::Local(shown),
+                sha256,
                 not_linked: Vec::new(),
+                kept_previous,
             }
         } else {
             let url = release_url(cfg, "k3s");
-            let sha256 = with_retries(system, "downloading K3s", || {
+            let (sha256, kept_previous) = with_retries(system, "downloading K3s", || {
                 let r = open_url(&url, version, &cfg.proxy)?;
-                stream_install(r, &url, &dest, &expected, &expected_from)
+                stream_install(r, &url, &dest, &expected, &expected_from, previous)
             })?;
             Installed {
                 origin: Origin::Downloaded(url),
                 sha256,
                 not_linked: Vec::new(),
+                kept_previous,
             }
         }
     };
@@ -424,14 +499,6 @@ pub fn install(
     Ok(Installed {
         not_linked,
         ..installed
-    })
-}
-
-/// Both sources missing cannot happen (a failed fetch without a pin returns
-/// early); kept as an error rather than a panic.
-fn unreachable_none(url: &str) -> Result<(Sha256Hex, String), DownloadError> {
-    Err(DownloadError::NoSumEntry {
-        url: url.to_owned(),
     })
 }
 

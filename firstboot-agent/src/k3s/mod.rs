@@ -156,6 +156,15 @@ pub fn restart(system: &dyn System, role: Role) -> Result<(), K3sError> {
     Ok(())
 }
 
+/// Restart K3s and wait for systemd to report it started (`Type=notify`:
+/// K3s's READY=1), for `firstboot-agent upgrade`, which no unit ordering
+/// holds up.
+pub fn restart_blocking(system: &dyn System, role: Role) -> Result<(), K3sError> {
+    systemctl(system, &["daemon-reload"])?;
+    systemctl(system, &["restart", role.unit_name()])?;
+    Ok(())
+}
+
 /// Poll until K3s is ready, it fails, or `timeout` passes. Server: the node
 /// token exists and the API port accepts TCP. Agent: the unit is active.
 pub fn wait_ready(

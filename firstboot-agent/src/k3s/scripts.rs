@@ -340,6 +340,8 @@ remove_tree /run/flannel
 remove_tree "${{K3S_DATA_DIR}}"
 remove_tree /var/lib/kubelet keep-mounts
 rm -f "${{ROOT}}/usr/local/bin/k3s"
+# The binary `firstboot-agent upgrade` replaced, kept for --rollback.
+rm -f "${{ROOT}}/usr/local/bin/k3s.previous"
 
 # firstboot-agent's record of this node (state, result, done marker) and
 # the unit it wrote: without them it provisions the node again.

@@ -70,9 +70,21 @@ pub struct NodeConfig {
     pub fqdn: Option<String>,
     pub role: Role,
     pub topology: Topology,
+    /// The release to install: the metadata's `k3s.version`, else the
+    /// image's pin.
     pub version: K3sVersion,
+    /// The digest the binary of [`NodeConfig::version`] must have, if one
+    /// is pinned (see [`NodeConfig::retarget`]).
     pub pinned_sha256: Option<Sha256Hex>,
+    /// Where that digest came from, for messages.
+    pub pin_source: String,
+    /// The profile lets the agent trust the mirror's checksum file for a
+    /// version without a pinned digest.
+    pub trust_mirror_checksums: bool,
+    /// What the image was built with.
+    pub image: ImagePin,
     pub mirror: String,
+    /// The baked binary, when it is the release of [`NodeConfig::version`].
     pub baked_binary: Option<BakedBinary>,
     pub airgap_images: Vec<AirgapImage>,
     pub server: Option<ServerUrl>,
@@ -124,7 +136,37 @@ pub struct LoginSeed {
     pub users: Option<(serde_yaml::Value, Origin)>,
 }
 
+/// The K3s release, digest and binary the image was built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePin {
+    pub version: K3sVersion,
+    pub sha256: Option<Sha256Hex>,
+    pub binary: Option<BakedBinary>,
+}
+
 impl NodeConfig {
+    /// Aim at `version`: its digest is `given` (from `--sha256` or the
+    /// metadata's `k3s.sha256`, with where it came from), else the image's
+    /// pin when `version` is the image's release, else none. The baked
+    /// binary is used only for the image's release.
+    pub fn retarget(&mut self, version: K3sVersion, given: Option<(Sha256Hex, String)>) {
+        let same = version == self.image.version;
+        (self.pinned_sha256, self.pin_source) = match given {
+            Some((d, from)) => (Some(d), from),
+            None if same && self.image.sha256.is_some() => (
+                self.image.sha256.clone(),
+                "pinned in the image defaults".to_owned(),
+            ),
+            None => (None, String::new()),
+        };
+        self.baked_binary = if same {
+            self.image.binary.clone()
+        } else {
+            None
+        };
+        self.version = version;
+    }
+
     /// The systemd unit K3s runs as.
     pub fn unit_name(&self) -> &'static str {
         self.role.unit_name()
@@ -507,7 +549,11 @@ pub fn merge(
         ));
     }
 
-    Ok(NodeConfig {
+    let given_sha = k.sha256.clone().map(|d| {
+        let at = origins.of("k3s.sha256");
+        (d, format!("k3s.sha256 in {at}"))
+    });
+    let mut cfg = NodeConfig {
         profile: defaults.profile.clone(),
         instance_id: md.meta.instance_id.clone(),
         metadata_source: md.source.clone(),
@@ -516,9 +562,16 @@ pub fn merge(
         role,
         topology,
         version: defaults.k3s.version.clone(),
-        pinned_sha256: defaults.k3s.sha256.clone(),
+        pinned_sha256: None,
+        pin_source: String::new(),
+        trust_mirror_checksums: defaults.k3s.trust_mirror_checksums,
+        image: ImagePin {
+            version: defaults.k3s.version.clone(),
+            sha256: defaults.k3s.sha256.clone(),
+            binary: defaults.k3s.binary.clone(),
+        },
         mirror,
-        baked_binary: defaults.k3s.binary.clone(),
+        baked_binary: None,
         airgap_images: defaults.k3s.airgap_images.clone(),
         server,
         token,
@@ -556,7 +609,13 @@ pub fn merge(
         vendor: layered.vendor.clone(),
         ssh: None,
         warnings: Vec::new(),
-    })
+    };
+    let version = k
+        .version
+        .clone()
+        .unwrap_or_else(|| defaults.k3s.version.clone());
+    cfg.retarget(version, given_sha);
+    Ok(cfg)
 }
 
 /// `k3s.proxy`, validated: one line, a proxy URL each, no-proxy entries.

@@ -75,6 +75,11 @@ pub struct K3sMeta {
     pub control_plane_taint: Option<bool>,
     /// Release mirror (GitHub release layout).
     pub mirror: Option<String>,
+    /// Another K3s release than the image's pin: installed (or upgraded to)
+    /// by the next `firstboot-agent run`.
+    pub version: Option<node_spec::K3sVersion>,
+    /// sha256 of that release's amd64 `k3s` binary.
+    pub sha256: Option<node_spec::Sha256Hex>,
     /// Extra host names that must resolve before installing.
     #[serde(default)]
     pub check_names: Vec<String>,

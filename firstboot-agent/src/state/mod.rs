@@ -102,6 +102,41 @@ pub struct State {
     /// has pulled images keeps its snapshotter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshotter: Option<crate::distro::snapshotter::Decision>,
+    /// The binary the last upgrade replaced, kept as
+    /// `/usr/local/bin/k3s.previous` for `firstboot-agent upgrade --rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s_previous: Option<PreviousBinary>,
+    /// Every upgrade and rollback of K3s on this node, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<UpgradeRecord>,
+}
+
+/// A kept K3s binary: its release and digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PreviousBinary {
+    pub version: String,
+    pub sha256: String,
+}
+
+/// One change of the installed K3s release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UpgradeRecord {
+    pub from: String,
+    pub to: String,
+    /// The digest of the binary now installed.
+    pub sha256: String,
+    /// What asked for it: `firstboot-agent upgrade`, `firstboot-agent
+    /// upgrade --rollback`, or the metadata's `k3s.version`.
+    pub by: String,
+    /// Where the binary came from (mirror URL, local file, baked copy, kept
+    /// previous binary).
+    pub source: String,
+    /// Whether the K3s unit was restarted for it.
+    pub restarted: bool,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
 }
 
 impl Default for State {
@@ -115,6 +150,8 @@ impl Default for State {
             kept_on_uninstall: None,
             proxy_environment: None,
             snapshotter: None,
+            k3s_previous: None,
+            upgrades: Vec::new(),
         }
     }
 }

@@ -61,6 +61,20 @@ impl System for DryRunSystem {
         })
     }
 
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        // The binary under --root is the node's, not this machine's: it is
+        // not run, not even for `--version`.
+        let shown = binary
+            .strip_prefix(&self.root)
+            .map(|p| format!("/{}", p.display()))
+            .unwrap_or_else(|_| binary.display().to_string());
+        self.record(format!("{shown} {}", args.join(" ")));
+        Ok(CommandOutput {
+            success: true,
+            ..CommandOutput::default()
+        })
+    }
+
     fn modprobe(&self, module: &str) -> Result<(), SystemError> {
         self.record(format!("modprobe {module}"));
         Ok(())

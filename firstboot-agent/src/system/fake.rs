@@ -27,6 +27,8 @@ pub enum Call {
     /// A host program and its arguments, program first.
     Command(Vec<String>),
     MountOverlay(OverlayDirs),
+    /// The installed K3s run with these arguments.
+    K3s(Vec<String>),
     Resolve(String),
     TcpConnect(SocketAddr),
     Sleep(Duration),
@@ -76,6 +78,13 @@ pub struct FakeSystem {
     pub files_on_command: Vec<(String, PathBuf, String)>,
     /// Why an overlay mount fails; `None` mounts it (nothing is mounted).
     pub overlay_error: Option<String>,
+    /// Answers for the installed `k3s` keyed by the joined arguments
+    /// (e.g. `"kubectl drain n1 …"`). Unlisted calls succeed with no output;
+    /// `--version` is answered from [`FakeSystem::k3s_versions`] first.
+    pub k3s_answers: BTreeMap<String, CommandOutput>,
+    /// `k3s --version` answers by the binary's sha256, as the binary at the
+    /// path would print them (`k3s version v1.34.3+k3s1 (abcdef12)`).
+    pub k3s_versions: BTreeMap<String, String>,
 }
 
 impl Default for FakeSystem {
@@ -101,6 +110,8 @@ impl Default for FakeSystem {
             command_answers: BTreeMap::new(),
             files_on_command: Vec::new(),
             overlay_error: None,
+            k3s_answers: BTreeMap::new(),
+            k3s_versions: BTreeMap::new(),
         }
     }
 }
@@ -134,6 +145,18 @@ impl FakeSystem {
             .iter()
             .filter_map(|c| match c {
                 Call::Command(a) => Some(a.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The argument lists the installed `k3s` was run with, in order.
+    pub fn k3s_calls(&self) -> Vec<String> {
+        self.calls
+            .borrow()
+            .iter()
+            .filter_map(|c| match c {
+                Call::K3s(a) => Some(a.join(" ")),
                 _ => None,
             })
             .collect()
@@ -208,6 +231,33 @@ impl System for FakeSystem {
                 success: true,
                 stdout: "active\n".into(),
                 stderr: String::new(),
+            }))
+    }
+
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        self.record(Call::K3s(args.iter().map(|s| (*s).to_owned()).collect()));
+        if args == ["--version"] {
+            let bytes = std::fs::read(binary).map_err(|cause| SystemError::Io {
+                action: format!("running {}", binary.display()),
+                cause,
+            })?;
+            let sha =
+                node_spec::Sha256Hex::from_digest(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if let Some(v) = self.k3s_versions.get(sha.as_str()) {
+                return Ok(CommandOutput {
+                    success: true,
+                    stdout: format!("k3s version {v} (fake)\ngo version go1.24.4\n"),
+                    stderr: String::new(),
+                });
+            }
+        }
+        Ok(self
+            .k3s_answers
+            .get(&args.join(" "))
+            .cloned()
+            .unwrap_or(CommandOutput {
+                success: true,
+                ..CommandOutput::default()
             }))
     }
 

@@ -137,6 +137,10 @@ pub trait System {
     /// Mount an overlay of `lower` (with `upper` and `work`) at `target`:
     /// the probe containerd's overlayfs snapshotter makes before it is used.
     fn mount_overlay(&self, dirs: &OverlayDirs) -> Result<(), SystemError>;
+    /// Run the installed K3s binary (`binary` is its real path) with `args`:
+    /// `--version`, or `kubectl drain|uncordon NODE` on a server. A non-zero
+    /// exit is returned in the output, as for [`System::systemctl`].
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError>;
     /// Resolve a host name with the system resolver.
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, SystemError>;
     /// Open (and close) a TCP connection.

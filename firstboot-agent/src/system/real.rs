@@ -75,6 +75,10 @@ impl System for RealSystem {
         run("systemctl", args)
     }
 
+    fn k3s(&self, binary: &Path, args: &[&str]) -> Result<CommandOutput, SystemError> {
+        run(&binary.to_string_lossy(), args)
+    }
+
     fn modprobe(&self, module: &str) -> Result<(), SystemError> {
         run_checked("modprobe", &[module]).map(drop)
     }

@@ -126,40 +126,38 @@ impl FakeSystem {
         self.calls.borrow().clone()
     }
 
-    /// The `systemctl` argument lists, in order.
-    pub fn systemctl_calls(&self) -> Vec<String> {
+    /// The argument lists of the calls `pick` selects, each joined with
+    /// spaces, in order.
+    fn joined(&self, pick: impl Fn(&Call) -> Option<&Vec<String>>) -> Vec<String> {
         self.calls
             .borrow()
             .iter()
-            .filter_map(|c| match c {
-                Call::Systemctl(a) => Some(a.join(" ")),
-                _ => None,
-            })
+            .filter_map(|c| pick(c).map(|a| a.join(" ")))
             .collect()
+    }
+
+    /// The `systemctl` argument lists, in order.
+    pub fn systemctl_calls(&self) -> Vec<String> {
+        self.joined(|c| match c {
+            Call::Systemctl(a) => Some(a),
+            _ => None,
+        })
     }
 
     /// The [`System::command`] lines (program and arguments), in order.
     pub fn command_calls(&self) -> Vec<String> {
-        self.calls
-            .borrow()
-            .iter()
-            .filter_map(|c| match c {
-                Call::Command(a) => Some(a.join(" ")),
-                _ => None,
-            })
-            .collect()
+        self.joined(|c| match c {
+            Call::Command(a) => Some(a),
+            _ => None,
+        })
     }
 
     /// The argument lists the installed `k3s` was run with, in order.
     pub fn k3s_calls(&self) -> Vec<String> {
-        self.calls
-            .borrow()
-            .iter()
-            .filter_map(|c| match c {
-                Call::K3s(a) => Some(a.join(" ")),
-                _ => None,
-            })
-            .collect()
+        self.joined(|c| match c {
+            Call::K3s(a) => Some(a),
+            _ => None,
+        })
     }
 
     /// Answer `line` (program and arguments) with `stdout` and `success`.

@@ -700,22 +700,13 @@ fn create_sparse(path: &Path, size: u64) -> Result<()> {
     Ok(())
 }
 
-/// A version-4-shaped UUID from a digest of `input`.
+/// A version-4-shaped UUID from a digest of `input` (stable per input, so
+/// an assembled disk's ids are reproducible).
 fn uuid_from(input: &[u8]) -> String {
     let d = Sha256::digest(input);
     let mut b = [0u8; 16];
     b.copy_from_slice(&d[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    uuid::Builder::from_random_bytes(b).into_uuid().to_string()
 }
 
 #[cfg(test)]

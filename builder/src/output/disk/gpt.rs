@@ -1,4 +1,12 @@
 //! GPT parsing over the first sectors of a raw disk image.
+//!
+//! The checksums are `crc32fast`'s and the GUIDs `uuid`'s. The table itself
+//! is read here rather than with `gptman`: the caller has only the image's
+//! first sectors (read from a qcow2 in place with `qemu-img dd`, before any
+//! working copy exists), where gptman wants the whole disk behind a
+//! `Read + Seek` and falls back to the backup header at its end; and the
+//! errors here say which of header, entry array or CRC is wrong, and
+//! whether the image was cut short.
 
 use super::DiskError;
 
@@ -54,21 +62,9 @@ impl Partition {
     }
 }
 
-/// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), as GPT uses.
+/// CRC-32 (IEEE 802.3), as GPT uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
-
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
+    crc32fast::hash(data)
 }
 
 fn u32_at(b: &[u8], off: usize) -> u32 {
@@ -81,22 +77,11 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Format a GUID stored in GPT's mixed-endian layout.
+/// Format a GUID stored in GPT's mixed-endian layout, upper-case.
 pub fn format_guid(b: &[u8; 16]) -> String {
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{:02X}{:02X}{:02X}{:02X}{:02X}{:02X}",
-        u32_at(b, 0),
-        u16_at(b, 4),
-        u16_at(b, 6),
-        b[8],
-        b[9],
-        b[10],
-        b[11],
-        b[12],
-        b[13],
-        b[14],
-        b[15]
-    )
+    let mut s = uuid::Uuid::from_bytes_le(*b).to_string();
+    s.make_ascii_uppercase();
+    s
 }
 
 fn need(data: &[u8], what: &'static str, needed: usize) -> Result<(), DiskError> {

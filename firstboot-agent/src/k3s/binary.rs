@@ -2,19 +2,19 @@
 //! the pinned release from the mirror (GitHub release layout), verify it, and
 //! install it atomically as /usr/local/bin/k3s with its tool links.
 
-use std::fs::{self, File, Permissions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use node_spec::atomic::{Placement, Staged};
 use node_spec::retry::{retry, Backoff};
 use node_spec::Sha256Hex;
 use sha2::{Digest, Sha256};
 
 use super::proxy::ProxySettings;
 use crate::metadata::NodeConfig;
-use crate::rootfs::{symlink_atomic, sync_dir, FileError, Root};
+use crate::rootfs::{symlink_atomic, FileError, Root};
 use crate::system::System;
 
 pub const K3S_BIN: &str = "/usr/local/bin/k3s";
@@ -322,12 +322,8 @@ fn stream_install(
         .parent()
         .ok_or_else(|| FileError::new("installing", dest, io::ErrorKind::InvalidInput.into()))?;
     fs::create_dir_all(dir).map_err(|e| FileError::new("creating directory", dir, e))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&crate::leftovers::temp_prefix(
-            crate::leftovers::DOWNLOAD_TEMP,
-        ))
-        .tempfile_in(dir)
-        .map_err(|e| FileError::new("creating a temporary file in", dir, e))?;
+    let prefix = crate::leftovers::temp_prefix(crate::leftovers::DOWNLOAD_TEMP);
+    let mut tmp = Staged::new(dest, Placement::new(&prefix, 0o755)).map_err(atomic_error)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut received: u64 = 0;
@@ -345,8 +341,9 @@ fn stream_install(
             }
         };
         hasher.update(&buf[..n]);
-        tmp.write_all(&buf[..n])
-            .map_err(|e| FileError::new("writing", tmp.path(), e))?;
+        tmp.file()
+            .write_all(&buf[..n])
+            .map_err(|e| FileError::new("writing", tmp.temp_path(), e))?;
         received += n as u64;
     }
     let actual = Sha256Hex::from_digest(&hasher.finalize());
@@ -358,21 +355,18 @@ fn stream_install(
             actual,
         });
     }
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| FileError::new("writing", tmp.path(), e))?;
-    fs::set_permissions(tmp.path(), Permissions::from_mode(0o755))
-        .map_err(|e| FileError::new("setting the mode of", tmp.path(), e))?;
     // Only a verified binary replaces the old one, and only then is the
     // old one kept (a refused download leaves both as they were).
     let kept = match previous {
         Some(prev) => keep_previous(dest, prev)?,
         None => false,
     };
-    tmp.persist(dest)
-        .map_err(|e| FileError::new("renaming into place", dest, e.error))?;
-    sync_dir(dir)?;
+    tmp.commit().map_err(atomic_error)?;
     Ok((actual, kept))
+}
+
+fn atomic_error(e: node_spec::atomic::AtomicError) -> FileError {
+    FileError::new(e.action, e.path, e.source)
 }
 
 /// `dest` as `previous`: a hard link made under a temp name and renamed

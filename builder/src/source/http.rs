@@ -401,10 +401,22 @@ fn request(
             | ureq::ErrorKind::InvalidProxyUrl => Err(Attempt::Fatal(SourceError::Network {
                 url: url.into(),
                 attempts: 1,
-                message: t.to_string(),
+                message: transport_text(&t),
             })),
-            _ => Err(Attempt::Retry(t.to_string())),
+            _ => Err(Attempt::Retry(transport_text(&t))),
         },
+    }
+}
+
+/// ureq's words for a transport error, without the URL it starts with:
+/// the error that carries them names the URL already.
+fn transport_text(t: &ureq::Transport) -> String {
+    let text = t.to_string();
+    match t.url() {
+        Some(u) => text
+            .strip_prefix(&format!("{u}: "))
+            .map_or_else(|| text.clone(), str::to_owned),
+        None => text,
     }
 }
 
@@ -795,6 +807,7 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains(&url), "{err}");
+        assert_eq!(err.to_string().matches(&url).count(), 1, "{err}");
     }
 
     #[test]

@@ -309,26 +309,15 @@ impl<R: Read> TarReader<R> {
 
     /// Reads one block; `Ok(false)` at a clean end of input.
     fn read_block(&mut self, block: &mut [u8; BLOCK]) -> Result<bool, ReadFailure> {
-        let mut filled = 0;
-        while filled < BLOCK {
-            match self.inner.read(&mut block[filled..]) {
-                Ok(0) if filled == 0 => return Ok(false),
-                Ok(0) => {
-                    return Err(failure(format!(
-                        "the data ends in the middle of a header block at byte {}: \
-                         the file is truncated",
-                        self.offset
-                    )))
-                }
-                Ok(n) => {
-                    filled += n;
-                    self.offset += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        match self.fill(block)? {
+            0 => Ok(false),
+            BLOCK => Ok(true),
+            _ => Err(failure(format!(
+                "the data ends in the middle of a header block at byte {}: \
+                 the file is truncated",
+                self.offset
+            ))),
         }
-        Ok(true)
     }
 
     /// Appends `len` bytes to `buf`, growing it as the data arrives: a
@@ -346,16 +335,22 @@ impl<R: Read> TarReader<R> {
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ReadFailure> {
+        if self.fill(buf)? < buf.len() {
+            return Err(failure(format!(
+                "the data ends at byte {} in the middle of a member: \
+                 the file is truncated",
+                self.offset
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads until `buf` is full or the input ends; how many bytes it read.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize, ReadFailure> {
         let mut filled = 0;
         while filled < buf.len() {
             match self.inner.read(&mut buf[filled..]) {
-                Ok(0) => {
-                    return Err(failure(format!(
-                        "the data ends at byte {} in the middle of a member: \
-                         the file is truncated",
-                        self.offset
-                    )))
-                }
+                Ok(0) => break,
                 Ok(n) => {
                     filled += n;
                     self.offset += n as u64;
@@ -364,7 +359,7 @@ impl<R: Read> TarReader<R> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
+        Ok(filled)
     }
 }
 

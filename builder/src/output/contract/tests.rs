@@ -69,16 +69,9 @@ fn ubuntu() -> BaseFacts {
         .symlink("/usr/sbin/init", "../lib/systemd/systemd")
 }
 
-/// Rocky 9 as Proxmox's rockylinux-9-default template has it.
-fn rocky() -> BaseFacts {
-    BaseFacts::default()
-        .dir("/etc")
-        .dir("/usr/sbin")
-        .dir("/usr/lib/systemd")
-        .dir("/usr/lib64/NetworkManager/1.48.10-5.el9_5")
-        .symlink("/sbin", "usr/sbin")
-        .symlink("/lib", "usr/lib")
-        .symlink("/lib64", "usr/lib64")
+/// Rocky 9's release files, as both the template and the Docker base have them.
+fn with_rocky_release(facts: BaseFacts) -> BaseFacts {
+    facts
         .symlink("/etc/os-release", "../usr/lib/os-release")
         .file(
             "/usr/lib/os-release",
@@ -91,34 +84,38 @@ fn rocky() -> BaseFacts {
             0o644,
             "Rocky Linux release 9.5 (Blue Onyx)\n",
         )
-        .exe("/usr/lib/systemd/systemd")
-        .symlink("/usr/sbin/init", "../lib/systemd/systemd")
-        .exe("/usr/sbin/NetworkManager")
-        .exe("/usr/lib64/NetworkManager/1.48.10-5.el9_5/libnm-settings-plugin-ifcfg-rh.so")
+}
+
+/// Rocky 9 as Proxmox's rockylinux-9-default template has it.
+fn rocky() -> BaseFacts {
+    with_rocky_release(
+        BaseFacts::default()
+            .dir("/etc")
+            .dir("/usr/sbin")
+            .dir("/usr/lib/systemd")
+            .dir("/usr/lib64/NetworkManager/1.48.10-5.el9_5")
+            .symlink("/sbin", "usr/sbin")
+            .symlink("/lib", "usr/lib")
+            .symlink("/lib64", "usr/lib64"),
+    )
+    .exe("/usr/lib/systemd/systemd")
+    .symlink("/usr/sbin/init", "../lib/systemd/systemd")
+    .exe("/usr/sbin/NetworkManager")
+    .exe("/usr/lib64/NetworkManager/1.48.10-5.el9_5/libnm-settings-plugin-ifcfg-rh.so")
 }
 
 /// Rocky-9-Container-Base: a Docker base image. Has the release files and
 /// /sbin, but no systemd and no NetworkManager.
 fn rocky_container_base() -> BaseFacts {
-    BaseFacts::default()
-        .dir("/etc")
-        .dir("/usr/sbin")
-        .dir("/usr/bin")
-        .symlink("/sbin", "usr/sbin")
-        .symlink("/bin", "usr/bin")
-        .symlink("/etc/os-release", "../usr/lib/os-release")
-        .file(
-            "/usr/lib/os-release",
-            0o644,
-            "NAME=\"Rocky Linux\"\nID=\"rocky\"\n",
-        )
-        .symlink("/etc/redhat-release", "rocky-release")
-        .file(
-            "/etc/rocky-release",
-            0o644,
-            "Rocky Linux release 9.5 (Blue Onyx)\n",
-        )
-        .exe("/usr/bin/bash")
+    with_rocky_release(
+        BaseFacts::default()
+            .dir("/etc")
+            .dir("/usr/sbin")
+            .dir("/usr/bin")
+            .symlink("/sbin", "usr/sbin")
+            .symlink("/bin", "usr/bin"),
+    )
+    .exe("/usr/bin/bash")
 }
 
 fn check(base: &BaseFacts, o: &ContractOptions) -> Outcome {

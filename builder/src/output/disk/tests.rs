@@ -24,6 +24,11 @@ pub(super) fn tool(name: &str, package: &str) -> PathBuf {
 
 pub(super) fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
+    succeeded(cmd, out)
+}
+
+/// `out`, after asserting that `cmd` succeeded.
+fn succeeded(cmd: &Command, out: Output) -> Output {
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -47,13 +52,7 @@ pub(super) fn run_stdin(cmd: &mut Command, input: &str) -> Output {
         .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    succeeded(cmd, out)
 }
 
 /// A sparse `mib` MiB file partitioned by `sfdisk` from `script`.

@@ -76,20 +76,16 @@ pub(super) fn parse_multipart(
         // cloud-init reads a part with `get_payload(decode=True)`: base64
         // and quoted-printable are decoded, any other transfer encoding is
         // taken as written; mailparse's `Body` makes the same choice.
+        // Kept as written, so errors and provenance name lines of the file.
+        let as_written = |body: &[u8]| {
+            let text = std::str::from_utf8(body).map_err(|_| {
+                unsupported(first_line, "text/cloud-config part is not UTF-8".into())
+            })?;
+            parse_cloud_config(path, text, line_of(raw, body))
+        };
         let ud = match part.get_body_encoded() {
-            // Kept as written, so errors and provenance name lines of the file.
-            Body::SevenBit(b) | Body::EightBit(b) => {
-                let body = std::str::from_utf8(b.get_raw()).map_err(|_| {
-                    unsupported(first_line, "text/cloud-config part is not UTF-8".into())
-                })?;
-                parse_cloud_config(path, body, line_of(raw, b.get_raw()))?
-            }
-            Body::Binary(b) => {
-                let body = std::str::from_utf8(b.get_raw()).map_err(|_| {
-                    unsupported(first_line, "text/cloud-config part is not UTF-8".into())
-                })?;
-                parse_cloud_config(path, body, line_of(raw, b.get_raw()))?
-            }
+            Body::SevenBit(b) | Body::EightBit(b) => as_written(b.get_raw())?,
+            Body::Binary(b) => as_written(b.get_raw())?,
             // Decoded first; lines then count within the decoded part.
             Body::Base64(b) | Body::QuotedPrintable(b) => {
                 let decoded = b.get_decoded_as_string().map_err(|e| {

@@ -120,12 +120,7 @@ pub(super) fn fetch_index(
 ) -> Result<std::path::PathBuf, SourceError> {
     check_scheme(url)?;
     if opts.offline {
-        return cached_copy(url, cache)?.ok_or_else(|| SourceError::NotCached {
-            what: format!(
-                "the index {url} (an online build keeps a copy in {})",
-                cache.root().display()
-            ),
-        });
+        return offline_copy("the index", url, cache);
     }
     let (tmp, digest, size) = download(&agent(), url, cache, opts)?;
     let path = cache.commit_temp(tmp, &digest)?;
@@ -234,6 +229,17 @@ fn cached_copy(url: &str, cache: &Cache) -> Result<Option<std::path::PathBuf>, S
     })
 }
 
+/// `--offline`: the cached copy of `url` (`what`, for the error), which the
+/// last online build kept.
+fn offline_copy(what: &str, url: &str, cache: &Cache) -> Result<std::path::PathBuf, SourceError> {
+    cached_copy(url, cache)?.ok_or_else(|| SourceError::NotCached {
+        what: format!(
+            "{what} {url} (an online build keeps a copy in {})",
+            cache.root().display()
+        ),
+    })
+}
+
 /// The digest a release's checksum file lists for `name`: the file is
 /// fetched once (online afresh, and a copy kept in the cache only when it
 /// arrived; `--offline` that copy) and parsed like any vendor checksum file.
@@ -245,12 +251,7 @@ pub(super) fn checksum_entry(
 ) -> Result<Sha256Hex, SourceError> {
     check_scheme(sums_url)?;
     let text = if opts.offline {
-        let path = cached_copy(sums_url, cache)?.ok_or_else(|| SourceError::NotCached {
-            what: format!(
-                "the checksum file {sums_url} (an online build keeps a copy in {})",
-                cache.root().display()
-            ),
-        })?;
+        let path = offline_copy("the checksum file", sums_url, cache)?;
         let bytes = std::fs::read(&path).map_err(|e| SourceError::io("reading", &path, e))?;
         String::from_utf8(bytes).map_err(|_| SourceError::BadChecksumFile {
             checksum_url: sums_url.into(),

@@ -111,11 +111,6 @@ impl Staged {
         self.tmp.path()
     }
 
-    /// The destination.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Sync, set owner and mode, rename into place, sync the directory.
     pub fn commit(self) -> Result<(), AtomicError> {
         let Self {

@@ -52,11 +52,7 @@ pub struct K3sDigest {
 pub fn checksum_url(plan: &Plan) -> String {
     let k = &plan.profile.k3s;
     let mirror = k.mirror.as_deref().unwrap_or(DEFAULT_K3S_MIRROR);
-    format!(
-        "{}/{}/sha256sum-amd64.txt",
-        mirror.trim_end_matches('/'),
-        k.version.url_encoded()
-    )
+    node_spec::release_url(mirror, &k.version, node_spec::CHECKSUM_FILE)
 }
 
 /// Whether a failure to read the checksum file means "not reachable from

@@ -23,6 +23,20 @@ pub use values::{K3sVersion, Role, Sha256Hex, ValueError};
 /// `<mirror>/<version>/k3s` and `<mirror>/<version>/sha256sum-amd64.txt`.
 pub const DEFAULT_K3S_MIRROR: &str = "https://github.com/k3s-io/k3s/releases/download";
 
+/// A release's checksum file, beside its binaries on the mirror.
+pub const CHECKSUM_FILE: &str = "sha256sum-amd64.txt";
+
+/// `<mirror>/<version>/<file>` in the GitHub release layout, the version's
+/// `+` written `%2B`: where the builder fetches the checksum file and the
+/// agent the binary and, when allowed, the checksum file.
+pub fn release_url(mirror: &str, version: &K3sVersion, file: &str) -> String {
+    format!(
+        "{}/{}/{file}",
+        mirror.trim_end_matches('/'),
+        version.url_encoded()
+    )
+}
+
 /// Where the agent binary is installed inside an image.
 pub const AGENT_BINARY_PATH: &str = "/usr/local/sbin/firstboot-agent";
 

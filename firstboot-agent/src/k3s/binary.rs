@@ -176,7 +176,7 @@ pub fn needs_download(root: &Root, cfg: &NodeConfig) -> Result<bool, FileError> 
 }
 
 fn release_url(cfg: &NodeConfig, file: &str) -> String {
-    format!("{}/{}/{file}", cfg.mirror, cfg.version.url_encoded())
+    node_spec::release_url(&cfg.mirror, &cfg.version, file)
 }
 
 /// The ureq agent for `url`: through the proxy K3s would use for it
@@ -414,7 +414,7 @@ pub fn expected_digest(
             version: cfg.version.to_string(),
         });
     }
-    let sums_url = release_url(cfg, "sha256sum-amd64.txt");
+    let sums_url = release_url(cfg, node_spec::CHECKSUM_FILE);
     let text = with_retries(system, "fetching the checksum list", || {
         fetch_text(&sums_url, cfg.version.as_str(), &cfg.proxy)
     })?;

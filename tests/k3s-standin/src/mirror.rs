@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::http::{Request as HttpRequest, Response, Server};
 use crate::{sha256_hex, version};
 
-pub const SUMS_FILE: &str = "sha256sum-amd64.txt";
+pub const SUMS_FILE: &str = node_spec::CHECKSUM_FILE;
 /// Optional files listed in the sums file when present next to `k3s`.
 pub const AIRGAP_FILES: [&str; 3] = [
     "k3s-airgap-images-amd64.tar.zst",

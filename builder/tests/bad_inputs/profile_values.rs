@@ -273,9 +273,10 @@ fn a_files_source_never_bakes_the_build_hosts_secrets() {
             "p.yaml",
             &format!("files:\n  - path: /etc/x\n    source: {source:?}\n"),
         );
+        // UP first: the temporary directory's random name may contain "UP".
         let message = message
-            .replace("DIR", &case.display().to_string())
-            .replace("UP", &up);
+            .replace("UP", &up)
+            .replace("DIR", &case.display().to_string());
         refused_everywhere(&case, &p, &format!("files[0].source: {message}"));
     }
 

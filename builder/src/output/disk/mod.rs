@@ -21,6 +21,7 @@ pub mod gpt;
 pub mod lvm;
 pub mod mount;
 pub mod qcow2;
+pub mod qcow2file;
 pub mod root;
 mod scratch;
 pub mod selinux;

@@ -450,7 +450,8 @@ fn build_qcow2(cx: &BuildContext<'_>, p: Prepared<'_>, timings: &mut Timings) ->
     let name = plan.disk_name();
     let out_path = opts.out_dir.join(&name);
     let disk_base = disk_base(spec, &base.path);
-    let disk_opts = disk_options(plan, &base.sha256.to_string());
+    let mut disk_opts = disk_options(plan, &base.sha256.to_string());
+    disk_opts.derived = Some(opts.cache.derived_dir());
     let spinner = opts.progress.then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.set_message(format!("writing {name}"));
@@ -495,6 +496,8 @@ fn disk_options(plan: &Plan, id_seed: &str) -> output::disk::DiskOptions {
         id_seed: id_seed.as_bytes().to_vec(),
         selinux: plan.profile.qcow2.selinux,
         assemble_root: plan.profile.qcow2.assemble_root,
+        convert: std::env::var_os(output::disk::qcow2::CONVERT_VAR).is_some_and(|v| v == "1"),
+        derived: None,
     }
 }
 

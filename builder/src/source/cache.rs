@@ -6,6 +6,8 @@
 //! sha256/<digest>          verified blobs, read-only, named by their content
 //! urls/<sha256(url)>.json  last digest a URL resolved to (for --offline)
 //! bootstrap/<key>.json     digest of the rootfs made for a bootstrap spec
+//! derived/<digest>/        what was learnt from a cached base (the ext4
+//!                          metadata map of a cloud image, output::disk::working)
 //! tmp/                     downloads and bootstraps in progress:
 //!                          download-PID-XXXXXX.partial, bootstrap-PID-XXXXXX/
 //! ```
@@ -99,6 +101,12 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Data derived from cached blobs, one directory per blob digest; it can
+    /// be deleted at any time (it is made again).
+    pub fn derived_dir(&self) -> PathBuf {
+        self.root.join("derived")
     }
 
     /// Where the blob with this digest lives (whether or not it exists).

@@ -47,9 +47,13 @@ impl Ext4At {
     /// `tool` to run on this filesystem: inside `dir`, never paging.
     pub fn command(&self, tool: &Path) -> Command {
         let mut c = Command::new(tool);
+        // Zeroing writes zeros rather than punching a hole: a working copy
+        // holding the metadata only tells copied blocks from written ones by
+        // its holes (`super::working`).
         c.current_dir(&self.dir)
             .env("DEBUGFS_PAGER", "__none__")
-            .env("PAGER", "__none__");
+            .env("PAGER", "__none__")
+            .env("UNIX_IO_NOZEROOUT", "1");
         c
     }
 }

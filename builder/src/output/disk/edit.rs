@@ -198,6 +198,11 @@ fn dump_ext4(
     paths: &[&str],
     cx: &Cx<'_>,
 ) -> Result<Vec<Option<Vec<u8>>>> {
+    if let Some(w) = &cx.working {
+        w.lock()
+            .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))?
+            .fill_file_data(debugfs, at, paths, cx.cancel())?;
+    }
     let mut script = String::new();
     for (n, p) in paths.iter().enumerate() {
         let _ = fs::remove_file(at.dir.join(format!("dump-{n}")));

@@ -22,11 +22,13 @@ pub mod lvm;
 pub mod mount;
 pub mod qcow2;
 pub mod qcow2file;
+mod resumable;
 pub mod root;
 mod scratch;
 pub mod selinux;
 pub mod tools;
 pub mod tree;
+pub mod working;
 pub mod xfs;
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
@@ -20,10 +21,12 @@ use super::apply::RAW_NAME;
 use super::assemble::{assemble_disk, AssembleRoot, Assembled, DEFAULT_DISK_SIZE};
 use super::edit::{self, Applied};
 use super::mount::LoopDevice;
+use super::qcow2file::{Open, Patched, Qcow2};
 use super::root::{locate_root, locate_root_in, FsKind, RootFs};
 use super::scratch::scratch_dir;
 use super::selinux::{SelinuxInfo, SelinuxMode};
 use super::tools::Tools;
+use super::working::{self, Extent, Working};
 use super::GPT_PROBE_LEN;
 use crate::command::run_command;
 use crate::layer::{Layer, Op};
@@ -51,6 +54,12 @@ pub struct DiskOptions {
     pub selinux: SelinuxMode,
     /// The root filesystem of an assembled disk.
     pub assemble_root: AssembleRoot,
+    /// Convert a qcow2 base with `qemu-img` both ways even where it could
+    /// be patched ([`CONVERT_VAR`]).
+    pub convert: bool,
+    /// Where data derived from a cached base is kept (its ext4 root's
+    /// metadata map, [`super::working`]); `None` keeps nothing.
+    pub derived: Option<PathBuf>,
 }
 
 /// The root that was edited.
@@ -83,6 +92,9 @@ pub struct DiskOutput {
     /// `/etc/os-release` read from the edited root.
     pub os_release: Option<String>,
     pub selinux: SelinuxInfo,
+    /// `patched` (the base's bytes kept, changed clusters appended) or
+    /// `converted` (`qemu-img convert` of the edited raw copy).
+    pub written: &'static str,
     pub pending: PendingDisk,
 }
 
@@ -170,6 +182,9 @@ pub struct Cx<'a> {
     pub work: &'a Path,
     /// Scratch for the raw copy (memory when there is room, else `work`).
     pub scratch: &'a Path,
+    /// The working copy of a base written by patching (its file data is
+    /// copied in as debugfs needs it); `None` for a converted one.
+    pub working: Option<Mutex<Working<'a>>>,
 }
 
 impl Cx<'_> {
@@ -214,20 +229,25 @@ pub fn write_disk(
         DiskBase::CloudImage(path) => Some(img_info(&tools, path, fetch)?),
         DiskBase::Rootfs(_) => None,
     };
+    let patchable = match (base, &base_info) {
+        (DiskBase::CloudImage(path), Some(info)) => patchable(path, info, opts),
+        _ => None,
+    };
     // The raw working copy and the extracted rootfs go to memory when there
     // is room: no disk writes (and no `fsync` in e2fsprogs) for data that is
-    // thrown away.
-    let need = match (&base_info, base) {
-        (Some(info), _) => info.virtual_size.max(opts.size.unwrap_or(0)),
-        (None, DiskBase::Rootfs(tar)) => opts
+    // thrown away. A copy of the metadata only needs little.
+    let need = match (&patchable, &base_info, base) {
+        (Some(p), _, _) if p.map.is_some() => 256 << 20,
+        (_, Some(info), _) => info.virtual_size.max(opts.size.unwrap_or(0)),
+        (_, None, DiskBase::Rootfs(tar)) => opts
             .size
             .unwrap_or(DEFAULT_DISK_SIZE)
             .saturating_add(fs::metadata(tar).map(|m| m.len()).unwrap_or(0)),
-        (None, DiskBase::CloudImage(_)) => 0,
+        (_, None, DiskBase::CloudImage(_)) => 0,
     };
     let scratch = scratch_dir(need)?;
     let _scratch_registered = scratch.as_ref().map(|t| leftovers::register(t.path()));
-    let cx = Cx {
+    let mut cx = Cx {
         base,
         layer,
         opts,
@@ -235,54 +255,225 @@ pub fn write_disk(
         tools,
         work: work.path(),
         scratch: scratch.as_ref().map(|t| t.path()).unwrap_or(work.path()),
+        working: None,
     };
+    let done = match (&patchable, base_info) {
+        (Some(p), Some(info)) => patch(&mut cx, p, &info)?,
+        (_, info) => convert(&mut cx, info)?,
+    };
+    drop(cx);
+    drop(scratch);
+    Ok(DiskOutput {
+        sha256: done.sha256,
+        size: done.size,
+        virtual_size: done.virtual_size,
+        base_format: done.base_format,
+        grown_from: done.grown_from,
+        root: RootInfo {
+            index: done.root.part.index,
+            label: done.root.label().to_owned(),
+            fs: done.root.fs_name(),
+            offset: done.root.offset,
+            size: done.root.size,
+            lv: done.root.lv.as_ref().map(|l| format!("{}/{}", l.vg, l.lv)),
+        },
+        assembled: done.assembled,
+        written: done.written,
+        os_release: done.applied.os_release,
+        selinux: done.applied.selinux,
+        pending: PendingDisk {
+            _work: work,
+            _registered: work_registered,
+            tmp: done.tmp_out,
+            out: out.to_owned(),
+        },
+    })
+}
 
-    let (base_format, grown_from, assembled) = match (base, base_info) {
+/// What either way of writing the disk produced.
+struct Done {
+    sha256: Sha256Hex,
+    size: u64,
+    virtual_size: u64,
+    base_format: String,
+    grown_from: Option<u64>,
+    root: RootFs,
+    assembled: Option<Assembled>,
+    written: &'static str,
+    applied: Applied,
+    tmp_out: PathBuf,
+}
+
+/// Set to `1`, every qcow2 base is converted with `qemu-img` both ways
+/// instead of patched: the way disks were written before, kept as a
+/// fallback and as the reference the tests compare against.
+pub const CONVERT_VAR: &str = "IMGBUILD_QCOW2_CONVERT";
+
+/// A qcow2 base that is patched ([`patch`]) rather than converted twice.
+struct Patchable {
+    img: Box<Qcow2>,
+    /// The root as read from the base.
+    root: RootFs,
+    /// The cached metadata map of its ext4 root.
+    map: Option<Vec<(u64, u64)>>,
+}
+
+/// The directory for what is derived from this base, named by its digest
+/// (`id_seed`); `None` when nothing is kept.
+fn derived_for_base(opts: &DiskOptions) -> Option<PathBuf> {
+    let digest = std::str::from_utf8(&opts.id_seed).ok()?;
+    let dir = opts.derived.as_deref()?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then(|| dir.join(digest))
+}
+
+/// A plain or compressed qcow2 base whose format [`Qcow2`] reads exactly,
+/// written without `qcow2.compress`. A compressed one only with its
+/// metadata map: copying all of it would decompress it twice. Anything
+/// else (or any doubt) goes through `qemu-img convert`, whose errors are
+/// the precise ones.
+fn patchable(path: &Path, info: &ImgInfo, opts: &DiskOptions) -> Option<Patchable> {
+    if info.format != "qcow2" || opts.compress || info.external_file().is_some() {
+        return None;
+    }
+    if opts.convert {
+        tracing::debug!("converting the base with qemu-img, as asked");
+        return None;
+    }
+    let img = match Qcow2::open(path) {
+        Ok(Open::Image(img)) => img,
+        Ok(Open::Unsupported(why)) => {
+            tracing::debug!("converting the base with qemu-img: {why}");
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!("converting the base with qemu-img: {e:#}");
+            return None;
+        }
+    };
+    let root = locate_root_in(
+        &|off, len| img.read_guest(off, len),
+        img.virtual_size,
+        &path.display().to_string(),
+    )
+    .ok()?;
+    let map = derived_for_base(opts)
+        .as_deref()
+        .and_then(|dir| working::load_map(dir, &root));
+    if map.is_none() && img.has_compressed() {
+        return None;
+    }
+    Some(Patchable { img, root, map })
+}
+
+/// The base converted to a raw working copy, edited, and converted to the
+/// qcow2 (`qemu-img convert` both ways); also a disk assembled from a
+/// rootfs.
+fn convert(cx: &mut Cx<'_>, info: Option<ImgInfo>) -> Result<Done> {
+    let (base_format, grown_from, assembled) = match (cx.base, info) {
         (DiskBase::CloudImage(_), Some(info)) => {
-            preflight_root(&cx, &info)?;
-            convert_to_raw(&cx, &info)?;
-            let grown = grow(&cx, &info)?;
+            preflight_root(cx, &info)?;
+            convert_to_raw(cx, &info)?;
+            let grown = grow(cx, &info)?;
             (info.format, grown, None)
         }
         _ => {
-            let a = assemble(&cx)?;
+            let a = assemble(cx)?;
             ("assembled".to_owned(), None, Some(a))
         }
     };
-    let root = locate(&cx)?;
-    let mut applied = apply_layer(&cx, &root)?;
-    let tmp_out = check_fs_and_write_qcow2(&cx, &root, applied.loop_dev.take())?;
+    let root = locate(cx)?;
+    let mut applied = apply_layer(cx, &root)?;
+    let tmp_out = check_fs_and_write_qcow2(cx, &root, applied.loop_dev.take())?;
     let virtual_size = fs::metadata(cx.raw())
         .with_context(|| format!("reading {}", cx.raw().display()))?
         .len();
     fs::remove_file(cx.raw()).ok();
-    let tools = cx.tools;
-    drop(scratch);
-    let (sha256, size) = finish_qcow2(&tools, fetch, &tmp_out)?;
-
-    Ok(DiskOutput {
+    let (sha256, size) = finish_qcow2(&cx.tools, cx.fetch, &tmp_out)?;
+    Ok(Done {
         sha256,
         size,
         virtual_size,
         base_format,
         grown_from,
-        root: RootInfo {
-            index: root.part.index,
-            label: root.label().to_owned(),
-            fs: root.fs_name(),
-            offset: root.offset,
-            size: root.size,
-            lv: root.lv.as_ref().map(|l| format!("{}/{}", l.vg, l.lv)),
-        },
+        root,
         assembled,
-        os_release: applied.os_release,
-        selinux: applied.selinux,
-        pending: PendingDisk {
-            _work: work,
-            _registered: work_registered,
-            tmp: tmp_out,
-            out: out.to_owned(),
-        },
+        written: "converted",
+        applied,
+        tmp_out,
+    })
+}
+
+/// The base patched: the new qcow2's prefix (header and the base's bytes)
+/// is copied and hashed from the start while the working copy is made and
+/// edited; then only the clusters that changed are appended
+/// ([`super::qcow2file`], [`super::working`]).
+fn patch<'a>(cx: &mut Cx<'a>, p: &'a Patchable, info: &ImgInfo) -> Result<Done> {
+    preflight_root(cx, info)?;
+    let tmp_out = cx.work.join("out.qcow2");
+    let new_size = info.virtual_size.max(cx.opts.size.unwrap_or(0));
+    let keep = derived_for_base(cx.opts);
+    let mut out = Patched::begin(
+        &p.img,
+        &tmp_out,
+        new_size,
+        cx.fetch.cancel.clone(),
+        keep.as_deref(),
+    )?;
+    let working = Working::create(&p.img, &cx.raw(), &p.root, p.map.clone(), cx.cancel())?;
+    let extent = working.extent;
+    cx.working = Some(Mutex::new(working));
+    let grown = grow(cx, info)?;
+    let root = locate(cx)?;
+    if root.offset != p.root.offset {
+        bail!(
+            "{}: the root was found at byte {} in the working copy but at {} in the base",
+            cx.describe_base(),
+            root.offset,
+            p.root.offset
+        );
+    }
+    if let (Extent::Full, FsKind::Ext(_), Some(dir), Some(e2image)) = (
+        extent,
+        &root.fs,
+        keep.as_deref(),
+        working::e2image(&cx.tools),
+    ) {
+        let at = edit::ext4_at(cx, &root);
+        working::save_map(&e2image, &at, dir, &root, cx.cancel());
+    }
+    let mut applied = apply_layer(cx, &root)?;
+    let loop_dev = applied.loop_dev.take();
+    let cx = &*cx;
+    let (checked, changed) = std::thread::scope(|s| {
+        let check = s.spawn(|| check_fs(cx, &root, loop_dev));
+        let changed = match &cx.working {
+            Some(w) => w
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))
+                .and_then(|w| w.write_changes(&mut out, cx.cancel())),
+            None => Err(anyhow::anyhow!("no working copy")),
+        };
+        let checked = check
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the filesystem check thread panicked")));
+        (checked, changed)
+    });
+    checked?;
+    let changed = changed.context("carrying the edit into the qcow2")?;
+    tracing::debug!(changed, "clusters replaced");
+    let (sha256, size) = out.finish(|| check_qcow2(&cx.tools, cx.fetch, &tmp_out))?;
+    make_readable(&tmp_out)?;
+    Ok(Done {
+        sha256,
+        size,
+        virtual_size: new_size,
+        base_format: info.format.clone(),
+        grown_from: grown,
+        root,
+        assembled: None,
+        written: "patched",
+        applied,
+        tmp_out,
     })
 }
 
@@ -507,13 +698,7 @@ fn write_qcow2(cx: &Cx<'_>, tmp_out: &Path) -> Result<()> {
 
 /// `qemu-img check`, then hash and sync; the file is made readable by all.
 fn finish_qcow2(tools: &Tools, fetch: &FetchOptions, tmp_out: &Path) -> Result<(Sha256Hex, u64)> {
-    run_command(
-        Command::new(tools.get("qemu-img")?)
-            .args(["check", "-f", "qcow2"])
-            .arg(tmp_out),
-        &fetch.cancel,
-    )
-    .context("the written qcow2 fails `qemu-img check`")?;
+    check_qcow2(tools, fetch, tmp_out)?;
     // Hash (from the page cache) while the kernel writes the file back.
     let (hashed, synced) = std::thread::scope(|s| {
         let sync = s.spawn(|| fs::File::open(tmp_out).and_then(|f| f.sync_all()));
@@ -525,10 +710,25 @@ fn finish_qcow2(tools: &Tools, fetch: &FetchOptions, tmp_out: &Path) -> Result<(
     });
     synced.context("syncing the qcow2")?;
     let hashed = hashed?;
-    // Readable by all, like the template, whatever the umask.
-    fs::set_permissions(tmp_out, fs::Permissions::from_mode(0o644))
-        .with_context(|| format!("setting the mode of {}", tmp_out.display()))?;
+    make_readable(tmp_out)?;
     Ok(hashed)
+}
+
+fn check_qcow2(tools: &Tools, fetch: &FetchOptions, path: &Path) -> Result<()> {
+    run_command(
+        Command::new(tools.get("qemu-img")?)
+            .args(["check", "-f", "qcow2"])
+            .arg(path),
+        &fetch.cancel,
+    )
+    .context("the written qcow2 fails `qemu-img check`")?;
+    Ok(())
+}
+
+/// Readable by all, like the template, whatever the umask.
+fn make_readable(path: &Path) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 /// A finished, checked and synced qcow2 that is not in place yet, so the

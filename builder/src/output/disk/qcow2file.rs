@@ -29,7 +29,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::resumable::Resumable;
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 const COPIED: u64 = 1 << 63;
@@ -507,18 +510,65 @@ pub struct Patched<'a> {
     /// Guest cluster → host offset of its replacement.
     replaced: BTreeMap<u64, u64>,
     stop: Arc<AtomicBool>,
-    copier: Option<JoinHandle<Result<()>>>,
-    hasher: Option<JoinHandle<Result<Sha256>>>,
+    /// The prefix copy: one thread per half, and one starting write-back.
+    copiers: Vec<JoinHandle<Result<()>>>,
+    hasher: Option<JoinHandle<Result<Resumable>>>,
+    /// The prefix's digest state when it was kept from an earlier build.
+    kept: Option<Resumable>,
+    /// Where to keep the prefix's state for the next build, with what
+    /// identifies it.
+    keep_at: Option<(PathBuf, String, FileIdentity)>,
 }
+
+/// The kept digest state of one prefix: the new header and the base's
+/// bytes after it. Trusted only while the base file is the same file,
+/// unchanged since (its size, inode, modification and change times).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+struct KeptPrefix {
+    format: u32,
+    header_sha256: String,
+    base: FileIdentity,
+    state: Resumable,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+struct FileIdentity {
+    len: u64,
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    fn of(file: &File) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata()?;
+        Ok(FileIdentity {
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+const KEPT_FORMAT: u32 = 1;
 
 impl<'a> Patched<'a> {
     /// Start writing `out` (created, must not exist) for `base` grown to
     /// `new_size` (never smaller than the base).
+    /// `keep_dir` holds the prefix's digest state between builds from the
+    /// same base (`None`: hash it every time).
     pub fn begin(
         base: &'a Qcow2,
         out: &Path,
         new_size: u64,
         cancel: Arc<AtomicBool>,
+        keep_dir: Option<&Path>,
     ) -> Result<Self> {
         ensure!(new_size >= base.virtual_size, "a disk is never shrunk");
         ensure!(new_size <= MAX_VIRTUAL, "disk size over 16 TiB");
@@ -565,41 +615,103 @@ impl<'a> Patched<'a> {
         };
         let src = Arc::new(base.file.try_clone()?);
         let len = base.file_len;
-        let copier = {
-            let (src, dst, stopped) = (src.clone(), out.clone(), stopped.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let mut at = cs.min(len);
-                while at < len {
-                    if stopped() {
-                        bail!("interrupted");
-                    }
-                    let n = CHUNK.min(len - at);
-                    copy_range(&src, at, &dst, at, n)?;
-                    at += n;
-                    // Start the write-back now, not all at the final sync.
+        let body = cs.min(len);
+        // Two copies side by side, each one half of the base's bytes.
+        let mid = (body + (len - body) / 2) / cs * cs;
+        let mut copiers: Vec<JoinHandle<Result<()>>> =
+            [(body, mid.max(body)), (mid.max(body), len)]
+                .into_iter()
+                .map(|(from, to)| {
+                    let (src, dst, stopped) = (src.clone(), out.clone(), stopped.clone());
+                    std::thread::spawn(move || -> Result<()> {
+                        let mut at = from;
+                        while at < to {
+                            if stopped() {
+                                bail!("interrupted");
+                            }
+                            let n = CHUNK.min(to - at);
+                            copy_range(&src, at, &dst, at, n)?;
+                            at += n;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+        // Start the write-back while the copy runs, not all at the end.
+        let done = Arc::new(AtomicBool::new(false));
+        {
+            let (dst, done, stopped) = (out.clone(), done.clone(), stopped.clone());
+            copiers.push(std::thread::spawn(move || -> Result<()> {
+                while !done.load(Ordering::Relaxed) && !stopped() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                     dst.sync_data().context("writing the disk back")?;
                 }
                 Ok(())
-            })
-        };
-        let hasher = std::thread::spawn(move || -> Result<Sha256> {
-            let mut h = Sha256::new();
-            h.update(&header);
-            let mut buf = vec![0u8; 4 << 20];
-            let mut at = cs.min(len);
-            while at < len {
-                if stopped() {
-                    bail!("interrupted");
+            }));
+        }
+        let copiers = {
+            // The write-back thread stops once both copies are done.
+            let mut halves: Vec<_> = copiers.drain(..2).collect();
+            let syncer = copiers.pop();
+            let waiter = std::thread::spawn(move || -> Result<()> {
+                let r: Result<()> = halves.drain(..).try_for_each(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a copy thread panicked")))
+                });
+                done.store(true, Ordering::Relaxed);
+                if let Some(t) = syncer {
+                    t.join().unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("the write-back thread panicked"))
+                    })?;
                 }
-                let n = (buf.len() as u64).min(len - at) as usize;
-                read_exact_at(&src, &mut buf[..n], at, "base image")?;
-                h.update(&buf[..n]);
-                at += n as u64;
-            }
-            let pad = (base_end - len.max(cs)) as usize;
-            h.update(vec![0u8; pad]);
-            Ok(h)
+                r
+            });
+            vec![waiter]
+        };
+
+        let header_sha = node_spec::Sha256Hex::from_digest(&Sha256::digest(&header)).to_string();
+        let identity = FileIdentity::of(&base.file)?;
+        let keep_at = keep_dir.map(|d| d.join(format!("qcow2-prefix-{}.json", &header_sha[..32])));
+        let kept = keep_at.as_deref().and_then(|p| {
+            let k: KeptPrefix = serde_json::from_slice(&std::fs::read(p).ok()?).ok()?;
+            (k.format == KEPT_FORMAT
+                && k.header_sha256 == header_sha
+                && k.base == identity
+                && k.state.len() == base_end)
+                .then_some(k.state)
         });
+        let hasher = kept.is_none().then(|| {
+            std::thread::spawn(move || -> Result<Resumable> {
+                let mut h = Resumable::default();
+                h.update_blocks(&header);
+                // The base's bytes after the header cluster, then zeros to
+                // the whole cluster the tail starts at.
+                let mut buf = vec![0u8; (4 << 20) + cs as usize];
+                let mut at = cs;
+                while at < base_end {
+                    if stopped() {
+                        bail!("interrupted");
+                    }
+                    let n = (4 << 20).min(len.saturating_sub(at)) as usize;
+                    read_exact_at(&src, &mut buf[..n], at, "base image")?;
+                    let step = if at + n as u64 >= len {
+                        let total = (base_end - at) as usize;
+                        buf[n..total].fill(0);
+                        total
+                    } else {
+                        n
+                    };
+                    h.update_blocks(&buf[..step]);
+                    at += step as u64;
+                }
+                Ok(h)
+            })
+        });
+        let keep_at = if kept.is_none() {
+            keep_at.map(|p| (p, header_sha, identity))
+        } else {
+            None
+        };
         Ok(Patched {
             base,
             out,
@@ -611,8 +723,10 @@ impl<'a> Patched<'a> {
             next: rt_off + rt_clusters * cs,
             replaced: BTreeMap::new(),
             stop,
-            copier: Some(copier),
-            hasher: Some(hasher),
+            copiers,
+            hasher,
+            kept,
+            keep_at,
         })
     }
 
@@ -639,8 +753,13 @@ impl<'a> Patched<'a> {
     }
 
     /// Write the tables, wait for the prefix, hash the tail; returns the
-    /// image's digest and length. The file is synced.
-    pub fn finish(mut self) -> Result<(node_spec::Sha256Hex, u64)> {
+    /// image's digest and length once the file is synced.
+    /// `while_syncing` (a check of the finished file) runs while the file
+    /// is synced.
+    pub fn finish(
+        mut self,
+        while_syncing: impl FnOnce() -> Result<()>,
+    ) -> Result<(node_spec::Sha256Hex, u64)> {
         let base = self.base;
         let cs = base.cluster_size();
         let per_l2 = cs / 8;
@@ -762,38 +881,57 @@ impl<'a> Patched<'a> {
         self.out.set_len(end)?;
 
         // The prefix, then the tail read back (it is in the page cache).
-        self.copier
-            .take()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the copy thread panicked")))
-            })
-            .transpose()?;
-        let mut h = self
-            .hasher
-            .take()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the hash thread panicked")))
-            })
-            .context("the prefix was hashed twice")??;
+        for t in self.copiers.drain(..) {
+            t.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the copy thread panicked")))?;
+        }
+        let mut h = match (self.kept.take(), self.hasher.take()) {
+            (Some(kept), _) => kept,
+            (None, Some(t)) => t
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the hash thread panicked")))?,
+            (None, None) => bail!("the prefix was hashed twice"),
+        };
+        if let Some((path, header_sha256, base_id)) = self.keep_at.take() {
+            let kept = KeptPrefix {
+                format: KEPT_FORMAT,
+                header_sha256,
+                base: base_id,
+                state: h.clone(),
+            };
+            let saved = std::fs::create_dir_all(crate::parent_dir(&path))
+                .map_err(anyhow::Error::from)
+                .and_then(|()| crate::emit::atomic_write(&path, &serde_json::to_vec(&kept)?));
+            if let Err(e) = saved {
+                tracing::warn!("the next build from this base will hash all of it: {e:#}");
+            }
+        }
         let mut buf = vec![0u8; 4 << 20];
         let mut at = self.l1_off;
         while at < end {
             let n = (buf.len() as u64).min(end - at) as usize;
             read_exact_at(&self.out, &mut buf[..n], at, "new image")?;
-            h.update(&buf[..n]);
+            h.update_blocks(&buf[..n]);
             at += n as u64;
         }
-        self.out.sync_all().context("syncing the disk")?;
-        Ok((node_spec::Sha256Hex::from_digest(&h.finalize()), end))
+        let sha = node_spec::Sha256Hex::from_digest(&h.finish(&[]));
+        // The check reads the finished file while it is synced.
+        let out = self.out.clone();
+        let synced = std::thread::spawn(move || out.sync_data());
+        let checked = while_syncing();
+        synced
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked")))
+            .context("syncing the disk")?;
+        checked?;
+        Ok((sha, end))
     }
 }
 
 impl Drop for Patched<'_> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.copier.take() {
+        for t in self.copiers.drain(..) {
             let _ = t.join();
         }
         if let Some(t) = self.hasher.take() {
@@ -868,42 +1006,59 @@ mod tests {
         // The expected guest disk: the raw grown, with the same changes.
         let want = File::options().write(true).open(&raw).unwrap();
         want.set_len(new_size).unwrap();
-        let out = d.join("out.qcow2");
-        let mut p = Patched::begin(&img, &out, new_size, Arc::new(AtomicBool::new(false))).unwrap();
-        let last = new_size / cs - 1;
-        for (i, c) in [0, 3, 5, 17, 700 % (48 * 1024 * 1024 / cs), last]
-            .into_iter()
-            .enumerate()
-        {
-            let mut data = vec![0u8; cs as usize];
-            img.read_cluster(c.min(img.clusters() - 1), &mut data)
-                .unwrap();
-            data[(i * 97) % cs as usize] ^= 0x5a;
-            data[cs as usize - 1] = i as u8 + 1;
-            p.replace(c, &data).unwrap();
-            want.write_all_at(&data, c * cs).unwrap();
-        }
-        let (sha, len) = p.finish().unwrap();
-        assert_eq!(len, std::fs::metadata(&out).unwrap().len());
-        let bytes = std::fs::read(&out).unwrap();
-        assert_eq!(
-            sha.as_str(),
-            node_spec::Sha256Hex::from_digest(&Sha256::digest(&bytes)).as_str()
-        );
-        let check = Command::new(qemu_img())
-            .args(["check", "-f", "qcow2"])
-            .arg(&out)
-            .output()
+        // Twice: the second build resumes the prefix's digest state the
+        // first one kept.
+        let keep = d.join("keep");
+        let mut outs = Vec::new();
+        for round in 0..2 {
+            let out = d.join(format!("out{round}.qcow2"));
+            let mut p = Patched::begin(
+                &img,
+                &out,
+                new_size,
+                Arc::new(AtomicBool::new(false)),
+                Some(&keep),
+            )
             .unwrap();
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stdout)
-        );
-        run(Command::new(qemu_img())
-            .args(["compare", "-f", "qcow2", "-F", "raw"])
-            .arg(&out)
-            .arg(&raw));
+            assert_eq!(p.kept.is_some(), round == 1);
+            let last = new_size / cs - 1;
+            for (i, c) in [0, 3, 5, 17, 700 % (48 * 1024 * 1024 / cs), last]
+                .into_iter()
+                .enumerate()
+            {
+                let mut data = vec![0u8; cs as usize];
+                img.read_cluster(c.min(img.clusters() - 1), &mut data)
+                    .unwrap();
+                data[(i * 97) % cs as usize] ^= 0x5a;
+                data[cs as usize - 1] = i as u8 + 1;
+                p.replace(c, &data).unwrap();
+                want.write_all_at(&data, c * cs).unwrap();
+            }
+            let (sha, len) = p.finish(|| Ok(())).unwrap();
+            assert_eq!(len, std::fs::metadata(&out).unwrap().len());
+            let bytes = std::fs::read(&out).unwrap();
+            assert_eq!(
+                sha.as_str(),
+                node_spec::Sha256Hex::from_digest(&Sha256::digest(&bytes)).as_str()
+            );
+            let check = Command::new(qemu_img())
+                .args(["check", "-f", "qcow2"])
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stdout)
+            );
+            run(Command::new(qemu_img())
+                .args(["compare", "-f", "qcow2", "-F", "raw"])
+                .arg(&out)
+                .arg(&raw));
+            outs.push(bytes);
+        }
+        assert_eq!(outs[0], outs[1]);
+        let bytes = &outs[0];
         // The prefix is the base's, past the header cluster.
         let base_bytes = std::fs::read(&base).unwrap();
         assert_eq!(

@@ -1,0 +1,408 @@
+//! The raw working copy of a qcow2 base, and what changed in it.
+//!
+//! The editors (debugfs, a loop mount) need a raw disk. It is a sparse file
+//! of the guest's size holding either every stored cluster of the base
+//! ([`Extent::Full`]) or, for an ext4 root whose metadata map is cached,
+//! only the filesystem's metadata ([`Extent::Metadata`]): superblocks,
+//! group descriptors, bitmaps, inode tables, directories, extent trees,
+//! the journal — the blocks `e2image -r` copies, which are what debugfs and
+//! `e2fsck -fn` read. File data debugfs is asked to read (os-release, the
+//! SELinux policy) is copied in first ([`Working::fill_file_data`]);
+//! blocks it allocates are written whole. Holes read as zeros, so a block
+//! that is neither copied nor written must never be read: debugfs runs
+//! with `UNIX_IO_NOZEROOUT` (zeroing writes zeros instead of punching a
+//! hole), and the copied ranges are checked to still be there afterwards.
+//!
+//! The map is made once per base with `e2image -r` on a full copy (the
+//! first build from it) and kept in the cache beside the base, keyed by its
+//! digest and the filesystem's offset: the base is content-addressed and
+//! never changes.
+//!
+//! [`Working::write_changes`] then hands every guest cluster that differs
+//! from the base to [`Patched`]: in metadata mode, the clusters the raw
+//! file holds data in, each read as the base's cluster overlaid with what
+//! the raw file holds; in full mode, every cluster either side stores.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::apply::Ext4At;
+use super::qcow2file::{data_ranges, Mapping, Patched, Qcow2};
+use super::root::RootFs;
+use super::GPT_PROBE_LEN;
+use crate::command::run_command;
+
+/// Version of the cached map's format and of what it covers.
+const MAP_FORMAT: u32 = 1;
+/// Bytes copied at each end of the disk in metadata mode: the protective
+/// MBR, both GPT headers and their entry arrays.
+const GPT_AREA: u64 = 1 << 20;
+
+/// How much of the base the working copy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    Full,
+    Metadata,
+}
+
+/// The working copy of `img` at `path`.
+#[derive(Debug)]
+pub struct Working<'a> {
+    pub img: &'a Qcow2,
+    pub file: File,
+    pub path: PathBuf,
+    pub extent: Extent,
+    /// Guest ranges copied from the base (metadata mode).
+    copied: Vec<(u64, u64)>,
+    /// The root filesystem's offset and block size (metadata mode).
+    fs_offset: u64,
+    block_size: u64,
+    blocks: u64,
+}
+
+/// The cached metadata map of one base's ext4 root.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct MapFile {
+    format: u32,
+    base_sha256: String,
+    fs_offset: u64,
+    fs_bytes: u64,
+    /// Byte ranges relative to the filesystem's start.
+    ranges: Vec<(u64, u64)>,
+}
+
+/// `dir` is the base's own directory of derived data.
+fn map_path(dir: &Path, root: &RootFs) -> PathBuf {
+    dir.join(format!("ext4-metadata-{}.json", root.offset))
+}
+
+/// The base's digest: the name of its directory of derived data.
+fn base_of(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn fs_bytes(root: &RootFs) -> Option<u64> {
+    match &root.fs {
+        super::root::FsKind::Ext(i) if root.lv.is_none() => {
+            Some(i.blocks_count.saturating_mul(i.block_size))
+        }
+        _ => None,
+    }
+}
+
+/// The cached map of the base's ext4 root, if there is a usable one.
+pub fn load_map(dir: &Path, root: &RootFs) -> Option<Vec<(u64, u64)>> {
+    let bytes = fs_bytes(root)?;
+    let base_sha256 = base_of(dir);
+    let path = map_path(dir, root);
+    let text = fs::read(&path).ok()?;
+    match serde_json::from_slice::<MapFile>(&text) {
+        Ok(m)
+            if m.format == MAP_FORMAT
+                && m.base_sha256 == base_sha256
+                && m.fs_offset == root.offset
+                && m.fs_bytes == bytes
+                && m.ranges.iter().all(|&(s, e)| s < e && e <= bytes) =>
+        {
+            Some(m.ranges)
+        }
+        _ => {
+            tracing::debug!(path = %path.display(), "ignoring an unusable metadata map");
+            None
+        }
+    }
+}
+
+/// Make the metadata map of the ext4 root at `at` (a full, unedited copy)
+/// with `e2image -r`, and keep it for the next build from this base. A map
+/// that cannot be made or kept only costs the next build its speed.
+pub fn save_map(e2image: &Path, at: &Ext4At, dir: &Path, root: &RootFs, cancel: &AtomicBool) {
+    let Some(bytes) = fs_bytes(root) else {
+        return;
+    };
+    let made = (|| -> Result<Vec<(u64, u64)>> {
+        let meta = at.dir.join("metadata.raw");
+        let _ = fs::remove_file(&meta);
+        run_command(
+            // e2image takes the offset as `-o`, not as `disk.raw?offset=`.
+            at.command(e2image)
+                .arg("-r")
+                .arg("-o")
+                .arg(at.offset.to_string())
+                .arg(super::apply::RAW_NAME)
+                .arg("metadata.raw"),
+            cancel,
+        )
+        .context("mapping the root's metadata with e2image")?;
+        let ranges = data_ranges(&File::open(&meta)?)?;
+        let _ = fs::remove_file(&meta);
+        if ranges.is_empty() {
+            bail!("e2image wrote no metadata");
+        }
+        Ok(ranges)
+    })();
+    let saved = made.and_then(|ranges| {
+        let map = MapFile {
+            format: MAP_FORMAT,
+            base_sha256: base_of(dir),
+            fs_offset: root.offset,
+            fs_bytes: bytes,
+            ranges,
+        };
+        let path = map_path(dir, root);
+        fs::create_dir_all(crate::parent_dir(&path))?;
+        crate::emit::atomic_write(&path, &serde_json::to_vec(&map)?)?;
+        Ok(())
+    });
+    if let Err(e) = saved {
+        tracing::warn!("the next build from this base will copy all of it: {e:#}");
+    }
+}
+
+impl<'a> Working<'a> {
+    /// Create the working copy at `path`: the whole base, or (given the
+    /// root's metadata map) only the partition tables and the metadata.
+    pub fn create(
+        img: &'a Qcow2,
+        path: &Path,
+        root: &RootFs,
+        map: Option<Vec<(u64, u64)>>,
+        cancel: &AtomicBool,
+    ) -> Result<Self> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.set_len(img.virtual_size)?;
+        let size = img.virtual_size;
+        let (extent, ranges) = match map {
+            Some(map) => {
+                let mut r = vec![
+                    (0, GPT_AREA.max(GPT_PROBE_LEN as u64).min(size)),
+                    (size.saturating_sub(GPT_AREA), size),
+                ];
+                r.extend(map.iter().map(|&(s, e)| (root.offset + s, root.offset + e)));
+                (Extent::Metadata, merge(r))
+            }
+            None => (Extent::Full, img.stored_ranges()),
+        };
+        img.fill(&file, &ranges, cancel)?;
+        let (block_size, blocks) = match &root.fs {
+            super::root::FsKind::Ext(i) => (i.block_size, i.blocks_count),
+            _ => (0, 0),
+        };
+        Ok(Working {
+            img,
+            file,
+            path: path.to_owned(),
+            extent,
+            copied: stored_within(img, &ranges),
+            fs_offset: root.offset,
+            block_size,
+            blocks,
+        })
+    }
+
+    /// Copy the data blocks of `paths` (where they exist) from the base,
+    /// so debugfs can read them. Nothing to do in full mode.
+    pub fn fill_file_data(
+        &mut self,
+        debugfs: &Path,
+        at: &Ext4At,
+        paths: &[&str],
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        if self.extent == Extent::Full || paths.is_empty() || self.block_size == 0 {
+            return Ok(());
+        }
+        let mut script = String::new();
+        for p in paths {
+            script.push_str(&format!("blocks {}\n", super::debugfs::quote(p)?));
+        }
+        fs::write(at.dir.join("blocks.debugfs"), script).context("writing the blocks script")?;
+        let out = run_command(
+            at.command(debugfs)
+                .args(["-f", "blocks.debugfs"])
+                .arg(at.spec()),
+            cancel,
+        )
+        .context("listing file blocks with debugfs")?;
+        // A fast symlink's target prints as numbers too; those past the
+        // filesystem's end are dropped, others only copy a block more.
+        let mut blocks: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("debugfs"))
+            .flat_map(|l| l.split_whitespace().map(str::parse::<u64>))
+            .filter_map(Result::ok)
+            .filter(|b| *b < self.blocks)
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        let bs = self.block_size;
+        let ranges = merge(
+            blocks
+                .iter()
+                .map(|b| (self.fs_offset + b * bs, self.fs_offset + (b + 1) * bs))
+                .collect(),
+        );
+        self.img.fill(&self.file, &ranges, cancel)?;
+        self.copied = merge(
+            self.copied
+                .iter()
+                .copied()
+                .chain(stored_within(self.img, &ranges))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// Hand every guest cluster that now differs from the base to `out`;
+    /// returns how many did.
+    pub fn write_changes(&self, out: &mut Patched<'_>, cancel: &AtomicBool) -> Result<u64> {
+        let img = self.img;
+        let cs = img.cluster_size();
+        let len = self.file.metadata()?.len();
+        let written = data_ranges(&self.file)?;
+        if self.extent == Extent::Metadata {
+            if let Some((s, e)) = missing(&self.copied, &written) {
+                bail!(
+                    "bytes {s}..{e} of the working copy were punched out while it was edited; \
+                     the edit cannot be carried into the qcow2"
+                );
+            }
+        }
+        let mut clusters: BTreeSet<u64> = written
+            .iter()
+            .flat_map(|&(s, e)| s / cs..e.div_ceil(cs))
+            .collect();
+        if self.extent == Extent::Full {
+            clusters.extend((0..img.clusters()).filter(|&c| img.mapping(c) != Mapping::Zero));
+        }
+        let mut base = vec![0u8; cs as usize];
+        let mut now = vec![0u8; cs as usize];
+        let mut changed = 0;
+        for c in clusters {
+            if cancel.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            if c < img.clusters() {
+                img.read_cluster(c, &mut base)?;
+            } else {
+                base.fill(0);
+            }
+            let (start, end) = (c * cs, ((c + 1) * cs).min(len));
+            match self.extent {
+                // The raw file is the whole disk: read the cluster from it.
+                Extent::Full => {
+                    now.fill(0);
+                    self.file
+                        .read_exact_at(&mut now[..(end - start) as usize], start)
+                        .context("reading the working copy")?;
+                }
+                // Holes are parts never copied: they keep the base's bytes.
+                Extent::Metadata => {
+                    now.copy_from_slice(&base);
+                    for &(s, e) in overlapping(&written, start, end) {
+                        let (s, e) = (s.max(start), e.min(end));
+                        self.file
+                            .read_exact_at(&mut now[(s - start) as usize..(e - start) as usize], s)
+                            .context("reading the working copy")?;
+                    }
+                }
+            }
+            if now != base {
+                out.replace(c, &now)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Sorted ranges, overlapping and touching ones merged.
+fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.retain(|(s, e)| s < e);
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The parts of `ranges` the base stores (not zero clusters).
+fn stored_within(img: &Qcow2, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let cs = img.cluster_size();
+    let mut out = Vec::new();
+    for &(s, e) in ranges {
+        let e = e.min(img.virtual_size);
+        for c in s / cs..e.div_ceil(cs) {
+            if img.mapping(c) != Mapping::Zero {
+                out.push(((c * cs).max(s), ((c + 1) * cs).min(e)));
+            }
+        }
+    }
+    merge(out)
+}
+
+/// The ranges of sorted, disjoint `ranges` that overlap `start..end`.
+fn overlapping(ranges: &[(u64, u64)], start: u64, end: u64) -> &[(u64, u64)] {
+    let from = ranges.partition_point(|&(_, e)| e <= start);
+    let to = ranges.partition_point(|&(s, _)| s < end);
+    &ranges[from..to.max(from)]
+}
+
+/// The first part of `want` that `have` (both sorted, disjoint) lacks.
+fn missing(want: &[(u64, u64)], have: &[(u64, u64)]) -> Option<(u64, u64)> {
+    for &(s, e) in want {
+        let mut at = s;
+        for &(hs, he) in overlapping(have, s, e) {
+            if hs > at {
+                return Some((at, hs));
+            }
+            at = at.max(he);
+        }
+        if at < e {
+            return Some((at, e));
+        }
+    }
+    None
+}
+
+/// `e2image` for [`save_map`], if installed (it comes with e2fsprogs).
+pub fn e2image(tools: &super::tools::Tools) -> Option<PathBuf> {
+    tools.get("e2image").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_overlap_and_report_what_is_missing() {
+        assert_eq!(
+            merge(vec![(5, 9), (0, 2), (2, 4), (8, 12), (20, 20)]),
+            vec![(0, 4), (5, 12)]
+        );
+        let have = [(0, 10), (20, 30)];
+        assert_eq!(overlapping(&have, 5, 25), &have[..]);
+        assert_eq!(overlapping(&have, 10, 20), &[] as &[(u64, u64)]);
+        assert_eq!(missing(&[(2, 8), (22, 28)], &have), None);
+        assert_eq!(missing(&[(5, 25)], &have), Some((10, 20)));
+        assert_eq!(missing(&[(25, 35)], &have), Some((30, 35)));
+    }
+}

@@ -95,6 +95,13 @@ for _ in $(seq "$runs"); do
     "$bin" build "$profile" --recipe "$work/$v.yaml" --output qcow2 --offline \
       --agent "$agent" --cache-dir "$cache" --out "$work/ours-$v" >/dev/null
     t[ours-$v]+="$(since "$s") "
+    # The manifest's digest is the file's (it is computed while writing).
+    want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["artifact"]["sha256"])' "$work/ours-$v"/*.qcow2.manifest.json)
+    got=$(sha256sum "$work/ours-$v"/*.qcow2 | cut -d' ' -f1)
+    if [[ "$want" != "$got" ]]; then
+      echo "bench-qcow2: $v: the manifest says $want, the file is $got" >&2
+      exit 1
+    fi
     # Only the manifest is read later; the disks would fill a small disk.
     rm -f "$work/ours-$v"/*.qcow2
   done
@@ -143,6 +150,9 @@ print()
 for label in ("ours-plain", "ours-compressed", "ours-xfs", "ours-xfs-compressed", "asm"):
     path = glob.glob(os.path.join(work, label, "*.qcow2.manifest.json"))[0]
     m = json.load(open(path))
-    print(f"timings-ms, last run, {label}: "
+    d = m.get("disk", {})
+    how = d.get("written", "?") + (f" ({d['working-copy']} working copy)" if d.get("working-copy") else "")
+    print(f"timings-ms, last run, {label}, {how}: "
           + ", ".join(f"{k} {v}" for k, v in m.get("timings-ms", {}).items()))
+print("every timed disk's sha256 matched its manifest")
 PY

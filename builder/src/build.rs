@@ -538,6 +538,8 @@ fn qcow2_manifest(
         base_format: written.base_format.clone(),
         grown_from: written.grown_from,
         compressed: plan.profile.qcow2.compress,
+        written: written.written.to_owned(),
+        working_copy: written.working_copy.map(str::to_owned),
         root_partition: written.root.index,
         root_label: written.root.label.clone(),
         root_fs: written.root.fs.clone(),

@@ -59,6 +59,11 @@ fn gpt_disk(path: &Path, mib: u64, label: &str, parts: &str) {
 /// A vendor-like cloud image: ESP at 1 MiB, ext4 root from 5 MiB to
 /// 1 MiB before the end, made from a small tree with per-machine state to be removed.
 fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
+    cloud_image_with(dir, mib, root_mib, &[])
+}
+
+/// [`cloud_image`] with more `mke2fs` options.
+fn cloud_image_with(dir: &Path, mib: u64, root_mib: Option<u64>, mke2fs: &[&str]) -> PathBuf {
     let img = dir.join("cloud.raw");
     // The root fills the disk but for the primary table in front and 1 MiB
     // at the end (the backup table).
@@ -90,7 +95,9 @@ fn cloud_image(dir: &Path, mib: u64, root_mib: Option<u64>) -> PathBuf {
     let root_bytes = root_mib << 20;
     run_checked(
         Command::new(sbin("mke2fs"))
-            .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs", "-E"])
+            .args(["-q", "-F", "-t", "ext4", "-L", "cloudimg-rootfs"])
+            .args(mke2fs)
+            .arg("-E")
             .arg(format!("offset={}", 10240 * 512))
             .arg("-d")
             .arg(&tree)
@@ -527,4 +534,134 @@ fn a_failed_build_keeps_the_previous_disk_and_manifest() {
         files_in(&out),
         vec![DISK_NAME.to_string(), format!("{DISK_NAME}.manifest.json")]
     );
+}
+
+/// The byte offsets where `disk` reads differently from `other`, outside
+/// the root's superblock and its backups (they carry the time of each
+/// edit: debugfs has no fixed-time mode).
+fn guest_differences(c: &Case, disk: &Path, other: &Path) -> Vec<usize> {
+    let raw = |p: &Path, name: &str| {
+        let out = c.path(name);
+        let _ = fs::remove_file(&out);
+        run_checked(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(p)
+                .arg(&out),
+        );
+        fs::read(&out).unwrap()
+    };
+    let (a, b) = (raw(disk, "a.raw"), raw(other, "b.raw"));
+    assert_eq!(a.len(), b.len());
+    let fs = 10240 * 512;
+    // A superblock copy starts 1 KiB-aligned in the filesystem and has
+    // the ext4 magic at byte 56.
+    let in_superblock = |i: usize| {
+        let start = i.checked_sub(fs).map(|r| fs + r / 1024 * 1024);
+        start
+            .is_some_and(|s| a[s + 56..s + 58] == [0x53, 0xef] && b[s + 56..s + 58] == [0x53, 0xef])
+    };
+    a.chunks(4096)
+        .zip(b.chunks(4096))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .flat_map(|(k, (x, y))| {
+            (0..x.len())
+                .filter(|&i| x[i] != y[i])
+                .map(move |i| k * 4096 + i)
+                .collect::<Vec<_>>()
+        })
+        .filter(|&i| !in_superblock(i))
+        .take(10)
+        .collect()
+}
+
+/// A qcow2 base is patched, not converted twice: the first build copies
+/// all of it and keeps the root's metadata map and the prefix's digest
+/// state; the next copies only the metadata and hashes only the tail. Both
+/// read back as the disk `qemu-img convert` both ways makes, the manifest's
+/// digest is the file's, and a compressed base is patched too once its map
+/// is kept.
+#[test]
+fn a_patched_disk_reads_back_as_the_converted_one() {
+    let c = Case::new();
+    // 4 KiB blocks, as vendors' images have; 1 KiB blocks (what mke2fs
+    // picks for a small disk) are smaller than a tmpfs page, so the
+    // working copy stays whole.
+    let raw4k = cloud_image_with(c.dir.path(), 256, None, &["-b", "4096"]);
+    fs::rename(&raw4k, c.path("cloud-4k.raw")).unwrap();
+    fs::create_dir(c.path("1k")).unwrap();
+    let raw1k = cloud_image_with(&c.path("1k"), 256, None, &["-b", "1024"]);
+    for (name, raw, args, second) in [
+        ("plain", c.path("cloud-4k.raw"), &[][..], "metadata"),
+        (
+            "compressed",
+            c.path("cloud-4k.raw"),
+            &["-c"][..],
+            "metadata",
+        ),
+        ("plain-1k", raw1k, &[][..], "full"),
+    ] {
+        let base = c.path(&format!("{name}.qcow2"));
+        run_checked(
+            Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .args(args)
+                .arg(&raw)
+                .arg(&base),
+        );
+        let _ = fs::remove_dir_all(c.path("cache"));
+        let mut disks = Vec::new();
+        for (round, convert, written, copy) in [
+            // A compressed base is converted until its map is kept.
+            (
+                0,
+                false,
+                if name == "compressed" {
+                    "converted"
+                } else {
+                    "patched"
+                },
+                (name != "compressed").then_some("full"),
+            ),
+            (1, false, "patched", Some(second)),
+            (2, true, "converted", None),
+        ] {
+            let mut cmd = c.build_cmd(&base, "qcow2:\n  size: 1G\n", None, &[]);
+            if convert {
+                cmd.env("IMGBUILD_QCOW2_CONVERT", "1");
+            }
+            let o = cmd.output().unwrap();
+            assert!(o.status.success(), "{name} {round}: {}", text(&o));
+            let out = c.path("out");
+            let m: Value = serde_json::from_slice(
+                &fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(m["disk"]["written"], written, "{name} {round}: {m:#}");
+            assert_eq!(m["disk"]["working-copy"].as_str(), copy, "{name} {round}");
+            assert_eq!(m["disk"]["grown-from"], 256u64 << 20);
+            let disk = c.path(&format!("{name}-{round}.qcow2"));
+            fs::rename(out.join(DISK_NAME), &disk).unwrap();
+            let sum = run_checked(Command::new("sha256sum").arg(&disk)).stdout;
+            let sum = String::from_utf8_lossy(&sum);
+            assert!(
+                sum.starts_with(m["artifact"]["sha256"].as_str().unwrap()),
+                "{name} {round}: {sum} vs {m:#}"
+            );
+            run_checked(
+                Command::new("qemu-img")
+                    .args(["check", "-f", "qcow2"])
+                    .arg(&disk),
+            );
+            disks.push(disk);
+        }
+        for other in &disks[1..] {
+            let d = guest_differences(&c, &disks[0], other);
+            assert!(d.is_empty(), "{name}: {} differs at {d:?}", other.display());
+        }
+        let spec = format!("{}?offset={}", c.path("a.raw").display(), 10240 * 512);
+        run_checked(Command::new(sbin("e2fsck")).args(["-f", "-n"]).arg(&spec));
+        assert!(debugfs(&spec, "cat /etc/firstboot-agent/defaults.yaml").contains("v1.34.3+k3s1"));
+    }
 }

@@ -138,6 +138,14 @@ pub struct DiskInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grown_from: Option<u64>,
     pub compressed: bool,
+    /// How the qcow2 was written: `patched` (the base's bytes kept, the
+    /// changed clusters appended) or `converted` (`qemu-img convert`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub written: String,
+    /// What the working copy of a patched base held: `metadata` (the ext4
+    /// root's metadata, from the map kept for the base) or `full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_copy: Option<String>,
     pub root_partition: u32,
     pub root_label: String,
     pub root_fs: String,

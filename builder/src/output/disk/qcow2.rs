@@ -95,6 +95,8 @@ pub struct DiskOutput {
     /// `patched` (the base's bytes kept, changed clusters appended) or
     /// `converted` (`qemu-img convert` of the edited raw copy).
     pub written: &'static str,
+    /// `metadata` or `full`, for a patched disk.
+    pub working_copy: Option<&'static str>,
     pub pending: PendingDisk,
 }
 
@@ -279,6 +281,7 @@ pub fn write_disk(
         },
         assembled: done.assembled,
         written: done.written,
+        working_copy: done.working_copy,
         os_release: done.applied.os_release,
         selinux: done.applied.selinux,
         pending: PendingDisk {
@@ -300,6 +303,7 @@ struct Done {
     root: RootFs,
     assembled: Option<Assembled>,
     written: &'static str,
+    working_copy: Option<&'static str>,
     applied: Applied,
     tmp_out: PathBuf,
 }
@@ -316,6 +320,22 @@ struct Patchable {
     root: RootFs,
     /// The cached metadata map of its ext4 root.
     map: Option<Vec<(u64, u64)>>,
+}
+
+/// Keep the metadata map of an ext4 root read from a full, unedited
+/// working copy, so the next build from this qcow2 base copies only that.
+fn keep_map(cx: &Cx<'_>, root: &RootFs) {
+    if let (FsKind::Ext(_), Some(dir), Some(e2image)) = (
+        &root.fs,
+        derived_for_base(cx.opts),
+        working::e2image(&cx.tools),
+    ) {
+        if working::load_map(&dir, root).is_some() {
+            return;
+        }
+        let at = edit::ext4_at(cx, root);
+        working::save_map(&e2image, &at, &dir, root, cx.cancel());
+    }
 }
 
 /// The directory for what is derived from this base, named by its digest
@@ -382,6 +402,9 @@ fn convert(cx: &mut Cx<'_>, info: Option<ImgInfo>) -> Result<Done> {
         }
     };
     let root = locate(cx)?;
+    if base_format == "qcow2" {
+        keep_map(cx, &root);
+    }
     let mut applied = apply_layer(cx, &root)?;
     let tmp_out = check_fs_and_write_qcow2(cx, &root, applied.loop_dev.take())?;
     let virtual_size = fs::metadata(cx.raw())
@@ -398,6 +421,7 @@ fn convert(cx: &mut Cx<'_>, info: Option<ImgInfo>) -> Result<Done> {
         root,
         assembled,
         written: "converted",
+        working_copy: None,
         applied,
         tmp_out,
     })
@@ -432,14 +456,8 @@ fn patch<'a>(cx: &mut Cx<'a>, p: &'a Patchable, info: &ImgInfo) -> Result<Done> 
             p.root.offset
         );
     }
-    if let (Extent::Full, FsKind::Ext(_), Some(dir), Some(e2image)) = (
-        extent,
-        &root.fs,
-        keep.as_deref(),
-        working::e2image(&cx.tools),
-    ) {
-        let at = edit::ext4_at(cx, &root);
-        working::save_map(&e2image, &at, dir, &root, cx.cancel());
+    if extent == Extent::Full {
+        keep_map(cx, &root);
     }
     let mut applied = apply_layer(cx, &root)?;
     let loop_dev = applied.loop_dev.take();
@@ -472,6 +490,10 @@ fn patch<'a>(cx: &mut Cx<'a>, p: &'a Patchable, info: &ImgInfo) -> Result<Done> 
         root,
         assembled: None,
         written: "patched",
+        working_copy: Some(match extent {
+            Extent::Metadata => "metadata",
+            Extent::Full => "full",
+        }),
         applied,
         tmp_out,
     })

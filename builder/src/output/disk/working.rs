@@ -186,6 +186,28 @@ impl<'a> Working<'a> {
             .with_context(|| format!("creating {}", path.display()))?;
         file.set_len(img.virtual_size)?;
         let size = img.virtual_size;
+        // Holes tell copied blocks from written ones only if each block is
+        // whole units of what the scratch filesystem allocates (a page on
+        // tmpfs): a block written into a unit that also holds uncopied
+        // bytes would make those read as zeros.
+        let map = match (map, &root.fs) {
+            (Some(map), super::root::FsKind::Ext(i)) => {
+                let unit = hole_unit(crate::parent_dir(path))
+                    .map_err(|e| tracing::debug!("{e:#}"))
+                    .unwrap_or(u64::MAX);
+                if i.block_size.is_multiple_of(unit) && root.offset.is_multiple_of(unit) {
+                    Some(map)
+                } else {
+                    tracing::debug!(
+                        unit,
+                        block = i.block_size,
+                        "ext4 blocks smaller than the scratch space's unit: copying the whole base"
+                    );
+                    None
+                }
+            }
+            _ => None,
+        };
         let (extent, ranges) = match map {
             Some(map) => {
                 let mut r = vec![
@@ -197,7 +219,7 @@ impl<'a> Working<'a> {
             }
             None => (Extent::Full, img.stored_ranges()),
         };
-        img.fill(&file, &ranges, cancel)?;
+        fill_in_two(img, &file, &ranges, cancel)?;
         let (block_size, blocks) = match &root.fs {
             super::root::FsKind::Ext(i) => (i.block_size, i.blocks_count),
             _ => (0, 0),
@@ -289,10 +311,52 @@ impl<'a> Working<'a> {
         if self.extent == Extent::Full {
             clusters.extend((0..img.clusters()).filter(|&c| img.mapping(c) != Mapping::Zero));
         }
+        // Two workers compare (each half of the clusters); the writer
+        // appends what changed as it comes, at most a few clusters behind.
+        let clusters: Vec<u64> = clusters.into_iter().collect();
+        let half = clusters.len().div_ceil(2).max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(16);
+        std::thread::scope(|s| -> Result<u64> {
+            let workers: Vec<_> = clusters
+                .chunks(half)
+                .map(|part| {
+                    let tx = tx.clone();
+                    let written = &written;
+                    s.spawn(move || self.compare(part, written, len, cancel, &tx))
+                })
+                .collect();
+            drop(tx);
+            let mut changed = 0;
+            let mut wrote = Ok(());
+            for (c, data) in rx {
+                if wrote.is_ok() {
+                    wrote = out.replace(c, &data);
+                    changed += 1;
+                }
+            }
+            for w in workers {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a comparing thread panicked")))?;
+            }
+            wrote?;
+            Ok(changed)
+        })
+    }
+
+    /// Send each of `clusters` that differs from the base to `tx`.
+    fn compare(
+        &self,
+        clusters: &[u64],
+        written: &[(u64, u64)],
+        len: u64,
+        cancel: &AtomicBool,
+        tx: &std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    ) -> Result<()> {
+        let img = self.img;
+        let cs = img.cluster_size();
         let mut base = vec![0u8; cs as usize];
         let mut now = vec![0u8; cs as usize];
-        let mut changed = 0;
-        for c in clusters {
+        for &c in clusters {
             if cancel.load(Ordering::Relaxed) {
                 bail!("interrupted");
             }
@@ -313,7 +377,7 @@ impl<'a> Working<'a> {
                 // Holes are parts never copied: they keep the base's bytes.
                 Extent::Metadata => {
                     now.copy_from_slice(&base);
-                    for &(s, e) in overlapping(&written, start, end) {
+                    for &(s, e) in overlapping(written, start, end) {
                         let (s, e) = (s.max(start), e.min(end));
                         self.file
                             .read_exact_at(&mut now[(s - start) as usize..(e - start) as usize], s)
@@ -321,13 +385,63 @@ impl<'a> Working<'a> {
                     }
                 }
             }
-            if now != base {
-                out.replace(c, &now)?;
-                changed += 1;
+            if now != base && tx.send((c, now.clone())).is_err() {
+                // The writer failed; it reports why.
+                return Ok(());
             }
         }
-        Ok(changed)
+        Ok(())
     }
+}
+
+/// The unit in which a file in `dir` stops being a hole when one byte is
+/// written: a page on tmpfs, a block on a disk filesystem, larger with huge
+/// pages.
+fn hole_unit(dir: &Path) -> Result<u64> {
+    let probe = tempfile::tempfile_in(dir).context("probing the scratch space")?;
+    let at = (3 << 20) + 1;
+    probe.set_len(8 << 20)?;
+    probe.write_all_at(&[1], at)?;
+    let written = data_ranges(&probe)?;
+    match written.as_slice() {
+        [(s, e)] if *s <= at && at < *e => Ok(e - s),
+        _ => bail!("the scratch space does not report holes ({written:?})"),
+    }
+}
+
+/// [`Qcow2::fill`] of `ranges`, split in two halves by bytes, side by side.
+fn fill_in_two(img: &Qcow2, file: &File, ranges: &[(u64, u64)], cancel: &AtomicBool) -> Result<()> {
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    // The split point, on a cluster boundary.
+    let cs = img.cluster_size();
+    let mut at = total / 2;
+    let mut split = 0;
+    for &(s, e) in ranges {
+        if at < e - s {
+            split = (s + at) / cs * cs;
+            break;
+        }
+        at -= e - s;
+    }
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for &(s, e) in ranges {
+        if e <= split {
+            first.push((s, e));
+        } else if s >= split {
+            second.push((s, e));
+        } else {
+            first.push((s, split));
+            second.push((split, e));
+        }
+    }
+    std::thread::scope(|sc| {
+        let other = sc.spawn(|| img.fill(file, &second, cancel));
+        let one = img.fill(file, &first, cancel);
+        let other = other
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("a copying thread panicked")));
+        one.and(other)
+    })
 }
 
 /// Sorted ranges, overlapping and touching ones merged.

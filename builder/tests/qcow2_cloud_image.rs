@@ -665,3 +665,53 @@ fn a_patched_disk_reads_back_as_the_converted_one() {
         assert!(debugfs(&spec, "cat /etc/firstboot-agent/defaults.yaml").contains("v1.34.3+k3s1"));
     }
 }
+
+/// A kept metadata map that misses blocks (here: all but the first) makes
+/// the shortcut fail; the build then copies the whole base, still succeeds,
+/// says so, and keeps a good map again.
+#[test]
+fn a_wrong_metadata_map_costs_a_full_copy_not_the_build() {
+    let c = Case::new();
+    let raw = cloud_image_with(c.dir.path(), 256, None, &["-b", "4096"]);
+    let base = c.path("base.qcow2");
+    run_checked(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&base),
+    );
+    let o = c.build(&base, "", None);
+    assert!(o.status.success(), "{}", text(&o));
+    let maps: Vec<PathBuf> = fs::read_dir(c.path("cache/derived"))
+        .unwrap()
+        .flat_map(|d| fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("ext4-metadata-"))
+        .collect();
+    assert_eq!(maps.len(), 1, "{maps:?}");
+    let mut map: Value = serde_json::from_slice(&fs::read(&maps[0]).unwrap()).unwrap();
+    let good = map["ranges"].clone();
+    map["ranges"] = serde_json::json!([[0, 4096]]);
+    fs::write(&maps[0], serde_json::to_vec(&map).unwrap()).unwrap();
+
+    let o = c.build(&base, "", None);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("did not work"),
+        "{}",
+        text(&o)
+    );
+    let m: Value = serde_json::from_slice(
+        &fs::read(c.path("out").join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["disk"]["written"], "patched");
+    assert_eq!(m["disk"]["working-copy"], "full");
+    let again: Value = serde_json::from_slice(&fs::read(&maps[0]).unwrap()).unwrap();
+    assert_eq!(again["ranges"], good);
+    run_checked(
+        Command::new("qemu-img")
+            .args(["check", "-f", "qcow2"])
+            .arg(c.path("out").join(DISK_NAME)),
+    );
+}

@@ -260,7 +260,17 @@ pub fn write_disk(
         working: None,
     };
     let done = match (&patchable, base_info) {
-        (Some(p), Some(info)) => patch(&mut cx, p, &info)?,
+        (Some(p), Some(info)) => match patch(&mut cx, p, p.map.clone(), &info) {
+            // The metadata copy is a shortcut: if anything went wrong with
+            // it, forget the map and do it the long way.
+            Err(e)
+                if p.map.is_some() && !cx.cancel().load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                tracing::debug!("patching from a copy of the root's metadata failed: {e:#}");
+                retry_whole(&mut cx, p, info, &e)?
+            }
+            r => r?,
+        },
         (_, info) => convert(&mut cx, info)?,
     };
     drop(cx);
@@ -431,7 +441,40 @@ fn convert(cx: &mut Cx<'_>, info: Option<ImgInfo>) -> Result<Done> {
 /// is copied and hashed from the start while the working copy is made and
 /// edited; then only the clusters that changed are appended
 /// ([`super::qcow2file`], [`super::working`]).
-fn patch<'a>(cx: &mut Cx<'a>, p: &'a Patchable, info: &ImgInfo) -> Result<Done> {
+/// After a failed attempt from the metadata map: the map is forgotten and
+/// the base copied whole (patched, or converted if it is compressed). An
+/// error then is the base's; a success means the map was wrong.
+fn retry_whole<'a>(
+    cx: &mut Cx<'a>,
+    p: &'a Patchable,
+    info: ImgInfo,
+    first: &anyhow::Error,
+) -> Result<Done> {
+    cx.working = None;
+    for leftover in [cx.raw(), cx.work.join("out.qcow2")] {
+        let _ = fs::remove_file(leftover);
+    }
+    if let Some(dir) = derived_for_base(cx.opts) {
+        working::forget_map(&dir, &p.root);
+    }
+    let done = if p.img.has_compressed() {
+        convert(cx, Some(info))
+    } else {
+        patch(cx, p, None, &info)
+    }?;
+    tracing::warn!(
+        "the kept map of this base's root metadata did not work ({first:#}); the base was \
+         copied whole and the map made again"
+    );
+    Ok(done)
+}
+
+fn patch<'a>(
+    cx: &mut Cx<'a>,
+    p: &'a Patchable,
+    map: Option<Vec<(u64, u64)>>,
+    info: &ImgInfo,
+) -> Result<Done> {
     preflight_root(cx, info)?;
     let tmp_out = cx.work.join("out.qcow2");
     let new_size = info.virtual_size.max(cx.opts.size.unwrap_or(0));
@@ -443,7 +486,7 @@ fn patch<'a>(cx: &mut Cx<'a>, p: &'a Patchable, info: &ImgInfo) -> Result<Done> 
         cx.fetch.cancel.clone(),
         keep.as_deref(),
     )?;
-    let working = Working::create(&p.img, &cx.raw(), &p.root, p.map.clone(), cx.cancel())?;
+    let working = Working::create(&p.img, &cx.raw(), &p.root, map, cx.cancel())?;
     let extent = working.extent;
     cx.working = Some(Mutex::new(working));
     let grown = grow(cx, info)?;

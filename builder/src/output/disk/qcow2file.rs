@@ -250,6 +250,9 @@ impl Qcow2 {
             l2,
             header_cluster,
         };
+        if let Some(why) = img.shared_cluster() {
+            return Ok(Open::Unsupported(why));
+        }
         // Every data cluster must lie in the file.
         for c in 0..img.clusters() {
             match img.mapping(c) {
@@ -265,6 +268,40 @@ impl Qcow2 {
             }
         }
         Ok(Open::Image(Box::new(img)))
+    }
+
+    /// A host cluster that two things use (the header, an L2 table, a
+    /// data cluster; compressed clusters may share with each other): a
+    /// patched copy would give it a refcount the tables do not allow.
+    fn shared_cluster(&self) -> Option<String> {
+        let cs = self.cluster_size();
+        // Host cluster → whether compressed data uses it.
+        let mut used: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+        used.insert(0, false);
+        for e in &self.l1 {
+            let off = e & OFFSET_MASK;
+            if off != 0 && used.insert(off / cs, false).is_some() {
+                return Some(format!("its L2 table at byte {off} is used twice"));
+            }
+        }
+        for c in 0..self.clusters() {
+            match self.mapping(c) {
+                Mapping::Zero => {}
+                Mapping::Data(off) => {
+                    if used.insert(off / cs, false).is_some() {
+                        return Some(format!("guest cluster {c} shares its host cluster"));
+                    }
+                }
+                Mapping::Compressed { offset, len } => {
+                    for k in offset / cs..=(offset + len.max(1) - 1) / cs {
+                        if used.insert(k, true) == Some(false) {
+                            return Some(format!("compressed guest cluster {c} overlaps another"));
+                        }
+                    }
+                }
+            }
+        }
+        None
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -1059,6 +1096,23 @@ mod tests {
         }
         assert_eq!(outs[0], outs[1]);
         let bytes = &outs[0];
+        // A base file touched since is hashed again, not trusted.
+        File::options()
+            .write(true)
+            .open(&base)
+            .unwrap()
+            .set_modified(std::time::SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let touched = opened(&base);
+        let p = Patched::begin(
+            &touched,
+            &d.join("out-touched.qcow2"),
+            new_size,
+            Arc::new(AtomicBool::new(false)),
+            Some(&keep),
+        )
+        .unwrap();
+        assert!(p.kept.is_none());
         // The prefix is the base's, past the header cluster.
         let base_bytes = std::fs::read(&base).unwrap();
         assert_eq!(
@@ -1131,6 +1185,31 @@ mod tests {
             .arg(&base));
         assert!(
             matches!(Qcow2::open(&base).unwrap(), Open::Unsupported(w) if w.contains("snapshots"))
+        );
+        // Two guest clusters stored in one host cluster (qemu reads that,
+        // but a patched copy could not count it): converted instead.
+        let raw = guest(d, 4);
+        let shared = d.join("shared.qcow2");
+        run(Command::new(qemu_img())
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&shared));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .open(&shared)
+            .unwrap();
+        let mut h = [0u8; 48];
+        f.read_exact_at(&mut h, 0).unwrap();
+        let mut l1 = [0u8; 8];
+        f.read_exact_at(&mut l1, be64(&h, 40)).unwrap();
+        let l2 = u64::from_be_bytes(l1) & OFFSET_MASK;
+        let mut first = [0u8; 8];
+        f.read_exact_at(&mut first, l2).unwrap();
+        assert_ne!(u64::from_be_bytes(first) & OFFSET_MASK, 0);
+        f.write_all_at(&first, l2 + 8).unwrap();
+        assert!(
+            matches!(Qcow2::open(&shared).unwrap(), Open::Unsupported(w) if w.contains("shares")),
         );
         // A damaged L1 pointer is an error, not a silent fallback.
         let b2 = d.join("b2.qcow2");

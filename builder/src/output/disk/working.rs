@@ -122,6 +122,11 @@ pub fn load_map(dir: &Path, root: &RootFs) -> Option<Vec<(u64, u64)>> {
     }
 }
 
+/// Remove the kept map of `root` (it did not work).
+pub fn forget_map(dir: &Path, root: &RootFs) {
+    let _ = fs::remove_file(map_path(dir, root));
+}
+
 /// Make the metadata map of the ext4 root at `at` (a full, unedited copy)
 /// with `e2image -r`, and keep it for the next build from this base. A map
 /// that cannot be made or kept only costs the next build its speed.

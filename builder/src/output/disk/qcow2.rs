@@ -386,9 +386,16 @@ fn patchable(path: &Path, info: &ImgInfo, opts: &DiskOptions) -> Option<Patchabl
         &path.display().to_string(),
     )
     .ok()?;
+    // Blocks smaller than a page get a full copy (`Working::create` checks
+    // the scratch space's real unit); decided here so the scratch space is
+    // chosen for the right size.
     let map = derived_for_base(opts)
         .as_deref()
-        .and_then(|dir| working::load_map(dir, &root));
+        .and_then(|dir| working::load_map(dir, &root))
+        .filter(|_| match &root.fs {
+            FsKind::Ext(i) => i.block_size.is_multiple_of(4096) && root.offset.is_multiple_of(4096),
+            FsKind::Xfs(_) => false,
+        });
     if map.is_none() && img.has_compressed() {
         return None;
     }

@@ -330,16 +330,20 @@ impl Qcow2 {
         }
     }
 
+    /// Host offset and length of a compressed L2 entry's data (the spec's
+    /// "Compressed Clusters Descriptor").
+    fn compressed_span(&self, entry: u64) -> (u64, u64) {
+        let shift = 62 - (self.cluster_bits - 8);
+        let offset = entry & ((1 << shift) - 1);
+        let sectors = ((entry >> shift) & ((1 << (self.cluster_bits - 8)) - 1)) + 1;
+        (offset, sectors * 512 - (offset & 511))
+    }
+
     pub fn mapping(&self, c: u64) -> Mapping {
         let e = self.entry(c);
         if e & COMPRESSED != 0 {
-            let shift = 62 - (self.cluster_bits - 8);
-            let offset = e & ((1 << shift) - 1);
-            let sectors = ((e >> shift) & ((1 << (self.cluster_bits - 8)) - 1)) + 1;
-            return Mapping::Compressed {
-                offset,
-                len: sectors * 512 - (offset & 511),
-            };
+            let (offset, len) = self.compressed_span(e);
+            return Mapping::Compressed { offset, len };
         }
         let off = e & OFFSET_MASK;
         if off == 0 || (self.version == 3 && e & ZERO_FLAG != 0) {
@@ -869,11 +873,8 @@ impl<'a> Patched<'a> {
             };
             for &entry in entries {
                 if entry & COMPRESSED != 0 {
-                    let shift = 62 - (base.cluster_bits - 8);
-                    let offset = entry & ((1 << shift) - 1);
-                    let sectors = ((entry >> shift) & ((1 << (base.cluster_bits - 8)) - 1)) + 1;
-                    let last = offset + sectors * 512 - (offset & 511) - 1;
-                    for k in offset / cs..=last / cs {
+                    let (offset, len) = base.compressed_span(entry);
+                    for k in offset / cs..=(offset + len - 1) / cs {
                         inc(k * cs)?;
                     }
                 } else if entry & OFFSET_MASK != 0 {

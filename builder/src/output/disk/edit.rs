@@ -234,7 +234,15 @@ pub fn apply_mounted(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
     let (os_release, selinux) = {
         let mnt = Mounted::xfs(&dev, &cx.scratch.join("root"))?;
         check_room(cx, mnt.free_bytes()?)?;
-        let mut read = |path: &str| tree::read_in_tree(&mnt.dir, path);
+        let read_tree = |path: &str| -> Result<Option<Vec<u8>>> {
+            if let Some(w) = &cx.working {
+                w.lock()
+                    .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))?
+                    .fill_tree_file(&cx.tools, &mnt.dir, path, cx.cancel())?;
+            }
+            tree::read_in_tree(&mnt.dir, path)
+        };
+        let mut read = read_tree;
         let policy = selinux::find_policy(&mut read, cx.opts.selinux, &cx.scratch.join("selinux"))?;
         let layer = with_autorelabel(cx.layer, cx.opts.selinux, policy.as_ref());
         let touched = selinux::touched_paths(&layer, &|p| {
@@ -248,7 +256,7 @@ pub fn apply_mounted(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
         let os_release = first_os_release(
             ["/etc/os-release", "/usr/lib/os-release"]
                 .iter()
-                .filter_map(|p| tree::read_in_tree(&mnt.dir, p).ok().flatten()),
+                .filter_map(|p| read_tree(p).ok().flatten()),
         );
         let info = outcome(policy.as_ref(), cx.opts.selinux, labelled, "setfiles");
         // Unmounted here: the data reaches the loop device before the

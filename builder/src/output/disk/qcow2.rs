@@ -332,19 +332,13 @@ struct Patchable {
     map: Option<Vec<(u64, u64)>>,
 }
 
-/// Keep the metadata map of an ext4 root read from a full, unedited
-/// working copy, so the next build from this qcow2 base copies only that.
+/// Keep the metadata map of a root read from a full, unedited working
+/// copy, so the next build from this qcow2 base copies only that.
 fn keep_map(cx: &Cx<'_>, root: &RootFs) {
-    if let (FsKind::Ext(_), Some(dir), Some(e2image)) = (
-        &root.fs,
-        derived_for_base(cx.opts),
-        working::e2image(&cx.tools),
-    ) {
-        if working::load_map(&dir, root).is_some() {
-            return;
+    if let Some(dir) = derived_for_base(cx.opts) {
+        if working::load_map(&dir, root).is_none() {
+            working::save_map(&cx.tools, cx.scratch, &cx.raw(), &dir, root, cx.cancel());
         }
-        let at = edit::ext4_at(cx, root);
-        working::save_map(&e2image, &at, &dir, root, cx.cancel());
     }
 }
 
@@ -392,9 +386,12 @@ fn patchable(path: &Path, info: &ImgInfo, opts: &DiskOptions) -> Option<Patchabl
     let map = derived_for_base(opts)
         .as_deref()
         .and_then(|dir| working::load_map(dir, &root))
-        .filter(|_| match &root.fs {
-            FsKind::Ext(i) => i.block_size.is_multiple_of(4096) && root.offset.is_multiple_of(4096),
-            FsKind::Xfs(_) => false,
+        .filter(|_| {
+            let block = match &root.fs {
+                FsKind::Ext(i) => i.block_size,
+                FsKind::Xfs(i) => i.block_size,
+            };
+            block.is_multiple_of(4096) && root.offset.is_multiple_of(4096)
         });
     if map.is_none() && img.has_compressed() {
         return None;

@@ -276,8 +276,12 @@ fn worker_layer(dir: &Path, mode: SelinuxMode) -> (Layer, DiskOptions) {
         ..LayerInputs::default()
     };
     let layer = compute_layer(&plan, &inputs, OutputKind::Qcow2);
+    // What a build keeps about its base, as under the cache's `derived/`
+    // (named by a digest; the tests' bases are not in a cache).
     let opts = DiskOptions {
         selinux: mode,
+        id_seed: "ab".repeat(32).into_bytes(),
+        derived: Some(dir.join("derived")),
         ..DiskOptions::default()
     };
     (layer, opts)
@@ -289,6 +293,8 @@ struct Built {
     root: qcow2::RootInfo,
     selinux: super::selinux::SelinuxInfo,
     os_release: Option<String>,
+    written: &'static str,
+    working_copy: Option<&'static str>,
 }
 
 /// `write_disk` of the worker profile's layer from the cloud image `img`
@@ -306,6 +312,8 @@ fn build_worker(dir: &Path, img: &Path, out: &Path, mode: SelinuxMode) -> anyhow
         root: w.root,
         selinux: w.selinux,
         os_release: w.os_release,
+        written: w.written,
+        working_copy: w.working_copy,
     };
     w.pending.commit()?;
     Ok(built)
@@ -335,9 +343,47 @@ fn getfattr(path: &Path) -> Option<String> {
 
 /// Build the worker's qcow2 from `img`, then check the edited root read back
 /// from the qcow2: `xfs_repair -n`, the layer's files, labels.
+/// `img` (raw) as the qcow2 Rocky publishes (compressed for the LVM
+/// variant, plain otherwise), customised twice: the first build copies the
+/// whole base (or converts a compressed one) and keeps the root's metadata
+/// map, the second copies only the metadata. Both disks are checked.
 fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode, policy: bool) {
-    let out = dir.join("out.qcow2");
-    let written = build_worker(dir, img, &out, mode).unwrap();
+    let base = dir.join("rocky.qcow2");
+    let mut convert = Command::new(tool("qemu-img", "qemu-utils"));
+    convert.args(["convert", "-f", "raw", "-O", "qcow2"]);
+    if lvm_root {
+        convert.arg("-c");
+    }
+    run(convert.arg(img).arg(&base));
+    let first = if lvm_root {
+        ("converted", None)
+    } else {
+        ("patched", Some("full"))
+    };
+    for (round, (how, copy)) in [first, ("patched", Some("metadata"))]
+        .into_iter()
+        .enumerate()
+    {
+        let out = dir.join(format!("out-{round}.qcow2"));
+        let written = build_worker(dir, &base, &out, mode).unwrap();
+        assert_eq!(
+            (written.written, written.working_copy),
+            (how, copy),
+            "build {round}"
+        );
+        check_built(dir, &out, &written, lvm_root, mode, policy);
+    }
+}
+
+/// The checks of one customised Rocky-shaped disk `out`.
+fn check_built(
+    dir: &Path,
+    out: &Path,
+    written: &Built,
+    lvm_root: bool,
+    mode: SelinuxMode,
+    policy: bool,
+) {
     let agent = fs::read(dir.join("agent")).unwrap();
     let expected = fs::read_to_string(dir.join("expected-root")).unwrap();
     assert_eq!(
@@ -355,7 +401,7 @@ fn customise_and_check(dir: &Path, img: &Path, lvm_root: bool, mode: SelinuxMode
         .contains("ID=\"rocky\""));
 
     // Read back from the artifact, not from the working copy.
-    let back = to_raw(&out, &dir.join("back.raw"));
+    let back = to_raw(out, &dir.join("back.raw"));
     let dev = Loop::new(&back, written.root.offset, written.root.size);
     run(Command::new(tool("xfs_repair", "xfsprogs"))
         .arg("-n")

@@ -83,20 +83,9 @@ pub fn apply_to_tree(root: &Path, layer: &Layer) -> Result<()> {
 /// is missing, is not a regular file, or any component is a link: a link in
 /// the image may point anywhere on the build host.
 pub fn read_in_tree(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {
-    let mut p = root.to_path_buf();
-    for comp in path.split('/').filter(|c| !c.is_empty()) {
-        if comp == ".." || comp == "." {
-            return Ok(None);
-        }
-        p.push(comp);
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() || m.is_file() => {}
-            _ => return Ok(None),
-        }
-    }
-    if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+    let Some(p) = regular_file_in_tree(root, path) else {
         return Ok(None);
-    }
+    };
     let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW)
@@ -106,6 +95,25 @@ pub fn read_in_tree(root: &Path, path: &str) -> Result<Option<Vec<u8>>> {
     std::io::Read::read_to_end(&mut &f, &mut buf)
         .with_context(|| format!("reading {path} in the image"))?;
     Ok(Some(buf))
+}
+
+/// `root/path` when it is a regular file reached through real directories
+/// only (no link, no `..`).
+pub fn regular_file_in_tree(root: &Path, path: &str) -> Option<PathBuf> {
+    let mut p = root.to_path_buf();
+    for comp in path.split('/').filter(|c| !c.is_empty()) {
+        if comp == ".." || comp == "." {
+            return None;
+        }
+        p.push(comp);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() || m.is_file() => {}
+            _ => return None,
+        }
+    }
+    fs::symlink_metadata(&p)
+        .is_ok_and(|m| m.is_file())
+        .then_some(p)
 }
 
 /// `root/path`, every ancestor a real directory (missing ones created

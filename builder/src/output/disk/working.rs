@@ -27,14 +27,17 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::apply::Ext4At;
+use super::mount::LoopDevice;
 use super::qcow2file::{data_ranges, Mapping, Patched, Qcow2};
-use super::root::RootFs;
+use super::root::{FsKind, RootFs};
+use super::tools::Tools;
 use super::GPT_PROBE_LEN;
 use crate::command::run_command;
 
@@ -66,7 +69,7 @@ pub struct Working<'a> {
     blocks: u64,
 }
 
-/// The cached metadata map of one base's ext4 root.
+/// The cached metadata map of one base's ext4 or XFS root.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct MapFile {
@@ -80,7 +83,11 @@ struct MapFile {
 
 /// `dir` is the base's own directory of derived data.
 fn map_path(dir: &Path, root: &RootFs) -> PathBuf {
-    dir.join(format!("ext4-metadata-{}.json", root.offset))
+    let kind = match root.fs {
+        FsKind::Ext(_) => "ext4",
+        FsKind::Xfs(_) => "xfs",
+    };
+    dir.join(format!("{kind}-metadata-{}.json", root.offset))
 }
 
 /// The base's digest: the name of its directory of derived data.
@@ -90,16 +97,17 @@ fn base_of(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The filesystem's size, for a root a map can be made for: ext4 on a
+/// partition, XFS on a partition or an LV.
 fn fs_bytes(root: &RootFs) -> Option<u64> {
     match &root.fs {
-        super::root::FsKind::Ext(i) if root.lv.is_none() => {
-            Some(i.blocks_count.saturating_mul(i.block_size))
-        }
-        _ => None,
+        FsKind::Ext(i) if root.lv.is_none() => Some(i.blocks_count.saturating_mul(i.block_size)),
+        FsKind::Xfs(i) => Some(i.blocks.saturating_mul(i.block_size)),
+        FsKind::Ext(_) => None,
     }
 }
 
-/// The cached map of the base's ext4 root, if there is a usable one.
+/// The cached map of the base's root, if there is a usable one.
 pub fn load_map(dir: &Path, root: &RootFs) -> Option<Vec<(u64, u64)>> {
     let bytes = fs_bytes(root)?;
     let base_sha256 = base_of(dir);
@@ -127,34 +135,73 @@ pub fn forget_map(dir: &Path, root: &RootFs) {
     let _ = fs::remove_file(map_path(dir, root));
 }
 
-/// Make the metadata map of the ext4 root at `at` (a full, unedited copy)
-/// with `e2image -r`, and keep it for the next build from this base. A map
-/// that cannot be made or kept only costs the next build its speed.
-pub fn save_map(e2image: &Path, at: &Ext4At, dir: &Path, root: &RootFs, cancel: &AtomicBool) {
+/// Make the metadata map of the root in the full, unedited working copy
+/// `raw`, and keep it for the next build from this base: ext4 with
+/// `e2image -r`, XFS with `xfs_metadump -a -o` and `xfs_mdrestore` (both
+/// write a sparse image holding only the metadata; its written parts are
+/// the map). Scratch files go to `scratch`. A map that cannot be made or
+/// kept only costs the next build its speed.
+pub fn save_map(
+    tools: &Tools,
+    scratch: &Path,
+    raw: &Path,
+    dir: &Path,
+    root: &RootFs,
+    cancel: &AtomicBool,
+) {
     let Some(bytes) = fs_bytes(root) else {
         return;
     };
+    let meta = scratch.join("metadata.raw");
     let made = (|| -> Result<Vec<(u64, u64)>> {
-        let meta = at.dir.join("metadata.raw");
         let _ = fs::remove_file(&meta);
-        run_command(
-            // e2image takes the offset as `-o`, not as `disk.raw?offset=`.
-            at.command(e2image)
-                .arg("-r")
-                .arg("-o")
-                .arg(at.offset.to_string())
-                .arg(super::apply::RAW_NAME)
-                .arg("metadata.raw"),
-            cancel,
-        )
-        .context("mapping the root's metadata with e2image")?;
+        match root.fs {
+            FsKind::Ext(_) => {
+                let at = Ext4At {
+                    dir: scratch.to_owned(),
+                    offset: root.offset,
+                };
+                // e2image takes the offset as `-o`, not as `disk.raw?offset=`.
+                run_command(
+                    at.command(&tools.get("e2image")?)
+                        .arg("-r")
+                        .arg("-o")
+                        .arg(root.offset.to_string())
+                        .arg(raw)
+                        .arg(&meta),
+                    cancel,
+                )
+                .context("mapping the root's metadata with e2image")?;
+            }
+            FsKind::Xfs(_) => {
+                let dump = scratch.join("metadata.dump");
+                let dev = LoopDevice::attach(tools, raw, root.offset, root.size, cancel)?;
+                let dumped = run_command(
+                    Command::new(tools.get("xfs_metadump")?)
+                        .args(["-a", "-o"])
+                        .arg(&dev.dev)
+                        .arg(&dump),
+                    cancel,
+                );
+                drop(dev);
+                dumped.context("mapping the root's metadata with xfs_metadump")?;
+                let restored = run_command(
+                    Command::new(tools.get("xfs_mdrestore")?)
+                        .arg(&dump)
+                        .arg(&meta),
+                    cancel,
+                );
+                let _ = fs::remove_file(&dump);
+                restored.context("restoring the metadata dump with xfs_mdrestore")?;
+            }
+        }
         let ranges = data_ranges(&File::open(&meta)?)?;
-        let _ = fs::remove_file(&meta);
         if ranges.is_empty() {
-            bail!("e2image wrote no metadata");
+            bail!("no metadata was written");
         }
         Ok(ranges)
     })();
+    let _ = fs::remove_file(&meta);
     let saved = made.and_then(|ranges| {
         let map = MapFile {
             format: MAP_FORMAT,
@@ -195,24 +242,24 @@ impl<'a> Working<'a> {
         // whole units of what the scratch filesystem allocates (a page on
         // tmpfs): a block written into a unit that also holds uncopied
         // bytes would make those read as zeros.
-        let map = match (map, &root.fs) {
-            (Some(map), super::root::FsKind::Ext(i)) => {
-                let unit = hole_unit(crate::parent_dir(path))
-                    .map_err(|e| tracing::debug!("{e:#}"))
-                    .unwrap_or(u64::MAX);
-                if i.block_size.is_multiple_of(unit) && root.offset.is_multiple_of(unit) {
-                    Some(map)
-                } else {
-                    tracing::debug!(
-                        unit,
-                        block = i.block_size,
-                        "ext4 blocks smaller than the scratch space's unit: copying the whole base"
-                    );
-                    None
-                }
-            }
-            _ => None,
+        let block = match &root.fs {
+            FsKind::Ext(i) => i.block_size,
+            FsKind::Xfs(i) => i.block_size,
         };
+        let map = map.filter(|_| {
+            let unit = hole_unit(crate::parent_dir(path))
+                .map_err(|e| tracing::debug!("{e:#}"))
+                .unwrap_or(u64::MAX);
+            let fits = block.is_multiple_of(unit) && root.offset.is_multiple_of(unit);
+            if !fits {
+                tracing::debug!(
+                    unit,
+                    block,
+                    "blocks smaller than the scratch space's unit: copying the whole base"
+                );
+            }
+            fits
+        });
         let (extent, ranges) = match map {
             Some(map) => {
                 let mut r = vec![
@@ -220,14 +267,18 @@ impl<'a> Working<'a> {
                     (size.saturating_sub(GPT_AREA), size),
                 ];
                 r.extend(map.iter().map(|&(s, e)| (root.offset + s, root.offset + e)));
+                // An LV's PV label and VG metadata, read to find the LV.
+                if root.lv.is_some() {
+                    r.push((root.part.offset_bytes(), root.offset));
+                }
                 (Extent::Metadata, merge(r))
             }
             None => (Extent::Full, img.stored_ranges()),
         };
         fill_in_two(img, &file, &ranges, cancel)?;
         let (block_size, blocks) = match &root.fs {
-            super::root::FsKind::Ext(i) => (i.block_size, i.blocks_count),
-            _ => (0, 0),
+            FsKind::Ext(i) => (i.block_size, i.blocks_count),
+            FsKind::Xfs(i) => (i.block_size, i.blocks),
         };
         Ok(Working {
             img,
@@ -283,6 +334,47 @@ impl<'a> Working<'a> {
                 .map(|b| (self.fs_offset + b * bs, self.fs_offset + (b + 1) * bs))
                 .collect(),
         );
+        self.img.fill(&self.file, &ranges, cancel)?;
+        self.copied = merge(
+            self.copied
+                .iter()
+                .copied()
+                .chain(stored_within(self.img, &ranges))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// Copy the data of the regular file `path` of the mounted XFS root at
+    /// `mnt` from the base before it is read (its extents, from
+    /// `xfs_io -c fiemap`, which reads no data). Nothing to do in full mode.
+    pub fn fill_tree_file(
+        &mut self,
+        tools: &Tools,
+        mnt: &Path,
+        path: &str,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        if self.extent == Extent::Full {
+            return Ok(());
+        }
+        let Some(file) = super::tree::regular_file_in_tree(mnt, path) else {
+            return Ok(());
+        };
+        let out = run_command(
+            Command::new(tools.get("xfs_io")?)
+                .args(["-r", "-c", "fiemap"])
+                .arg(&file),
+            cancel,
+        )
+        .with_context(|| format!("listing the extents of {path} with xfs_io"))?;
+        let ranges = parse_fiemap(&String::from_utf8_lossy(&out.stdout))
+            .with_context(|| format!("reading xfs_io's extents of {path}"))?
+            .into_iter()
+            .map(|(s, e)| (self.fs_offset + s, self.fs_offset + e))
+            .filter(|&(_, e)| e <= self.fs_offset + self.blocks * self.block_size)
+            .collect();
+        let ranges = merge(ranges);
         self.img.fill(&self.file, &ranges, cancel)?;
         self.copied = merge(
             self.copied
@@ -399,6 +491,27 @@ impl<'a> Working<'a> {
     }
 }
 
+/// Byte ranges (from the filesystem's start) of `xfs_io -c fiemap`'s
+/// extents: `N: [a..b]: c..d` in 512-byte units, holes skipped.
+fn parse_fiemap(text: &str) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let Some((_, phys)) = line.split_once("]: ") else {
+            continue;
+        };
+        let phys = phys.split_whitespace().next().unwrap_or_default();
+        if phys == "hole" {
+            continue;
+        }
+        let (a, b) = phys
+            .split_once("..")
+            .with_context(|| format!("unexpected line {line:?}"))?;
+        let (a, b): (u64, u64) = (a.parse()?, b.parse()?);
+        out.push((a * 512, (b + 1) * 512));
+    }
+    Ok(out)
+}
+
 /// The unit in which a file in `dir` stops being a hole when one byte is
 /// written: a page on tmpfs, a block on a disk filesystem, larger with huge
 /// pages.
@@ -502,14 +615,19 @@ fn missing(want: &[(u64, u64)], have: &[(u64, u64)]) -> Option<(u64, u64)> {
     None
 }
 
-/// `e2image` for [`save_map`], if installed (it comes with e2fsprogs).
-pub fn e2image(tools: &super::tools::Tools) -> Option<PathBuf> {
-    tools.get("e2image").ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fiemap_extents_in_bytes() {
+        let text = "/mnt/usr/lib/os-release:\n\t0: [0..7]: 2137776..2137783\n\t1: [8..15]: hole\n\t2: [16..31]: 96..111\n";
+        assert_eq!(
+            parse_fiemap(text).unwrap(),
+            vec![(2_137_776 * 512, 2_137_784 * 512), (96 * 512, 112 * 512)]
+        );
+        assert!(parse_fiemap("x:\n 0: [0..7]: what\n").is_err());
+    }
 
     #[test]
     fn ranges_merge_overlap_and_report_what_is_missing() {

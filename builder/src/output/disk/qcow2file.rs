@@ -225,11 +225,17 @@ impl Qcow2 {
         let l1: Vec<u64> = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let mut l2 = Vec::with_capacity(l1.len());
         let mut table = vec![0u8; cs as usize];
+        // Each table read is a distinct cluster of the file, so a crafted
+        // L1 cannot make this read more than the file holds.
+        let mut seen = std::collections::HashSet::new();
         for (i, e) in l1.iter().enumerate() {
             let off = e & OFFSET_MASK;
             if off == 0 {
                 l2.push(None);
                 continue;
+            }
+            if !seen.insert(off) {
+                return unsupported("two L1 entries share an L2 table");
             }
             if !off.is_multiple_of(cs) || !in_file(off, cs) {
                 return Err(bad(format!("L2 table {i} outside the file")));
@@ -254,8 +260,8 @@ impl Qcow2 {
             return Ok(Open::Unsupported(why));
         }
         // Every data cluster must lie in the file.
-        for c in 0..img.clusters() {
-            match img.mapping(c) {
+        for (c, m) in img.stored() {
+            match m {
                 Mapping::Zero => {}
                 Mapping::Data(off) if off.is_multiple_of(cs) && in_file(off, cs) => {}
                 Mapping::Compressed { offset, len }
@@ -284,8 +290,8 @@ impl Qcow2 {
                 return Some(format!("its L2 table at byte {off} is used twice"));
             }
         }
-        for c in 0..self.clusters() {
-            match self.mapping(c) {
+        for (c, m) in self.stored() {
+            match m {
                 Mapping::Zero => {}
                 Mapping::Data(off) => {
                     if used.insert(off / cs, false).is_some() {
@@ -317,9 +323,31 @@ impl Qcow2 {
         &self.path
     }
 
+    /// Every guest cluster the tables store (with data or compressed), in
+    /// order: only the L2 tables there are are walked, never the whole
+    /// (possibly huge and sparse) disk.
+    pub fn stored(&self) -> impl Iterator<Item = (u64, Mapping)> + '_ {
+        let per = self.cluster_size() / 8;
+        let clusters = self.clusters();
+        self.l2
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.as_ref().map(|t| (i as u64, t)))
+            .flat_map(move |(i, t)| {
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, e)| **e != 0)
+                    .map(move |(j, _)| i * per + j as u64)
+            })
+            .filter(move |&c| c < clusters)
+            .map(|c| (c, self.mapping(c)))
+            .filter(|(_, m)| *m != Mapping::Zero)
+    }
+
     /// True when any guest cluster is stored compressed.
     pub fn has_compressed(&self) -> bool {
-        (0..self.clusters()).any(|c| matches!(self.mapping(c), Mapping::Compressed { .. }))
+        self.stored()
+            .any(|(_, m)| matches!(m, Mapping::Compressed { .. }))
     }
 
     fn entry(&self, c: u64) -> u64 {
@@ -457,10 +485,7 @@ impl Qcow2 {
     pub fn stored_ranges(&self) -> Vec<(u64, u64)> {
         let cs = self.cluster_size();
         let mut out: Vec<(u64, u64)> = Vec::new();
-        for c in 0..self.clusters() {
-            if self.mapping(c) == Mapping::Zero {
-                continue;
-            }
+        for (c, _) in self.stored() {
             let (s, e) = (c * cs, ((c + 1) * cs).min(self.virtual_size));
             match out.last_mut() {
                 Some(last) if last.1 == s => last.1 = e,

@@ -406,7 +406,7 @@ impl<'a> Working<'a> {
             .flat_map(|&(s, e)| s / cs..e.div_ceil(cs))
             .collect();
         if self.extent == Extent::Full {
-            clusters.extend((0..img.clusters()).filter(|&c| img.mapping(c) != Mapping::Zero));
+            clusters.extend(img.stored().map(|(c, _)| c));
         }
         // Two workers compare (each half of the clusters); the writer
         // appends what changed as it comes, at most a few clusters behind.

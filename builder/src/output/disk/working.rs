@@ -334,15 +334,7 @@ impl<'a> Working<'a> {
                 .map(|b| (self.fs_offset + b * bs, self.fs_offset + (b + 1) * bs))
                 .collect(),
         );
-        self.img.fill(&self.file, &ranges, cancel)?;
-        self.copied = merge(
-            self.copied
-                .iter()
-                .copied()
-                .chain(stored_within(self.img, &ranges))
-                .collect(),
-        );
-        Ok(())
+        self.copy_in(&ranges, cancel)
     }
 
     /// Copy the data of the regular file `path` of the mounted XFS root at
@@ -375,12 +367,17 @@ impl<'a> Working<'a> {
             .filter(|&(_, e)| e <= self.fs_offset + self.blocks * self.block_size)
             .collect();
         let ranges = merge(ranges);
-        self.img.fill(&self.file, &ranges, cancel)?;
+        self.copy_in(&ranges, cancel)
+    }
+
+    /// Copy guest `ranges` in from the base, and remember them as copied.
+    fn copy_in(&mut self, ranges: &[(u64, u64)], cancel: &AtomicBool) -> Result<()> {
+        self.img.fill(&self.file, ranges, cancel)?;
         self.copied = merge(
             self.copied
                 .iter()
                 .copied()
-                .chain(stored_within(self.img, &ranges))
+                .chain(stored_within(self.img, ranges))
                 .collect(),
         );
         Ok(())

@@ -198,10 +198,8 @@ fn dump_ext4(
     paths: &[&str],
     cx: &Cx<'_>,
 ) -> Result<Vec<Option<Vec<u8>>>> {
-    if let Some(w) = &cx.working {
-        w.lock()
-            .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))?
-            .fill_file_data(debugfs, at, paths, cx.cancel())?;
+    if let Some(mut w) = cx.working()? {
+        w.fill_file_data(debugfs, at, paths, cx.cancel())?;
     }
     let mut script = String::new();
     for (n, p) in paths.iter().enumerate() {
@@ -235,10 +233,8 @@ pub fn apply_mounted(cx: &Cx<'_>, root: &RootFs) -> Result<Applied> {
         let mnt = Mounted::xfs(&dev, &cx.scratch.join("root"))?;
         check_room(cx, mnt.free_bytes()?)?;
         let read_tree = |path: &str| -> Result<Option<Vec<u8>>> {
-            if let Some(w) = &cx.working {
-                w.lock()
-                    .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))?
-                    .fill_tree_file(&cx.tools, &mnt.dir, path, cx.cancel())?;
+            if let Some(mut w) = cx.working()? {
+                w.fill_tree_file(&cx.tools, &mnt.dir, path, cx.cancel())?;
             }
             tree::read_in_tree(&mnt.dir, path)
         };

@@ -11,7 +11,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{bail, Context, Result};
 use node_spec::Sha256Hex;
@@ -57,8 +57,9 @@ pub struct DiskOptions {
     /// Convert a qcow2 base with `qemu-img` both ways even where it could
     /// be patched ([`CONVERT_VAR`]).
     pub convert: bool,
-    /// Where data derived from a cached base is kept (its ext4 root's
-    /// metadata map, [`super::working`]); `None` keeps nothing.
+    /// Where data derived from a cached base is kept (its root's metadata
+    /// map, [`super::working`]; the digest state of the patched prefix,
+    /// [`super::qcow2file`]); `None` keeps nothing.
     pub derived: Option<PathBuf>,
 }
 
@@ -189,9 +190,25 @@ pub struct Cx<'a> {
     pub working: Option<Mutex<Working<'a>>>,
 }
 
-impl Cx<'_> {
+impl<'a> Cx<'a> {
     pub fn raw(&self) -> PathBuf {
         self.scratch.join(RAW_NAME)
+    }
+
+    /// The qcow2 being written, in the work directory.
+    pub fn tmp_out(&self) -> PathBuf {
+        self.work.join("out.qcow2")
+    }
+
+    /// The patched base's working copy, locked; `None` when converting.
+    pub fn working(&self) -> Result<Option<MutexGuard<'_, Working<'a>>>> {
+        self.working
+            .as_ref()
+            .map(|w| {
+                w.lock()
+                    .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))
+            })
+            .transpose()
     }
 
     pub fn cancel(&self) -> &std::sync::atomic::AtomicBool {
@@ -328,7 +345,7 @@ struct Patchable {
     img: Box<Qcow2>,
     /// The root as read from the base.
     root: RootFs,
-    /// The cached metadata map of its ext4 root.
+    /// The cached metadata map of its root.
     map: Option<Vec<(u64, u64)>>,
 }
 
@@ -386,13 +403,7 @@ fn patchable(path: &Path, info: &ImgInfo, opts: &DiskOptions) -> Option<Patchabl
     let map = derived_for_base(opts)
         .as_deref()
         .and_then(|dir| working::load_map(dir, &root))
-        .filter(|_| {
-            let block = match &root.fs {
-                FsKind::Ext(i) => i.block_size,
-                FsKind::Xfs(i) => i.block_size,
-            };
-            block.is_multiple_of(4096) && root.offset.is_multiple_of(4096)
-        });
+        .filter(|_| root.fs.block_size().is_multiple_of(4096) && root.offset.is_multiple_of(4096));
     if map.is_none() && img.has_compressed() {
         return None;
     }
@@ -441,10 +452,6 @@ fn convert(cx: &mut Cx<'_>, info: Option<ImgInfo>) -> Result<Done> {
     })
 }
 
-/// The base patched: the new qcow2's prefix (header and the base's bytes)
-/// is copied and hashed from the start while the working copy is made and
-/// edited; then only the clusters that changed are appended
-/// ([`super::qcow2file`], [`super::working`]).
 /// After a failed attempt from the metadata map: the map is forgotten and
 /// the base copied whole (patched, or converted if it is compressed). An
 /// error then is the base's; a success means the map was wrong.
@@ -455,7 +462,7 @@ fn retry_whole<'a>(
     first: &anyhow::Error,
 ) -> Result<Done> {
     cx.working = None;
-    for leftover in [cx.raw(), cx.work.join("out.qcow2")] {
+    for leftover in [cx.raw(), cx.tmp_out()] {
         let _ = fs::remove_file(leftover);
     }
     if let Some(dir) = derived_for_base(cx.opts) {
@@ -473,6 +480,10 @@ fn retry_whole<'a>(
     Ok(done)
 }
 
+/// The base patched: the new qcow2's prefix (header and the base's bytes)
+/// is copied and hashed from the start while the working copy is made and
+/// edited; then only the clusters that changed are appended
+/// ([`super::qcow2file`], [`super::working`]).
 fn patch<'a>(
     cx: &mut Cx<'a>,
     p: &'a Patchable,
@@ -480,7 +491,7 @@ fn patch<'a>(
     info: &ImgInfo,
 ) -> Result<Done> {
     preflight_root(cx, info)?;
-    let tmp_out = cx.work.join("out.qcow2");
+    let tmp_out = cx.tmp_out();
     let new_size = info.virtual_size.max(cx.opts.size.unwrap_or(0));
     let keep = derived_for_base(cx.opts);
     let mut out = Patched::begin(
@@ -511,13 +522,10 @@ fn patch<'a>(
     let cx = &*cx;
     let (checked, changed) = std::thread::scope(|s| {
         let check = s.spawn(|| check_fs(cx, &root, loop_dev));
-        let changed = match &cx.working {
-            Some(w) => w
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the working copy's lock was poisoned"))
-                .and_then(|w| w.write_changes(&mut out, cx.cancel())),
+        let changed = cx.working().and_then(|w| match w {
+            Some(w) => w.write_changes(&mut out, cx.cancel()),
             None => Err(anyhow::anyhow!("no working copy")),
-        };
+        });
         let checked = check
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the filesystem check thread panicked")));
@@ -727,7 +735,7 @@ fn check_fs_and_write_qcow2(
     root: &RootFs,
     loop_dev: Option<LoopDevice>,
 ) -> Result<PathBuf> {
-    let tmp_out = cx.work.join("out.qcow2");
+    let tmp_out = cx.tmp_out();
     let (checked, converted) = std::thread::scope(|s| {
         let check = s.spawn(|| check_fs(cx, root, loop_dev));
         let converted = write_qcow2(cx, &tmp_out);

@@ -22,6 +22,28 @@ pub enum FsKind {
     Xfs(XfsInfo),
 }
 
+impl FsKind {
+    pub fn block_size(&self) -> u64 {
+        match self {
+            FsKind::Ext(i) => i.block_size,
+            FsKind::Xfs(i) => i.block_size,
+        }
+    }
+
+    /// Blocks the filesystem has.
+    pub fn blocks(&self) -> u64 {
+        match self {
+            FsKind::Ext(i) => i.blocks_count,
+            FsKind::Xfs(i) => i.blocks,
+        }
+    }
+
+    /// Bytes the filesystem claims.
+    pub fn bytes(&self) -> u64 {
+        self.blocks().saturating_mul(self.block_size())
+    }
+}
+
 /// The root filesystem and where it lies in the raw image.
 #[derive(Debug, Clone)]
 pub struct RootFs {
@@ -121,10 +143,7 @@ pub fn locate_root_in(read: &DiskReader<'_>, disk_len: u64, what: &str) -> Resul
         Some(info) => FsKind::Xfs(info),
         None => FsKind::Ext(probe_filesystem(&sb, part.index).with_context(|| what.to_owned())?),
     };
-    let claimed = match &fs {
-        FsKind::Ext(i) => i.blocks_count.saturating_mul(i.block_size),
-        FsKind::Xfs(i) => i.blocks.saturating_mul(i.block_size),
-    };
+    let claimed = fs.bytes();
     if claimed > size {
         bail!(
             "{what}: the root filesystem claims {claimed} bytes but {} has {size}",

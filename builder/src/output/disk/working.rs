@@ -2,19 +2,21 @@
 //!
 //! The editors (debugfs, a loop mount) need a raw disk. It is a sparse file
 //! of the guest's size holding either every stored cluster of the base
-//! ([`Extent::Full`]) or, for an ext4 root whose metadata map is cached,
-//! only the filesystem's metadata ([`Extent::Metadata`]): superblocks,
+//! ([`Extent::Full`]) or, for a root whose metadata map is cached, only the
+//! filesystem's metadata ([`Extent::Metadata`]). For ext4: superblocks,
 //! group descriptors, bitmaps, inode tables, directories, extent trees,
 //! the journal — the blocks `e2image -r` copies, which are what debugfs and
-//! `e2fsck -fn` read. File data debugfs is asked to read (os-release, the
-//! SELinux policy) is copied in first ([`Working::fill_file_data`]);
-//! blocks it allocates are written whole. Holes read as zeros, so a block
-//! that is neither copied nor written must never be read: debugfs runs
-//! with `UNIX_IO_NOZEROOUT` (zeroing writes zeros instead of punching a
-//! hole), and the copied ranges are checked to still be there afterwards.
+//! `e2fsck -fn` read; for XFS what `xfs_metadump` dumps, which is what the
+//! mount and `xfs_repair -n` read. File data the editors read (os-release,
+//! the SELinux policy) is copied in first ([`Working::fill_file_data`],
+//! [`Working::fill_tree_file`]); blocks they allocate are written whole.
+//! Holes read as zeros, so a block that is neither copied nor written must
+//! never be read: debugfs runs with `UNIX_IO_NOZEROOUT` (zeroing writes
+//! zeros instead of punching a hole), and the copied ranges are checked to
+//! still be there afterwards.
 //!
-//! The map is made once per base with `e2image -r` on a full copy (the
-//! first build from it) and kept in the cache beside the base, keyed by its
+//! The map is made once per base ([`save_map`]) on a full copy (the first
+//! build from it) and kept in the cache beside the base, keyed by its
 //! digest and the filesystem's offset: the base is content-addressed and
 //! never changes.
 //!
@@ -57,13 +59,12 @@ pub enum Extent {
 /// The working copy of `img` at `path`.
 #[derive(Debug)]
 pub struct Working<'a> {
-    pub img: &'a Qcow2,
-    pub file: File,
-    pub path: PathBuf,
+    img: &'a Qcow2,
+    file: File,
     pub extent: Extent,
     /// Guest ranges copied from the base (metadata mode).
     copied: Vec<(u64, u64)>,
-    /// The root filesystem's offset and block size (metadata mode).
+    /// Where the root filesystem lies, its block size and its blocks.
     fs_offset: u64,
     block_size: u64,
     blocks: u64,
@@ -101,9 +102,8 @@ fn base_of(dir: &Path) -> String {
 /// partition, XFS on a partition or an LV.
 fn fs_bytes(root: &RootFs) -> Option<u64> {
     match &root.fs {
-        FsKind::Ext(i) if root.lv.is_none() => Some(i.blocks_count.saturating_mul(i.block_size)),
-        FsKind::Xfs(i) => Some(i.blocks.saturating_mul(i.block_size)),
-        FsKind::Ext(_) => None,
+        FsKind::Ext(_) if root.lv.is_some() => None,
+        fs => Some(fs.bytes()),
     }
 }
 
@@ -242,10 +242,7 @@ impl<'a> Working<'a> {
         // whole units of what the scratch filesystem allocates (a page on
         // tmpfs): a block written into a unit that also holds uncopied
         // bytes would make those read as zeros.
-        let block = match &root.fs {
-            FsKind::Ext(i) => i.block_size,
-            FsKind::Xfs(i) => i.block_size,
-        };
+        let block = root.fs.block_size();
         let map = map.filter(|_| {
             let unit = hole_unit(crate::parent_dir(path))
                 .map_err(|e| tracing::debug!("{e:#}"))
@@ -276,19 +273,19 @@ impl<'a> Working<'a> {
             None => (Extent::Full, img.stored_ranges()),
         };
         fill_in_two(img, &file, &ranges, cancel)?;
-        let (block_size, blocks) = match &root.fs {
-            FsKind::Ext(i) => (i.block_size, i.blocks_count),
-            FsKind::Xfs(i) => (i.block_size, i.blocks),
+        // Only a metadata copy is checked for what it copied.
+        let copied = match extent {
+            Extent::Metadata => stored_within(img, &ranges),
+            Extent::Full => Vec::new(),
         };
         Ok(Working {
             img,
             file,
-            path: path.to_owned(),
             extent,
-            copied: stored_within(img, &ranges),
+            copied,
             fs_offset: root.offset,
-            block_size,
-            blocks,
+            block_size: block,
+            blocks: root.fs.blocks(),
         })
     }
 
@@ -301,7 +298,7 @@ impl<'a> Working<'a> {
         paths: &[&str],
         cancel: &AtomicBool,
     ) -> Result<()> {
-        if self.extent == Extent::Full || paths.is_empty() || self.block_size == 0 {
+        if self.extent == Extent::Full || paths.is_empty() {
             return Ok(());
         }
         let mut script = String::new();

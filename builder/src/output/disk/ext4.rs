@@ -1,6 +1,7 @@
 //! Identify the filesystem on the root partition: ext2/3/4 is what `debugfs`
 //! edits; XFS and LVM2 roots (Rocky, RHEL GenericCloud) are refused clearly.
 
+use super::bytes::{le_u16, le_u32};
 use super::DiskError;
 
 /// Bytes to read from the start of a partition for [`probe_filesystem`]
@@ -82,14 +83,6 @@ const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_ENCRYPT: u32 = 0x10000;
 const EXT4_MARKERS: u32 = 0x40 | 0x80 | 0x200;
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
 fn names(bits: u32, table: &[(u32, &str)], kind: &str, out: &mut Vec<String>) {
     let mut known = 0;
     for (bit, name) in table {
@@ -128,20 +121,20 @@ pub fn probe_filesystem(data: &[u8], index: u32) -> Result<Ext4Info, DiskError> 
         });
     }
     let sb = &data[SB..SB + 1024];
-    if u16_at(sb, 56) != EXT_MAGIC {
+    if le_u16(sb, 56) != EXT_MAGIC {
         return Err(DiskError::UnknownFilesystem { index });
     }
-    let log_block = u32_at(sb, 24);
+    let log_block = le_u32(sb, 24);
     if log_block > 6 {
         return Err(DiskError::UnknownFilesystem { index });
     }
-    let compat = u32_at(sb, 0x5C);
-    let incompat = u32_at(sb, 0x60);
-    let ro_compat = u32_at(sb, 0x64);
+    let compat = le_u32(sb, 0x5C);
+    let incompat = le_u32(sb, 0x60);
+    let ro_compat = le_u32(sb, 0x64);
     let wide = incompat & INCOMPAT_64BIT != 0;
     let split = |lo: usize, hi: usize| {
-        let hi = if wide { u64::from(u32_at(sb, hi)) } else { 0 };
-        (hi << 32) | u64::from(u32_at(sb, lo))
+        let hi = if wide { u64::from(le_u32(sb, hi)) } else { 0 };
+        (hi << 32) | u64::from(le_u32(sb, lo))
     };
     let label_bytes = &sb[120..136];
     let end = label_bytes.iter().position(|b| *b == 0).unwrap_or(16);

@@ -8,6 +8,7 @@
 //! errors here say which of header, entry array or CRC is wrong, and
 //! whether the image was cut short.
 
+use super::bytes::{le_u32, le_u64};
 use super::DiskError;
 
 /// Logical sector size assumed for raw disk images.
@@ -67,16 +68,6 @@ pub fn crc32(data: &[u8]) -> u32 {
     crc32fast::hash(data)
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[off..off + 8]);
-    u64::from_le_bytes(a)
-}
-
 /// Format a GUID stored in GPT's mixed-endian layout, upper-case.
 pub fn format_guid(b: &[u8; 16]) -> String {
     let mut s = uuid::Uuid::from_bytes_le(*b).to_string();
@@ -114,18 +105,18 @@ pub fn parse_gpt(data: &[u8]) -> Result<Vec<Partition>, DiskError> {
     if &hdr[0..8] != GPT_SIGNATURE {
         return Err(DiskError::NoGpt);
     }
-    let header_size = u32_at(hdr, 12) as usize;
+    let header_size = le_u32(hdr, 12) as usize;
     if !(92..=SECTOR).contains(&header_size) {
         return Err(DiskError::GptInvalid(format!("header size {header_size}")));
     }
     let mut copy = hdr[..header_size].to_vec();
     copy[16..20].fill(0);
-    if crc32(&copy) != u32_at(hdr, 16) {
+    if crc32(&copy) != le_u32(hdr, 16) {
         return Err(DiskError::GptHeaderChecksum);
     }
-    let entries_lba = u64_at(hdr, 72);
-    let count = u32_at(hdr, 80) as usize;
-    let entry_size = u32_at(hdr, 84) as usize;
+    let entries_lba = le_u64(hdr, 72);
+    let count = le_u32(hdr, 80) as usize;
+    let entry_size = le_u32(hdr, 84) as usize;
     if entry_size < 128 || !entry_size.is_multiple_of(8) {
         return Err(DiskError::GptInvalid(format!("entry size {entry_size}")));
     }
@@ -145,7 +136,7 @@ pub fn parse_gpt(data: &[u8]) -> Result<Vec<Partition>, DiskError> {
         .ok_or_else(|| DiskError::GptInvalid(format!("entries at LBA {entries_lba}")))?;
     need(data, "the GPT partition entries", end)?;
     let entries = &data[start..end];
-    if crc32(entries) != u32_at(hdr, 88) {
+    if crc32(entries) != le_u32(hdr, 88) {
         return Err(DiskError::GptEntriesChecksum);
     }
 
@@ -168,8 +159,8 @@ pub fn parse_gpt(data: &[u8]) -> Result<Vec<Partition>, DiskError> {
             index: i as u32 + 1,
             type_guid: format_guid(&type_guid),
             unique_guid: format_guid(&unique_guid),
-            first_lba: u64_at(e, 32),
-            last_lba: u64_at(e, 40),
+            first_lba: le_u64(e, 32),
+            last_lba: le_u64(e, 40),
             name,
         });
     }

@@ -13,6 +13,7 @@
 
 pub mod apply;
 pub mod assemble;
+mod bytes;
 pub mod debugfs;
 pub mod edit;
 mod error;

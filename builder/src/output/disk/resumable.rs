@@ -21,17 +21,24 @@ const H0: [u32; 8] = [
 /// Blocks handed to the compression function per call.
 const BATCH: usize = 1024;
 
-/// SHA-256 of a message fed in whole 64-byte blocks.
+/// SHA-256 whose state serializes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resumable {
     state: [u32; 8],
     /// Bytes fed so far.
     len: u64,
+    /// The fed bytes after the last whole block (fewer than 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pending: Vec<u8>,
 }
 
 impl Default for Resumable {
     fn default() -> Self {
-        Resumable { state: H0, len: 0 }
+        Resumable {
+            state: H0,
+            len: 0,
+            pending: Vec::new(),
+        }
     }
 }
 
@@ -40,28 +47,44 @@ impl Resumable {
         self.len
     }
 
-    /// Feed `data`, whose length is a multiple of 64.
-    pub fn update_blocks(&mut self, data: &[u8]) {
-        assert!(data.len().is_multiple_of(64), "whole blocks only");
+    /// Feed `data`.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len += data.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (64 - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < 64 {
+                return;
+            }
+            let block = std::mem::take(&mut self.pending);
+            self.compress(&block);
+        }
+        let whole = data.len() / 64 * 64;
+        self.compress(&data[..whole]);
+        self.pending.extend_from_slice(&data[whole..]);
+    }
+
+    /// Whole 64-byte blocks through the compression function.
+    fn compress(&mut self, data: &[u8]) {
         let mut blocks = Vec::with_capacity(BATCH);
         for batch in data.chunks(64 * BATCH) {
             blocks.clear();
             blocks.extend(batch.chunks_exact(64).map(GenericArray::clone_from_slice));
             sha2::compress256(&mut self.state, &blocks);
         }
-        self.len += data.len() as u64;
     }
 
-    /// The digest of everything fed, followed by `rest` (any length).
-    pub fn finish(mut self, rest: &[u8]) -> [u8; 32] {
-        let bits = (self.len + rest.len() as u64) * 8;
-        let mut last = rest.to_vec();
+    /// The digest of everything fed.
+    pub fn finish(mut self) -> [u8; 32] {
+        let bits = self.len * 8;
+        let mut last = std::mem::take(&mut self.pending);
         last.push(0x80);
         while last.len() % 64 != 56 {
             last.push(0);
         }
         last.extend_from_slice(&bits.to_be_bytes());
-        self.update_blocks(&last);
+        self.compress(&last);
         let mut out = [0u8; 32];
         for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
             o.copy_from_slice(&w.to_be_bytes());
@@ -88,20 +111,22 @@ mod tests {
             (1000, 64),
             (1093, 17),
         ] {
-            let (head, tail) = data[..blocks * 64 + rest].split_at(blocks * 64);
-            let mut r = Resumable::default();
-            // Fed in two parts, through a serialized state in between.
-            let (a, b) = head.split_at((blocks / 3) * 64);
-            r.update_blocks(a);
-            let r: Resumable = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-            let mut r = r;
-            r.update_blocks(b);
-            assert_eq!(r.len(), head.len() as u64);
-            assert_eq!(
-                r.finish(tail)[..],
-                Sha256::digest(&data[..blocks * 64 + rest])[..],
-                "{blocks} blocks + {rest}"
-            );
+            let msg = &data[..blocks * 64 + rest];
+            // Fed in two parts, through a serialized state in between: cut
+            // at a block boundary, and off one (bytes pending in the state).
+            for cut in [(blocks / 3) * 64, (blocks / 3) * 64 + rest / 2] {
+                let mut r = Resumable::default();
+                r.update(&msg[..cut]);
+                let mut r: Resumable =
+                    serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+                r.update(&msg[cut..]);
+                assert_eq!(r.len(), msg.len() as u64);
+                assert_eq!(
+                    r.finish()[..],
+                    Sha256::digest(msg)[..],
+                    "{blocks} blocks + {rest}, cut at {cut}"
+                );
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The XFS superblock at the start of a filesystem (xfsprogs
 //! `libxfs/xfs_format.h`, `struct xfs_dsb`; big-endian).
 
+use super::bytes::{be_u16, be_u32, be_u64};
+
 /// Magic at byte 0.
 pub const XFS_MAGIC: &[u8; 4] = b"XFSB";
 
@@ -16,27 +18,17 @@ pub struct XfsInfo {
     pub version: u16,
 }
 
-fn be_u16(b: &[u8], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
-}
-
-fn be_u32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
 /// `None` unless `sb` (at least 120 bytes) is an XFS superblock.
 pub fn probe_xfs(sb: &[u8]) -> Option<XfsInfo> {
     if sb.len() < 120 || &sb[..4] != XFS_MAGIC {
         return None;
     }
-    let mut blocks = [0u8; 8];
-    blocks.copy_from_slice(&sb[8..16]);
     let name = &sb[108..120];
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
     Some(XfsInfo {
         label: String::from_utf8_lossy(&name[..end]).into_owned(),
         block_size: u64::from(be_u32(sb, 4)),
-        blocks: u64::from_be_bytes(blocks),
+        blocks: be_u64(sb, 8),
         version: be_u16(sb, 100) & 0xf,
     })
 }

@@ -23,10 +23,7 @@ const AGENT_WITH_TOKEN_FILE: &str = "#cloud-config\nk3s:\n  role: agent\n  serve
 /// Run and return the error as main prints it, after checking that the
 /// node was left untouched and retryable.
 fn refused(r: &Path, sys: &FakeSystem) -> String {
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, sys);
     assert!(sys.calls().is_empty(), "{:?}", sys.calls());
     assert!(!r.join("etc/rancher").exists() && !r.join("usr/local/bin/k3s").exists());
     assert!(!r.join("var/lib/firstboot-agent/done").exists());
@@ -168,10 +165,7 @@ fn an_os_error_is_reported_once_without_the_error_code() {
     seed(r, "i1", "#cloud-config\n");
     // A directory where the agent's state file belongs.
     std::fs::create_dir_all(r.join("var/lib/firstboot-agent/state.json")).unwrap();
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &fake_for(r));
     assert_eq!(
         e,
         format!(
@@ -195,10 +189,7 @@ fn a_failed_step_reads_cause_then_fix_once() {
     );
     let mut sys = fake_for(r);
     sys.unresolvable.insert("cp.lan".into());
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     // Which resolver was asked: the nameservers of the node's resolv.conf.
     assert!(
         e.contains(

@@ -170,10 +170,7 @@ fn rocky_without_the_selinux_policy_fails_before_k3s_and_stays_retryable() {
     rocky(r, "", false);
     seed(r, "iid-rocky-nopolicy", "#cloud-config\nhostname: s1\n");
     let sys = rocky_fake(r);
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("step distro failed: selinux: SELinux is enforcing on Rocky Linux 9.4 (Blue Onyx) and the k3s-selinux policy (/usr/share/selinux/packages/k3s.pp) is missing")
             && e.contains("dnf install -y container-selinux")
@@ -230,10 +227,7 @@ fn ubuntu_with_apparmor_and_no_parser_fails_then_ufw_is_opened_for_an_agent() {
         "#cloud-config\nhostname: w1\nk3s:\n  role: agent\n  server: https://10.0.0.10:6443\n  token: simple-secret\n",
     );
     let sys = fake_for(r);
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("step distro failed: apparmor: AppArmor is enabled")
             && e.contains("apparmor_parser")
@@ -326,10 +320,7 @@ fn wireguard_backend_and_the_disable_and_leave_policies() {
     let r = dir.path();
     node_root(r, "");
     seed(r, "iid-bad", "#cloud-config\nk3s:\n  firewall: off\n");
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &fake_for(r));
     assert!(
         e.contains("user-data") && e.contains("firewall") && e.contains("open"),
         "{e}"
@@ -351,10 +342,7 @@ fn a_failing_firewall_command_fails_the_step_and_keeps_the_node_retryable() {
             stderr: "Error: COMMAND_FAILED: 'python-nftables' failed\n".into(),
         },
     );
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains(
             "step firewall failed: firewall: `firewall-cmd --reload` failed: Error: COMMAND_FAILED"

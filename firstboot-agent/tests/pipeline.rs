@@ -174,10 +174,7 @@ fn unreachable_server_fails_clearly_and_resumes_after_the_fix() {
     );
     let mut sys = fake_for(r);
     sys.refuse_all_tcp = true;
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("step network failed")
             && e.contains("tcp cp.lan:6443")
@@ -219,10 +216,7 @@ fn crash_after_start_resumes_without_restarting_or_reinstalling() {
             stderr: String::new(),
         },
     );
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("k3s.service failed to start") && e.contains("journalctl -u k3s.service"),
         "{e}"
@@ -306,10 +300,7 @@ fn bad_input_is_reported_with_file_and_line_and_changes_nothing() {
         node_root(r, "");
         seed(r, "i1", user_data);
         let sys = fake_for(r);
-        let e = format!(
-            "{:#}",
-            run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-        );
+        let e = run_err(r, &sys);
         assert!(
             e.contains("/var/lib/cloud/seed/nocloud/") && e.contains(expect),
             "{user_data:?}: {e}"
@@ -357,10 +348,7 @@ fn server_not_ready_times_out_with_what_is_missing() {
     seed(r, "i1", "#cloud-config\nk3s:\n  ready-timeout-secs: 10\n");
     let mut sys = FakeSystem::new(); // K3s never writes its token
     sys.refused.insert("127.0.0.1:6443".parse().unwrap());
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("not ready after 10 s") && e.contains("node-token") && e.contains("API port"),
         "{e}"
@@ -401,10 +389,7 @@ fn damaged_airgap_archive_is_refused() {
     );
     seed(r, "i1", "#cloud-config\n");
     let sys = fake_for(r);
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     assert!(
         e.contains("air-gap archive") && e.contains(&"2".repeat(64)),
         "{e}"

@@ -230,10 +230,7 @@ fn the_preflight_checks_the_proxy_the_download_goes_through() {
         &agent("  proxy:\n    https: http://proxy.invalid:3128\n    no-proxy: 10.0.0.0/8\n"),
     );
     let sys = fake_for(r);
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &sys);
     use firstboot_agent::system::Call;
     let calls = sys.calls();
     assert!(

@@ -351,7 +351,7 @@ fn bad_keys_are_refused_before_anything_changes() {
         login_node(r);
         seed(r, "i1", &user_data);
         let sys = fake_for(r);
-        let e = format!("{:#}", run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err());
+        let e = run_err(r, &sys);
         assert!(e.contains("step metadata failed") && e.contains(expect), "{user_data:?}:\n{e}");
         assert!(e.contains(" — "), "says what to do: {e}");
         assert!(sys.calls().is_empty(), "{:?}", sys.calls());

@@ -128,10 +128,7 @@ fn vendor_data_switched_off_in_user_data_is_not_read() {
         "#cloud-config\nhostname: s1\nvendor_data: {enabled: true}\n",
         "#cloud-config\nk3s: [\nrole: agent\n",
     );
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &fake_for(r));
     assert!(e.contains(&format!("{VD}:")), "{e}");
 }
 
@@ -195,10 +192,7 @@ fn bad_vendor_data_is_refused_naming_the_file_and_changes_nothing() {
         node_root(r, "");
         seed_with_vendor(r, "i1", "#cloud-config\n", &vendor_data);
         let sys = fake_for(r);
-        let e = format!(
-            "{:#}",
-            run(&Root::new(r), &sys, &RunOptions::default()).unwrap_err()
-        );
+        let e = run_err(r, &sys);
         assert!(
             e.contains(&expect),
             "{vendor_data:?}:\n{e}\nexpected {expect}"
@@ -225,10 +219,7 @@ fn a_token_file_named_in_vendor_data_follows_the_same_rules() {
         "#cloud-config\nhostname: w1\n",
         "#cloud-config\nk3s:\n  role: agent\n  server: https://10.0.0.10:6443\n  token-file: /etc/k3s-token\n",
     );
-    let e = format!(
-        "{:#}",
-        run(&Root::new(r), &fake_for(r), &RunOptions::default()).unwrap_err()
-    );
+    let e = run_err(r, &fake_for(r));
     assert!(
         e.contains(&format!(
             "{VD}:5: k3s.token-file: /etc/k3s-token has mode 0644 (group can read, others can read)"

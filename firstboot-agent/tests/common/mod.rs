@@ -86,6 +86,17 @@ pub fn fake_for(root: &Path) -> firstboot_agent::system::FakeSystem {
     sys
 }
 
+/// The whole error chain of a `firstboot-agent run` on `root` that must
+/// fail.
+pub fn run_err(root: &Path, sys: &firstboot_agent::system::FakeSystem) -> String {
+    let opts = firstboot_agent::run::RunOptions::default();
+    format!(
+        "{:#}",
+        firstboot_agent::run::run(&firstboot_agent::rootfs::Root::new(root), sys, &opts)
+            .unwrap_err()
+    )
+}
+
 pub fn seed(root: &Path, instance: &str, user_data: &str) {
     write(
         root,

@@ -142,6 +142,12 @@ impl Case {
         self.dir.path().join(p)
     }
 
+    /// The manifest of the disk in `out`.
+    fn manifest(&self) -> Value {
+        let path = self.path("out").join(format!("{DISK_NAME}.manifest.json"));
+        serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+    }
+
     /// Build the worker profile (plus `profile_extra`) from `base` as the
     /// recipe's cloud image, with `path` on PATH for imgbuild's tools.
     fn build(&self, base: &Path, profile_extra: &str, path: Option<&str>) -> Output {
@@ -272,9 +278,7 @@ fn layer_is_applied_offline_and_the_disk_grown() {
             .arg(&disk),
     );
 
-    let m: Value =
-        serde_json::from_slice(&fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap())
-            .unwrap();
+    let m = c.manifest();
     assert_eq!(m["kind"], "qcow2");
     let d = &m["disk"];
     assert_eq!(d["base-format"], "qcow2", "{m:#}");
@@ -323,10 +327,7 @@ fn raw_base_keeps_its_size_without_qcow2_size() {
     let raw = cloud_image(c.dir.path(), 128, None);
     let o = c.build(&raw, "", None);
     assert!(o.status.success(), "{}", text(&o));
-    let m: Value = serde_json::from_slice(
-        &fs::read(c.path("out").join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
-    )
-    .unwrap();
+    let m = c.manifest();
     assert_eq!(m["disk"]["base-format"], "raw");
     assert_eq!(m["disk"]["virtual-size"], 128u64 << 20);
     assert!(m["disk"].get("grown-from").is_none(), "{m:#}");
@@ -634,10 +635,7 @@ fn a_patched_disk_reads_back_as_the_converted_one() {
             let o = cmd.output().unwrap();
             assert!(o.status.success(), "{name} {round}: {}", text(&o));
             let out = c.path("out");
-            let m: Value = serde_json::from_slice(
-                &fs::read(out.join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
-            )
-            .unwrap();
+            let m = c.manifest();
             assert_eq!(m["disk"]["written"], written, "{name} {round}: {m:#}");
             assert_eq!(m["disk"]["working-copy"].as_str(), copy, "{name} {round}");
             assert_eq!(m["disk"]["grown-from"], 256u64 << 20);
@@ -701,10 +699,7 @@ fn a_wrong_metadata_map_costs_a_full_copy_not_the_build() {
         "{}",
         text(&o)
     );
-    let m: Value = serde_json::from_slice(
-        &fs::read(c.path("out").join(format!("{DISK_NAME}.manifest.json"))).unwrap(),
-    )
-    .unwrap();
+    let m = c.manifest();
     assert_eq!(m["disk"]["written"], "patched");
     assert_eq!(m["disk"]["working-copy"], "full");
     let again: Value = serde_json::from_slice(&fs::read(&maps[0]).unwrap()).unwrap();

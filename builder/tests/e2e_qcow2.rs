@@ -387,6 +387,12 @@ fn proxmox_seed(
     seed
 }
 
+/// The manifest of the server disk in `out`.
+fn server_manifest(out: &Path) -> Value {
+    let path = out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2.manifest.json");
+    serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
 /// `imgbuild build PROFILE [--recipe RECIPE] --output qcow2` into `out`;
 /// the server disk it wrote.
 fn build_server(profile: &Path, recipe: Option<&Path>, agent: &Path, out: &Path) -> PathBuf {
@@ -479,11 +485,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
         "{}",
         text(&check)
     );
-    let manifest: Value = serde_json::from_slice(
-        &fs::read(out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2.manifest.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let manifest = server_manifest(&out);
     assert_eq!(manifest["kind"], "qcow2");
     assert_eq!(manifest["disk"]["base-format"], "assembled");
     assert_eq!(manifest["disk"]["root-label"], "cloudimg-rootfs");
@@ -536,11 +538,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             d.display(),
             t.elapsed().as_secs_f64()
         );
-        let m: Value = serde_json::from_slice(
-            &fs::read(out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2.manifest.json"))
-                .unwrap(),
-        )
-        .unwrap();
+        let m = server_manifest(&out);
         let g = GuestRoot::from_manifest(&m);
         assert_eq!(g.fs, "xfs", "{root}: {m:#}");
         assert_eq!(m["disk"]["root-label"], "cloudimg-xfs");
@@ -576,11 +574,7 @@ fn server_qcow2_boots_under_seabios_and_ovmf() {
             &agent,
             &out,
         );
-        let m: Value = serde_json::from_slice(
-            &fs::read(out.join("debian-12-k3s-server_1.34.3-k3s1-1_amd64.qcow2.manifest.json"))
-                .unwrap(),
-        )
-        .unwrap();
+        let m = server_manifest(&out);
         assert_eq!(m["disk"]["base-format"], "qcow2", "{m:#}");
         assert_eq!(m["disk"]["written"], "patched", "{m:#}");
         assert_eq!(m["disk"]["working-copy"], copy, "{m:#}");
